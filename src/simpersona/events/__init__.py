@@ -1,0 +1,1 @@
+"""Canonical clickstream events: the schema, readers for real formats, validation, ingestion."""
