@@ -1,0 +1,1 @@
+"""Personas (spec §3): assignment of buyers to codes, per-shop mixes, sampling, persona cards."""
