@@ -1,0 +1,105 @@
+"""Funnel strata, funnel signature, auxiliary labels and the §1.6 training sample (numpy, per buyer).
+
+Strata, a priority cascade over the per-buyer SESSION counts (funnel closure applies, see
+aggregate.py):
+  A purchaser          sessions_with_purchase > 0
+  B checkout abandoner sessions_with_checkout > 0 (and no purchase)
+  C cart builder       sessions_with_atc > 0 or a remove-from-cart (and no checkout)
+  D window shopper     a product view, a search or a collection view (and no cart activity)
+  E bouncer            none of the above: only page views (no product view, search, collection
+                       view or cart activity). E never enters VQ-VAE training or validation.
+Funnel signature (contrastive gate): 3 purchase (A), 2 cart (B, C), 1 view (D), 0 none (E).
+
+Auxiliary labels, int8 0/1/2 = low/medium/high:
+  engagement  log1p(total_duration_s) split at its 1/3 and 2/3 quantiles (fitted on the train
+              split); label = (v > q1) + (v > q2), so ties at an edge go to the lower bin.
+  exploration log1p(sessions_with_search + sessions_with_collection + sessions_with_view), same.
+  purchase    s_pur = w_co·sessions_with_checkout + w_atc·sessions_with_atc, (8, 3) by default,
+              bins s < 1.5 → 0, 1.5 ≤ s < 4.5 → 1, s ≥ 4.5 → 2.
+`greedy_bins` is App. E's count-based procedure (merge adjacent score values until three groups
+remain) used to check that the purchase partition does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+STRATA = np.array(["A", "B", "C", "D", "E"])
+
+
+def strata(purchase, checkout, atc, cart_activity, views, searches, collections) -> np.ndarray:
+    """Stratum letters by the priority cascade (arrays of per-buyer session counts)."""
+    code = np.full(len(purchase), 4, dtype=np.int8)
+    code[(views > 0) | (searches > 0) | (collections > 0)] = 3
+    code[(atc > 0) | (cart_activity > 0)] = 2
+    code[checkout > 0] = 1
+    code[purchase > 0] = 0
+    return STRATA[code]
+
+
+def funnel_signature(stratum: np.ndarray) -> np.ndarray:
+    return np.select([stratum == "A", np.isin(stratum, ["B", "C"]), stratum == "D"], [3, 2, 1], 0).astype(np.int8)
+
+
+def tercile_edges(values: np.ndarray) -> list[float]:
+    """The 1/3 and 2/3 quantiles of log1p(values) (values ≥ 0)."""
+    v = np.log1p(np.asarray(values, dtype=np.float64))
+    if len(v) == 0:
+        return [0.0, 0.0]
+    return [float(np.quantile(v, 1 / 3)), float(np.quantile(v, 2 / 3))]
+
+
+def tercile_label(values: np.ndarray, edges: list[float]) -> np.ndarray:
+    v = np.log1p(np.asarray(values, dtype=np.float64))
+    return ((v > edges[0]).astype(np.int8) + (v > edges[1]).astype(np.int8)).astype(np.int8)
+
+
+def purchase_score(checkout: np.ndarray, atc: np.ndarray, w_co: float = 8, w_atc: float = 3) -> np.ndarray:
+    return w_co * np.asarray(checkout, dtype=np.float64) + w_atc * np.asarray(atc, dtype=np.float64)
+
+
+def purchase_label(score: np.ndarray, edges: tuple[float, float] = (1.5, 4.5)) -> np.ndarray:
+    return ((score >= edges[0]).astype(np.int8) + (score >= edges[1]).astype(np.int8)).astype(np.int8)
+
+
+def greedy_bins(score: np.ndarray, n_bins: int = 3) -> np.ndarray:
+    """App. E: start with one group per distinct score, repeatedly merge the adjacent pair whose
+    merged count is smallest (ties: the lower pair) until `n_bins` groups remain; bin per buyer."""
+    values, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
+    groups = [[i] for i in range(len(values))]
+    sizes = list(counts)
+    while len(groups) > n_bins:
+        j = int(np.argmin([sizes[i] + sizes[i + 1] for i in range(len(groups) - 1)]))
+        groups[j : j + 2] = [groups[j] + groups[j + 1]]
+        sizes[j : j + 2] = [sizes[j] + sizes[j + 1]]
+    value_bin = np.empty(len(values), dtype=np.int8)
+    for b, g in enumerate(groups):
+        value_bin[g] = b
+    return value_bin[inverse]
+
+
+def sample_split(
+    shop: np.ndarray,
+    stratum: np.ndarray,
+    per_shop: int,
+    per_stratum: int,
+    val_fraction: float,
+    holdout_shops: list[str],
+    seed: int,
+) -> np.ndarray:
+    """§1.6: per shop ≤ per_stratum buyers of each stratum A–D, then ≤ per_shop in all, drawn at
+    random (seeded); 85/15 train/val within each shop. Others "excluded"; held-out shops "holdout"."""
+    rng = np.random.default_rng(seed)
+    split = np.full(len(shop), "excluded", dtype=object)
+    held = np.isin(shop, list(holdout_shops))
+    split[held] = "holdout"
+    for s in np.unique(shop[~held]):
+        chosen = []
+        for st in "ABCD":
+            idx = np.flatnonzero((shop == s) & (stratum == st))
+            chosen.append(rng.permutation(idx)[:per_stratum])
+        pool = rng.permutation(np.concatenate(chosen))[:per_shop]
+        n_val = int(round(val_fraction * len(pool)))
+        split[pool[:n_val]] = "val"
+        split[pool[n_val:]] = "train"
+    return split.astype(str)

