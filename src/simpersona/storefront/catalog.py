@@ -1,0 +1,108 @@
+"""Shops built from the canonical catalog: products, collections (category paths) and search."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from simpersona.events.schema import CATALOG_COLUMNS
+
+_WORD = re.compile(r"\w+")
+
+
+def words(text: str | None) -> list[str]:
+    """Lower-case word tokens of `text`."""
+    return _WORD.findall(text.lower()) if text else []
+
+
+@dataclass(frozen=True)
+class Product:
+    product_id: str
+    title: str
+    collection: str | None
+    brand: str | None
+    price: float | None
+    description: str | None
+
+
+class Shop:
+    """One shop's products in catalog order, its collections and a small search index."""
+
+    def __init__(self, shop_id: str, products: list[Product]):
+        self.shop_id = shop_id
+        self.products: dict[str, Product] = {}
+        for p in products:
+            self.products.setdefault(p.product_id, p)
+        self.order = list(self.products)
+        # Every collection path and each of its prefixes → number of products under it.
+        self.collection_sizes: dict[str, int] = defaultdict(int)
+        self.leaves: dict[str, int] = defaultdict(int)
+        self._index: dict[str, dict[str, int]] = defaultdict(dict)
+        for pid, p in self.products.items():
+            if p.collection:
+                self.leaves[p.collection] += 1
+                parts = p.collection.split("/")
+                for i in range(1, len(parts) + 1):
+                    self.collection_sizes["/".join(parts[:i])] += 1
+            for weight, text in ((3, p.title), (2, p.collection), (2, p.brand)):
+                for w in set(words(text)):
+                    self._index[w][pid] = self._index[w].get(pid, 0) + weight
+
+    def collections(self, limit: int) -> list[str]:
+        """Leaf collections, the largest first, then by name."""
+        return sorted(self.leaves, key=lambda c: (-self.leaves[c], c))[:limit]
+
+    def in_collection(self, path: str) -> list[Product]:
+        """Products whose collection is `path` or lies under it, in catalog order."""
+        prefix = path + "/"
+        return [
+            p
+            for p in self.products.values()
+            if p.collection is not None and (p.collection == path or p.collection.startswith(prefix))
+        ]
+
+    def subcollections(self, path: str) -> list[str]:
+        """Direct children of `path` that hold products."""
+        depth = path.count("/") + 1
+        prefix = path + "/"
+        return sorted(c for c in self.collection_sizes if c.startswith(prefix) and c.count("/") == depth)
+
+    def search(self, query: str) -> list[Product]:
+        """Products ranked by matched query words (title ×3, collection ×2, brand ×2; a title
+        containing the whole query +5), ties by title then id; no match → empty."""
+        scores: dict[str, int] = defaultdict(int)
+        for w in set(words(query)):
+            for pid, s in self._index.get(w, {}).items():
+                scores[pid] += s
+        phrase = query.strip().lower()
+        for pid in scores:
+            if phrase and phrase in self.products[pid].title.lower():
+                scores[pid] += 5
+        ranked = sorted(scores, key=lambda pid: (-scores[pid], self.products[pid].title, pid))
+        return [self.products[pid] for pid in ranked]
+
+
+def load_catalog(catalog: pa.Table | Path | str) -> dict[str, Shop]:
+    """Shops by id from a canonical catalog table or Parquet file (CATALOG_SCHEMA columns)."""
+    table = catalog if isinstance(catalog, pa.Table) else pq.read_table(catalog)
+    missing = [c for c in ("shop_id", "product_id", "title") if c not in table.column_names]
+    if missing:
+        raise ValueError(f"catalog lacks column(s) {missing}; expected {list(CATALOG_COLUMNS)}")
+    cols = {c: (table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows) for c in CATALOG_COLUMNS}
+    by_shop: dict[str, list[Product]] = defaultdict(list)
+    for i in range(table.num_rows):
+        shop, pid, title = cols["shop_id"][i], cols["product_id"][i], cols["title"][i]
+        if shop is None or pid is None:
+            continue
+        price = cols["price"][i]
+        if price is not None and not (price >= 0):  # drops NaN and negatives
+            price = None
+        by_shop[str(shop)].append(
+            Product(str(pid), str(title or pid), cols["collection"][i] or None, cols["brand"][i] or None, price, cols["description"][i])
+        )
+    return {s: Shop(s, ps) for s, ps in sorted(by_shop.items())}

@@ -1,0 +1,85 @@
+"""Storefront, A/B variant and agent-environment settings (the preset's `storefront:` section)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass
+class VariantConfig:
+    """Variant B of a shop = variant A plus these declared changes; empty `name` = no experiment."""
+
+    # Experiment name, logged beside each session; "" serves everyone variant A.
+    name: str = ""
+    # Share of sessions served variant B (assigned by a hash of the session id).
+    share_b: float = 0.5
+    # B shows a free-shipping banner and charges no shipping.
+    free_shipping_banner: bool = False
+    # B changes the prices of this collection (path prefix, e.g. "apparel/women"); "" = none.
+    price_collection: str = ""
+    # B multiplies the prices of `price_collection` by this factor.
+    price_factor: float = 1.0
+    # B's order of the home page's featured products.
+    home_order: Literal["catalog", "price_asc", "price_desc", "title"] = "catalog"
+    # B's checkout asks for the e-mail on a page of its own before the shipping form.
+    extra_checkout_step: bool = False
+
+
+@dataclass
+class EnvConfig:
+    """The agent environment (`ShopEnv`)."""
+
+    # Step budget per episode; the step that reaches it ends the episode as truncated.
+    max_steps: int = 30
+    # Wall-clock limit per episode in seconds (truncated when passed).
+    time_limit_s: float = 300.0
+    # Token budget of the observation's page text (estimated as characters / chars_per_token).
+    obs_token_budget: int = 1500
+    # Characters per token for the budget estimate.
+    chars_per_token: float = 4.0
+    # Share of episodes given variant B when reset() names no variant (drawn from the seed).
+    variant_share_b: float = 0.5
+
+
+@dataclass
+class StorefrontConfig:
+    """The web shop (`simpersona storefront serve`)."""
+
+    # Canonical catalog.parquet (CATALOG_SCHEMA) to serve; every shop in it gets /s/{shop_id}/.
+    catalog: Path | None = None
+    # Address to listen on (loopback by default).
+    host: str = "127.0.0.1"
+    # Port to listen on.
+    port: int = 8000
+    # Folder for events/ and sessions/ Parquet parts plus meta.json; None keeps events in memory.
+    events_out: Path | None = None
+    # Products per collection or search-results page.
+    page_size: int = 12
+    # Featured products on the home page.
+    featured: int = 8
+    # Collections listed on the home page (the largest first).
+    home_collections: int = 24
+    # Longest accepted search query, in characters (longer is a 400).
+    max_query_chars: int = 200
+    # Largest quantity of one product in a cart line.
+    max_quantity: int = 99
+    # Most distinct products in one cart.
+    max_cart_lines: int = 50
+    # Longest accepted form field, in characters.
+    max_field_chars: int = 200
+    # Largest accepted request body, in bytes (larger is a 413).
+    max_body_bytes: int = 65536
+    # Sessions kept in memory (least recently used are dropped past this).
+    max_sessions: int = 100_000
+    # Buffered events written as one Parquet part once this many are waiting.
+    flush_rows: int = 50_000
+    # Flat shipping fee shown at checkout (variant B with free shipping charges none).
+    shipping_fee: float = 4.95
+    # Currency symbol shown before prices.
+    currency: str = "$"
+    # The A/B variant served to a share of sessions.
+    variant: VariantConfig = field(default_factory=VariantConfig)
+    # The agent environment's settings.
+    env: EnvConfig = field(default_factory=EnvConfig)
