@@ -137,7 +137,8 @@ def _stage_file(con: duckdb.DuckDBPyConnection, cfg: IngestConfig, path: Path, i
         raise IngestError(f"{path}: cannot be read as {cfg.format}: {str(e).splitlines()[0]}") from None
     if src.csv:
         bad = con.execute(
-            f"SELECT line, lower(replace(error_type, ' ', '_')), csv_line FROM {rejects} ORDER BY line"
+            f"""SELECT line, arg_min(lower(replace(error_type, ' ', '_')), column_idx), any_value(csv_line)
+                FROM {rejects} GROUP BY line ORDER BY line"""  # one entry per line (DuckDB lists each missing column)
         ).fetchall()
         if bad:
             # DuckDB numbers parsed rows without the malformed lines: shift later rows back onto
