@@ -58,3 +58,108 @@ def ingest(fmt, input_path, catalog, out, strict, salt, preset, sets) -> None:
     run_dir = out or Path("runs/ingest")
     summary = stage.run(cfg, run_dir)
     click.echo(stage.format_summary(summary))
+
+
+@main.command()
+@click.option("--shops", type=int, default=None, help="Number of shops.")
+@click.option("--buyers", type=int, default=None, help="Total buyers over all shops.")
+@click.option("--seed", type=int, default=None, help="Master seed (same seed, same files).")
+@click.option("--out", default=None, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--file-format", "file_format", default=None, type=click.Choice(["csv", "parquet"]), help="events.csv or events.parquet.")
+@PRESET
+@SETS
+def synth(shops, buyers, seed, out, file_format, preset, sets) -> None:
+    """Generate a realistic multi-shop SYNTHETIC clickstream, catalog and ground truth."""
+    from simpersona import synth as stage
+
+    values = {"shops": shops, "buyers": buyers, "seed": seed, "file_format": file_format}
+    cfg = load_config(stage.SynthConfig, preset, sets, section="synth", values=values)
+    run_dir = out or Path("runs/synth")
+    summary = stage.run(cfg, run_dir)
+    click.echo(stage.format_summary(summary))
+
+
+def _given(**kw):
+    """Flag values that were given (None means 'not given', so presets and defaults apply)."""
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+@main.group()
+def vqvae() -> None:
+    """Behaviour-aware VQ-VAE (spec §2)."""
+
+
+@vqvae.command("train")
+@click.option("--features", default=None, type=click.Path(path_type=Path), help="FEAT_DIR from `simpersona features`.")
+@click.option("--out", default=None, type=click.Path(path_type=Path), help="Run folder (re-running resumes).")
+@PRESET
+@SETS
+def vqvae_train(features, out, preset, sets) -> None:
+    """Train the VQ-VAE on the features' train/val sample; checkpoint, resume, early stopping."""
+    from simpersona.vqvae import train as stage
+
+    cfg = load_config(stage.TrainConfig, preset, sets, section="vqvae", values=_given(features=features))
+    summary = stage.run(cfg, out or Path("runs/vqvae"))
+    click.echo(", ".join(f"{k}={v}" for k, v in summary.items()))
+
+
+@main.group()
+def personas() -> None:
+    """Persona assignment, per-shop mixes and persona cards (spec §3)."""
+
+
+@personas.command("assign")
+@click.option("--model", default=None, type=click.Path(path_type=Path), help="VQ-VAE run folder.")
+@click.option("--features", default=None, type=click.Path(path_type=Path), help="FEAT_DIR.")
+@click.option("--out", default=None, type=click.Path(path_type=Path), help="Output folder.")
+@PRESET
+@SETS
+def personas_assign(model, features, out, preset, sets) -> None:
+    """Assign every buyer a code (streamed), write per-shop mixes p̂_s(k) and persona cards."""
+    from simpersona.personas import assign as stage
+
+    values = _given(model=model, features=features)
+    cfg = load_config(stage.PersonasConfig, preset, sets, section="personas", values=values)
+    summary = stage.run(cfg, out or Path("runs/personas"))
+    click.echo(", ".join(f"{k}={v}" for k, v in summary.items()))
+
+
+@main.group()
+def evaluate() -> None:
+    """Evaluations (clustering quality, population recovery, …)."""
+
+
+@evaluate.command("clustering")
+@click.option("--model", default=None, type=click.Path(path_type=Path), help="VQ-VAE run folder.")
+@click.option("--features", default=None, type=click.Path(path_type=Path), help="FEAT_DIR.")
+@click.option("--out", default=None, type=click.Path(path_type=Path), help="Output folder.")
+@PRESET
+@SETS
+def evaluate_clustering(model, features, out, preset, sets) -> None:
+    """Table 1: VQ-VAE codes vs MiniBatchKMeans on the same vectors."""
+    from simpersona.evaluate import clustering as stage
+    from simpersona.evaluate.config import EvaluateConfig
+
+    values = {"clustering": _given(model=model, features=features)}
+    cfg = load_config(EvaluateConfig, preset, sets, section="evaluate", values=values)
+    report = stage.run(cfg.clustering, out or Path("runs/evaluate/clustering"))
+    click.echo(stage.format_table(report))
+
+
+@evaluate.command("population")
+@click.option("--personas", "personas_dir", default=None, type=click.Path(path_type=Path), help="Output of `personas assign`.")
+@click.option("--features", default=None, type=click.Path(path_type=Path), help="FEAT_DIR.")
+@click.option("--truth", default=None, type=click.Path(path_type=Path), help="Generator truth: buyers.parquet (shop_id, buyer_id, type).")
+@click.option("--ingest", "ingest_dir", default=None, type=click.Path(path_type=Path), help="Ingest folder (its salt.hex keys raw truth ids).")
+@click.option("--out", default=None, type=click.Path(path_type=Path), help="Output folder.")
+@PRESET
+@SETS
+def evaluate_population(personas_dir, features, truth, ingest_dir, out, preset, sets) -> None:
+    """App. B: stratum JS and feature R² on held-out shops; AMI and type-mix error with truth."""
+    from simpersona.evaluate import population as stage
+    from simpersona.evaluate.config import EvaluateConfig
+
+    given = _given(personas=personas_dir, features=features, truth=truth, ingest=ingest_dir)
+    cfg = load_config(EvaluateConfig, preset, sets, section="evaluate", values={"population": given})
+    report = stage.run(cfg.population, out or Path("runs/evaluate/population"))
+    click.echo(stage.format_report(report))

@@ -86,10 +86,12 @@ class EMAQuantizer(nn.Module):
         return codes, z_e + (e - z_e).detach()
 
     @torch.no_grad()
-    def init_kmeans_pp(self, z: torch.Tensor, generator: torch.Generator) -> None:
-        """Seed the codebook by k-means++ over encoder outputs z (N, D) from a full pass."""
+    def init_kmeans_pp(self, z: torch.Tensor, generator: torch.Generator, batch_size: int) -> None:
+        """Seed the codebook by k-means++ over encoder outputs z (N, D) from a full pass; usage
+        counts start at each entry's share of z scaled to one batch (the scale of n̂)."""
         self.codebook.copy_(kmeans_pp(z, self.cfg.codebook_size, generator))
-        self.usage.fill_(z.shape[0] / self.cfg.codebook_size)
+        counts = torch.bincount(self.nearest(z), minlength=self.cfg.codebook_size).to(z.dtype)
+        self.usage.copy_(counts * (batch_size / z.shape[0]))
 
     @torch.no_grad()
     def ema_update(self, z_e: torch.Tensor, codes: torch.Tensor) -> None:

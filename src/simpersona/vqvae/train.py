@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simpersona.config import to_dict, write_meta
+from simpersona.config import ConfigError, to_dict, write_meta
 from simpersona.vqvae.checkpoint import load_training_state, save_model, save_training_state
 from simpersona.vqvae.data import Sample, load_sample
 from simpersona.vqvae.losses import LossConfig, aux_class_weights, compute_losses
@@ -106,7 +106,7 @@ def usage_stats(codes: torch.Tensor, usage: torch.Tensor, k: int, alpha: float) 
 def run(cfg: TrainConfig, run_dir: Path) -> dict:
     """Train (or resume) into run_dir; returns the summary written to run_dir/summary.json."""
     if cfg.features is None:
-        raise ValueError("vqvae train needs --features FEAT_DIR")
+        raise ConfigError("vqvae train needs --features FEAT_DIR")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = run_dir / "checkpoint"
@@ -127,7 +127,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> dict:
     if resumed:
         best, state = load_training_state(ckpt_dir, model, opt, gen)
     else:
-        model.quantizer.init_kmeans_pp(_encode_all(model, train.x), gen)
+        model.quantizer.init_kmeans_pp(_encode_all(model, train.x), gen, cfg.batch_size)
         best = {k: v.clone() for k, v in model.state_dict().items()}
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     src_tf = Path(cfg.features) / "transforms.json"

@@ -1,0 +1,160 @@
+"""Behavioural tests of the VQ-VAE: quantizer rules, losses, positive miner, training determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from simpersona.config import load_config
+from simpersona.features.layout import CARTED, INPUT_DIM, MASKS, VIEWED
+from simpersona.vqvae import train as train_mod
+from simpersona.vqvae.checkpoint import load_model
+from simpersona.vqvae.losses import aux_class_weights, mine_positives, recon_loss, weighted_ce
+from simpersona.vqvae.model import EMAQuantizer, ModelConfig, VQVAE, kmeans_pp
+from simpersona.vqvae.synthetic import fabricate_features
+
+TINY = ["model.codebook_size=16", "batch_size=128", "progress=false", "max_epochs=3"]
+
+
+@pytest.fixture(scope="module")
+def feat(tmp_path_factory) -> Path:
+    return fabricate_features(tmp_path_factory.mktemp("fab"), n_shops=5, buyers_per_shop=160)
+
+
+def tiny_cfg(feat: Path, *extra: str) -> train_mod.TrainConfig:
+    return load_config(train_mod.TrainConfig, values={"features": str(feat)}, overrides=[*TINY, *extra])
+
+
+def test_ema_update_matches_formula():
+    q = EMAQuantizer(ModelConfig(codebook_size=3, latent_dim=2, ema_decay=0.9))
+    q.codebook.copy_(torch.tensor([[0.0, 0.0], [10.0, 10.0], [5.0, -5.0]]))
+    q.usage.copy_(torch.tensor([1.0, 1.0, 1.0]))
+    z = torch.tensor([[1.0, 1.0], [3.0, 3.0], [10.0, 12.0]])
+    q.ema_update(z, torch.tensor([0, 0, 1]))
+    # e0 = .9·0 + .1·mean([1,1],[3,3]) ; e1 = .9·[10,10] + .1·[10,12] ; e2 untouched (no hits)
+    assert torch.allclose(q.codebook, torch.tensor([[0.2, 0.2], [10.0, 10.2], [5.0, -5.0]]))
+    assert torch.allclose(q.usage, torch.tensor([0.9 + 0.2, 0.9 + 0.1, 0.9]))
+
+
+def test_kmeans_pp_picks_spread_points():
+    g = torch.Generator().manual_seed(0)
+    blobs = torch.tensor([[0.0, 0.0], [100.0, 0.0], [0.0, 100.0]])
+    z = (blobs[:, None, :] + torch.randn(3, 50, 2, generator=g)).reshape(-1, 2)
+    for seed in range(5):
+        c = kmeans_pp(z, 3, torch.Generator().manual_seed(seed))
+        nearest_blob = torch.cdist(c, blobs).argmin(1)
+        assert sorted(nearest_blob.tolist()) == [0, 1, 2]
+
+
+def test_dead_codes_reset_after_warmup_and_counts_reset():
+    cfg = ModelConfig(codebook_size=4, latent_dim=2, dead_alpha=0.1, dead_warmup_steps=100, dead_every=50)
+    q = EMAQuantizer(cfg)
+    assert [s for s in range(1, 301) if q.due_for_reset(s)] == [150, 200, 250, 300]
+    q.codebook.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [50.0, 50.0], [0.0, 1.0]]))
+    q.usage.copy_(torch.tensor([10.0, 10.0, 0.1, 10.0]))  # entry 2 is dead: 0.1 < 0.1·7.525
+    z = torch.tensor([[0.1, 0.0], [0.9, 0.1], [0.0, 1.1]])
+    codes = q.nearest(z)
+    mean_before = float(q.usage.mean())
+    n = q.reset_dead(z, codes, torch.Generator().manual_seed(0))
+    assert n == 1
+    assert torch.cdist(q.codebook[2:3], z).min() < 0.1  # re-seeded from an encoder output (+ small noise)
+    assert float(q.usage[2]) == pytest.approx(mean_before)
+    assert q.reset_dead(z, codes, torch.Generator()) == 0  # not dead any more
+
+
+def test_training_resets_only_after_warmup(feat, tmp_path):
+    cfg = tiny_cfg(feat, "model.codebook_size=128", "model.dead_warmup_steps=6", "model.dead_every=3",
+                   "resume=false")
+    train_mod.run(cfg, tmp_path)
+    import json
+
+    log = [json.loads(ln) for ln in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    resets = {r["step"]: r["dead_reset"] for r in log}
+    assert all(n == 0 for s, n in resets.items() if s <= 6 or s % 3)
+    assert sum(resets.values()) > 0
+    assert {"usage_pct", "perplexity", "recon", "commit", "contrastive", "engage", "explore", "purchase"} <= set(log[0])
+
+
+def test_straight_through_gradients_reach_encoder():
+    torch.manual_seed(0)
+    m = VQVAE(ModelConfig(codebook_size=8, dropout=0.0))
+    m.quantizer.init_kmeans_pp(m.encoder(torch.randn(64, INPUT_DIM)).detach(), torch.Generator().manual_seed(0), 16)
+    out = m(torch.randn(16, INPUT_DIM))
+    (out.x_hat.pow(2).sum() + out.logits["purchase"].sum()).backward()
+    assert m.encoder[0].weight.grad is not None and m.encoder[0].weight.grad.abs().sum() > 0
+    assert not m.quantizer.codebook.requires_grad
+
+
+def test_positive_miner_gates():
+    # rows 0–3 signature 1, row 4 signature 2 (alone in its signature)
+    sig = torch.tensor([1, 1, 1, 1, 2])
+    prod = torch.tensor([[1.0, 0.0], [1.0, 0.05], [1.0, 0.2], [0.0, 1.0], [1.0, 0.0]])
+    beh = torch.tensor([[0.0], [5.0], [1.0], [0.0], [0.0]])
+    # gate 1: row 4 shares product and behaviour with 0 but another signature; it has no peer at all
+    pos, ok = mine_positives(sig, prod, beh, top_m=4, top_f=3)
+    assert 4 not in pos[0][ok[0]].tolist() and not ok[4].any()
+    # gate 2: with M=2 only rows 1, 2 (product cosine) survive; row 3 (identical behaviour) does not
+    pos, ok = mine_positives(sig, prod, beh, top_m=2, top_f=2)
+    assert sorted(pos[0].tolist()) == [1, 2]
+    # gate 3: of rows 1, 2 the behaviourally nearer one (2) is kept with F=1, though 1 has higher cosine
+    pos, ok = mine_positives(sig, prod, beh, top_m=2, top_f=1)
+    assert pos[0].tolist() == [2] and ok[0].all()
+
+
+def test_masked_recon_ignores_absent_channels():
+    torch.manual_seed(0)
+    x = torch.randn(4, INPUT_DIM)
+    x[:, MASKS] = torch.tensor([1.0, 0.0, 0.0])
+    x[:, CARTED] = 0.0
+    x_hat = torch.randn(4, INPUT_DIM)
+    other = x_hat.clone()
+    other[:, CARTED] = torch.randn(4, CARTED.stop - CARTED.start)
+    assert recon_loss(x_hat, x) == recon_loss(other, x)
+    other[:, VIEWED] += 1.0
+    assert recon_loss(x_hat, x) != recon_loss(other, x)
+
+
+def test_aux_class_weights_and_weighted_ce():
+    y = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 2])
+    w = aux_class_weights(y)
+    assert torch.allclose(w, torch.tensor([12 / 12, 12 / 6, 12 / 18]))
+    logits = torch.zeros(12, 3)  # uniform: every nll = log 3
+    assert float(weighted_ce(logits, y, w)) == pytest.approx(float((w[y]).mean()) * 1.0986123, rel=1e-5)
+
+
+def test_same_seed_same_codes(feat, tmp_path):
+    for d in ("a", "b"):
+        train_mod.run(tiny_cfg(feat, "seed=3", "resume=false"), tmp_path / d)
+    x = torch.from_numpy(train_mod.load_sample(feat)["val"].x)
+    codes = [load_model(tmp_path / d)[0].encode_codes(x) for d in ("a", "b")]
+    assert torch.equal(codes[0], codes[1])
+
+
+def test_resume_after_kill_gives_same_weights(feat, tmp_path, monkeypatch):
+    args = ("max_steps=14", "checkpoint_every=4", "eval_every=5")
+    train_mod.run(tiny_cfg(feat, *args), tmp_path / "straight")
+
+    real = train_mod.compute_losses
+    calls = {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 11:  # somewhere after the step-8 checkpoint
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "compute_losses", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.run(tiny_cfg(feat, *args), tmp_path / "killed")
+    monkeypatch.setattr(train_mod, "compute_losses", real)
+    summary = train_mod.run(tiny_cfg(feat, *args), tmp_path / "killed")
+    assert summary["resumed"] and summary["steps"] == 14
+    for f in ("model.safetensors", "checkpoint/last.safetensors"):
+        a, b = load_file(str(tmp_path / "straight" / f)), load_file(str(tmp_path / "killed" / f))
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), f
+    log = (tmp_path / "killed" / "train_log.jsonl").read_text().splitlines()
+    assert len(log) == 14
