@@ -225,7 +225,7 @@ def tmall(path: Path, rejects: str, year: int) -> Source:
         FROM src
     )
     SELECT _row, merchant_id AS shop_id, user_id AS buyer_id,
-           user_id || '-' || merchant_id || '-' || strftime(_day, '%m%d') AS session_id,
+           'd' || strftime(_day, '%m%d') AS session_id,
            month || '-' || day AS _ts_raw,
            (_day + to_seconds(row_number() OVER (PARTITION BY user_id, _day ORDER BY _row) - 1))
                AT TIME ZONE 'UTC' AS ts,
@@ -285,8 +285,8 @@ OTTO_TYPES = {"clicks": "product_view", "carts": "add_to_cart", "orders": "purch
 
 
 def otto(path: Path, shop_name: str) -> Source:
-    """OTTO sessions JSONL: one line per session with its events; the buyer is the session.
-    `_row` is the line number of the session; its events share it."""
+    """OTTO sessions JSONL: one line per session with its events; the buyer is the session (its
+    one session is `s1`, so the raw id is not repeated). `_row` is the session's line number."""
     line = _first_line(path)
     try:
         obj = json.loads(line)
@@ -305,7 +305,7 @@ def otto(path: Path, shop_name: str) -> Source:
         FROM read_json({_q(path)}, format='newline_delimited',
                        columns={{'session': 'VARCHAR', 'events': 'STRUCT(aid VARCHAR, ts VARCHAR, "type" VARCHAR)[]'}})
     ), ev AS (SELECT _row, session, unnest(events) AS e FROM src)
-    SELECT _row, '{shop_name}' AS shop_id, session AS buyer_id, session AS session_id,
+    SELECT _row, '{shop_name}' AS shop_id, session AS buyer_id, 's1' AS session_id,
            e.ts AS _ts_raw, to_timestamp(TRY_CAST(e.ts AS BIGINT) / 1000.0) AS ts,
            CASE e.type {types} ELSE e.type END AS event_type,
            e.aid AS product_id, NULL::VARCHAR AS collection_id, NULL::VARCHAR AS query,
