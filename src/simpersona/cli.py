@@ -163,3 +163,34 @@ def evaluate_population(personas_dir, features, truth, ingest_dir, out, preset, 
     cfg = load_config(EvaluateConfig, preset, sets, section="evaluate", values={"population": given})
     report = stage.run(cfg.population, out or Path("runs/evaluate/population"))
     click.echo(stage.format_report(report))
+
+
+@main.group(invoke_without_command=True)
+@click.option("--input", "input_path", default=None, type=click.Path(path_type=Path), help="Ingest output folder.")
+@click.option("--out", default=None, type=click.Path(path_type=Path), help="Output folder (FEAT_DIR).")
+@click.option("--engine", default=None, type=click.Choice(["duckdb", "pyspark"]), help="Aggregation engine.")
+@click.option("--no-embeddings", is_flag=True, default=False, help="Skip text embeddings (channels zero, masks kept).")
+@PRESET
+@SETS
+@click.pass_context
+def features(ctx, input_path, out, engine, no_embeddings, preset, sets) -> None:
+    """Buyer features: sessions table, 16 scalars, strata, labels, 403-d vectors, transforms."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from simpersona.features import stage
+
+    values = {"input": input_path, "engine": engine, "embedding": {"enabled": False} if no_embeddings else None}
+    cfg = load_config(stage.FeaturesConfig, preset, sets, section="features", values=values)
+    summary = stage.run(cfg, out or Path("runs/features"))
+    click.echo(stage.format_summary(summary))
+
+
+@features.command("inspect")
+@click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path), help="FEAT_DIR.")
+@click.option("--buyer", required=True, help="buyer_id (the hashed id as in buyers.parquet).")
+@click.option("--shop", default=None, help="shop_id, when the buyer is in several shops.")
+def features_inspect(run_dir, buyer, shop) -> None:
+    """Print one buyer's vector in raw units (scalars, labels, masks, channel norms)."""
+    from simpersona.features import stage
+
+    click.echo(stage.inspect_buyer(run_dir, buyer, shop))

@@ -228,6 +228,7 @@ def run(cfg: FeaturesConfig, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / "_tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
     con = connect(cfg, tmp / "duckdb")
     timings: dict[str, float] = {}
 
@@ -426,4 +427,35 @@ def format_summary(summary: dict) -> str:
         + ("" if all(v == CHANNEL_DIM for v in fitted.values()) else f"  [zero-padded to {CHANNEL_DIM}]")
     )
     lines.append(f"wall {summary['wall_s']:.1f} s  ({summary['engine']})")
+    return "\n".join(lines)
+
+
+def inspect_buyer(feat_dir: Path, buyer_id: str, shop_id: str | None = None) -> str:
+    """One buyer's row and vector, with the scalars mapped back to raw units."""
+    import pyarrow.dataset as ds
+
+    feat_dir = Path(feat_dir)
+    flt = pc.field("buyer_id") == buyer_id
+    if shop_id is not None:
+        flt = flt & (pc.field("shop_id") == shop_id)
+    rows = ds.dataset(feat_dir / "buyers.parquet").to_table(filter=flt)
+    vecs = ds.dataset(feat_dir / "vectors.parquet").to_table(filter=flt)
+    if rows.num_rows == 0:
+        raise FeaturesError(f"{feat_dir / 'buyers.parquet'}: no buyer {buyer_id!r}" + (f" in shop {shop_id!r}" if shop_id else ""))
+    if rows.num_rows > 1:
+        shops = rows["shop_id"].to_pylist()
+        raise FeaturesError(f"buyer {buyer_id!r} is in shops {shops}; pass --shop")
+    r = rows.to_pylist()[0]
+    x = np.asarray(vecs["x"][0].as_py(), dtype=np.float32)
+    back = inverse_scalars(feat_dir, x)[0]
+    lines = [f"shop {r['shop_id']}  buyer {r['buyer_id']}  stratum {r['stratum']}  split {r['split']}"]
+    lines.append(
+        f"labels engage {r['engage_label']} explore {r['explore_label']} purchase {r['purchase_label']}"
+        f"  funnel_signature {r['funnel_signature']}"
+    )
+    lines.append(f"{'scalar':26s} {'raw':>14s} {'normalised':>11s} {'from vector':>14s}")
+    for i, name in enumerate(SCALAR_NAMES):
+        lines.append(f"{name:26s} {r[name]:14.4f} {x[i]:11.4f} {back[i]:14.4f}")
+    for c, sl in zip(CHANNELS, CHANNEL_SLICES, strict=True):
+        lines.append(f"channel {c:9s} mask {int(x[MASKS][CHANNELS.index(c)])}  |x| {np.linalg.norm(x[sl]):.4f}")
     return "\n".join(lines)
