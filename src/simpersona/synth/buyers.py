@@ -1,0 +1,266 @@
+"""Latent buyer types and the vectorised session simulator.
+
+A session is a Markov chain over event types, run in lockstep for all sessions of a chunk
+(one numpy step per event position). It starts with a landing `page_view`; at each step the
+buyer picks exit / page_view / collection_view / search / product_view / add_to_cart /
+remove_from_cart / checkout_start with weights from its type, masked by what is possible:
+add_to_cart only right after a product view, remove and checkout only with a non-empty cart.
+After `checkout_start` the buyer purchases the whole cart (one `purchase` row per item, then the
+session ends) with the type's `p_purchase`, else abandons (mostly leaves, sometimes browses on).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simpersona.events.schema import EVENT_TYPES
+
+PAGE, COLLECTION, SEARCH, PRODUCT, CART, REMOVE, CHECKOUT, PURCHASE = (
+    EVENT_TYPES.index(t)
+    for t in ("page_view", "collection_view", "search", "product_view", "add_to_cart", "remove_from_cart", "checkout_start", "purchase")
+)
+EXIT = -1
+# Dwell multiplier by event type (time spent before this event, relative to the type's median).
+DWELL_MULT = np.array([1.0, 0.9, 0.7, 1.6, 0.8, 0.6, 1.2, 2.0])  # indexed by EVENT_TYPES
+DWELL_SIGMA = 0.8  # log-normal sigma of within-session gaps
+
+
+@dataclass
+class BuyerType:
+    """One latent buyer type: funnel propensities, engagement, tastes."""
+
+    # the type's name, e.g. "bargain hunter"
+    name: str = "buyer"
+    # base share of this type in the buyer population (shop mixes scatter around it)
+    share: float = 0.125
+    # mean sessions per buyer (1 + Poisson(mean - 1))
+    sessions_mean: float = 2.0
+    # mean span in days over which a buyer's sessions spread (exponential)
+    active_days: float = 5.0
+    # probability that a session ends right after the landing page
+    p_bounce: float = 0.2
+    # per-step weight of leaving while browsing
+    w_exit: float = 0.2
+    # per-step weight of another content page view
+    w_page: float = 0.05
+    # per-step weight of a collection view
+    w_collection: float = 0.2
+    # per-step weight of a search
+    w_search: float = 0.2
+    # per-step weight of a product view
+    w_product: float = 0.6
+    # weight of add_to_cart right after a product view
+    w_cart: float = 0.1
+    # weight of remove_from_cart while the cart is non-empty
+    w_remove: float = 0.03
+    # weight of checkout_start while the cart is non-empty
+    w_checkout: float = 0.2
+    # probability of completing the purchase after checkout_start
+    p_purchase: float = 0.6
+    # median seconds between two events of a session
+    dwell_median_s: float = 20.0
+    # price sensitivity: > 0 favours cheap products, < 0 expensive ones, 0 indifferent
+    price_sensitivity: float = 0.0
+    # probability that a session stays in the buyer's favourite category
+    category_focus: float = 0.6
+    # probability that a search or collection view moves to another category
+    p_switch: float = 0.15
+    # mean extra units per add_to_cart (quantity = 1 + Poisson(mean))
+    extra_quantity: float = 0.15
+
+
+def default_types() -> list[BuyerType]:
+    """Eight types whose funnels land buyers in all strata A (purchasers) … E (bouncers)."""
+    T = BuyerType
+    return [
+        T("decisive buyer", 0.10, 1.6, 3.0, 0.05, 0.15, 0.02, 0.10, 0.15, 0.75, 0.90, 0.02, 0.55, 0.85, 15.0, 0.0, 0.85, 0.05, 0.2),
+        T("bargain hunter", 0.13, 3.5, 10.0, 0.10, 0.15, 0.03, 0.25, 0.45, 0.60, 0.12, 0.06, 0.25, 0.55, 18.0, 2.0, 0.6, 0.25, 0.3),
+        T("window shopper", 0.20, 2.5, 12.0, 0.15, 0.18, 0.08, 0.45, 0.15, 0.60, 0.004, 0.05, 0.05, 0.10, 25.0, 0.3, 0.4, 0.35, 0.0),
+        T("cart abandoner", 0.12, 2.2, 7.0, 0.08, 0.20, 0.03, 0.20, 0.20, 0.60, 0.35, 0.12, 0.18, 0.04, 20.0, 0.5, 0.6, 0.15, 0.2),
+        T("researcher", 0.11, 4.0, 14.0, 0.05, 0.10, 0.05, 0.20, 0.55, 0.80, 0.04, 0.08, 0.25, 0.40, 45.0, 0.8, 0.8, 0.10, 0.05),
+        T("bouncer", 0.18, 1.2, 2.0, 0.85, 0.80, 0.10, 0.10, 0.05, 0.20, 0.01, 0.01, 0.10, 0.20, 8.0, 0.0, 0.3, 0.30, 0.0),
+        T("loyal regular", 0.08, 6.0, 25.0, 0.10, 0.22, 0.03, 0.15, 0.20, 0.60, 0.20, 0.04, 0.40, 0.75, 14.0, 0.0, 0.9, 0.05, 0.5),
+        T("impulse buyer", 0.08, 1.5, 2.0, 0.10, 0.20, 0.02, 0.15, 0.05, 0.60, 0.80, 0.03, 0.60, 0.80, 8.0, -1.0, 0.5, 0.30, 0.4),
+    ]
+
+
+def type_table(types: list[BuyerType]) -> dict[str, np.ndarray]:
+    """Column arrays of the type parameters, indexed by type code."""
+    return {f: np.array([getattr(t, f) for t in types], dtype=np.float64) for f in BuyerType.__dataclass_fields__ if f != "name"}
+
+
+@dataclass
+class Sessions:
+    """Events of simulated sessions, ordered by (session, position)."""
+
+    session: np.ndarray  # int64 session index per event
+    etype: np.ndarray  # int8 event type code (EVENT_TYPES index)
+    product: np.ndarray  # int64 product index, -1 = none
+    category: np.ndarray  # int64 category index for collection views, -1 = none
+    query: np.ndarray  # int64 query index for searches, -1 = none
+    quantity: np.ndarray  # int32, 0 = none
+    offset_ms: np.ndarray  # int64 milliseconds since the session's first event
+    duration_ms: np.ndarray  # int64 per session: offset of its last event
+
+
+def simulate_sessions(
+    stype: np.ndarray,
+    start_cat: np.ndarray,
+    P: dict[str, np.ndarray],
+    cat_popularity: np.ndarray,
+    cat_start: np.ndarray,
+    query_start: np.ndarray,
+    rng: np.random.Generator,
+    max_steps: int,
+    max_cart: int,
+    max_dwell_s: float,
+) -> Sessions:
+    """Run all sessions (type codes `stype`, starting categories `start_cat`) to their end."""
+    S = len(stype)
+    n_cat = len(cat_popularity)
+    cat_cdf = np.cumsum(cat_popularity)
+    cat_cdf[-1] = 1.0
+    last = np.full(S, PAGE, dtype=np.int8)
+    cat = start_cat.astype(np.int64).copy()
+    prod = np.full(S, -1, dtype=np.int64)
+    cart_p = np.full((S, max_cart), -1, dtype=np.int64)
+    cart_q = np.zeros((S, max_cart), dtype=np.int32)
+    cart_n = np.zeros(S, dtype=np.int64)
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("s", "order", "e", "p", "c", "q", "n")}
+    sub_slots = max_cart + 1
+
+    def emit(s, step, e, p=None, c=None, q=None, n=None, sub=0):
+        k = len(s)
+        out["s"].append(s)
+        out["order"].append(np.full(k, step * sub_slots + sub, dtype=np.int64))
+        out["e"].append(np.full(k, e, dtype=np.int8))
+        none = np.full(k, -1, dtype=np.int64)
+        out["p"].append(none if p is None else p)
+        out["c"].append(none if c is None else c)
+        out["q"].append(none if q is None else q)
+        out["n"].append(np.zeros(k, dtype=np.int32) if n is None else n.astype(np.int32))
+
+    def new_cat(k):
+        return np.minimum(np.searchsorted(cat_cdf, rng.random(k), side="right"), n_cat - 1)
+
+    all_s = np.arange(S, dtype=np.int64)
+    emit(all_s, 0, PAGE)
+    alive = rng.random(S) >= P["p_bounce"][stype]
+    cols = ("w_exit", "w_page", "w_collection", "w_search", "w_product", "w_cart", "w_remove", "w_checkout")
+    W_type = np.stack([P[c] for c in cols], axis=1)  # [n_types, 8]
+    for step in range(1, max_steps):
+        idx = np.flatnonzero(alive)
+        if len(idx) == 0:
+            break
+        t = stype[idx]
+        L = last[idx]
+        cn = cart_n[idx]
+        action = np.empty(len(idx), dtype=np.int8)
+        # In checkout: purchase, or abandon (leave 75%, browse on 25%).
+        co = L == CHECKOUT
+        if co.any():
+            u = rng.random(int(co.sum()))
+            pp = P["p_purchase"][t[co]]
+            action[co] = np.where(u < pp, PURCHASE, np.where(u < pp + (1 - pp) * 0.75, EXIT, PRODUCT))
+        br = ~co
+        if br.any():
+            W = W_type[t[br]].copy()
+            Lb, cnb = L[br], cn[br]
+            W[:, 5] *= (Lb == PRODUCT) & (cnb < max_cart)
+            W[:, 6] *= cnb > 0
+            W[:, 7] *= (cnb > 0) & (Lb != REMOVE)
+            cum = np.cumsum(W, axis=1)
+            u = rng.random(len(cum)) * cum[:, -1]
+            choice = (cum < u[:, None]).sum(axis=1)
+            codes = np.array([EXIT, PAGE, COLLECTION, SEARCH, PRODUCT, CART, REMOVE, CHECKOUT], dtype=np.int8)
+            action[br] = codes[np.minimum(choice, 7)]
+        alive[idx[action == EXIT]] = False
+        for a in (PAGE, COLLECTION, SEARCH, PRODUCT, CART, REMOVE, CHECKOUT, PURCHASE):
+            m = action == a
+            if not m.any():
+                continue
+            s = idx[m]
+            ta = t[m]
+            if a == PAGE or a == CHECKOUT:
+                emit(s, step, a)
+            elif a in (COLLECTION, SEARCH):
+                sw = rng.random(len(s)) < P["p_switch"][ta]
+                c = cat[s]
+                c[sw] = new_cat(int(sw.sum()))
+                cat[s] = c
+                if a == COLLECTION:
+                    emit(s, step, a, c=c)
+                else:
+                    lo, hi = query_start[c], query_start[c + 1]
+                    q = lo + np.minimum((rng.random(len(s)) * (hi - lo)).astype(np.int64), hi - lo - 1)
+                    emit(s, step, a, q=q)
+            elif a == PRODUCT:
+                c = cat[s]
+                lo, hi = cat_start[c], cat_start[c + 1]
+                # Products of a category are sorted by price: u**exp(sens) leans to cheap (sens > 0).
+                x = rng.random(len(s)) ** np.exp(P["price_sensitivity"][ta])
+                p = lo + np.minimum((x * (hi - lo)).astype(np.int64), hi - lo - 1)
+                prod[s] = p
+                emit(s, step, a, p=p)
+            elif a == CART:
+                p = prod[s]
+                n = 1 + rng.poisson(P["extra_quantity"][ta])
+                j = cart_n[s]
+                cart_p[s, j] = p
+                cart_q[s, j] = n
+                cart_n[s] = j + 1
+                emit(s, step, a, p=p, n=n)
+            elif a == REMOVE:
+                n_in = cart_n[s]
+                j = np.minimum((rng.random(len(s)) * n_in).astype(np.int64), n_in - 1)
+                p, n = cart_p[s, j], cart_q[s, j]
+                lastj = n_in - 1
+                cart_p[s, j], cart_q[s, j] = cart_p[s, lastj], cart_q[s, lastj]
+                cart_p[s, lastj], cart_q[s, lastj] = -1, 0
+                cart_n[s] = lastj
+                emit(s, step, a, p=p, n=n)
+            elif a == PURCHASE:
+                for j in range(max_cart):
+                    mj = cart_n[s] > j
+                    if not mj.any():
+                        break
+                    sj = s[mj]
+                    emit(sj, step, a, p=cart_p[sj, j], n=cart_q[sj, j], sub=j)
+                alive[s] = False
+        last[idx] = np.where(action == EXIT, last[idx], action)
+
+    s = np.concatenate(out["s"])
+    order = np.concatenate(out["order"])
+    perm = np.lexsort((order, s))
+    s = s[perm]
+    e = np.concatenate(out["e"])[perm]
+    sub = (order[perm] % sub_slots) > 0
+    # Gaps before each event: log-normal around the type's dwell, by event type; the first event
+    # of a session has none; the 2nd..kth purchase rows of one checkout follow within a second.
+    med = P["dwell_median_s"][stype[s]] * DWELL_MULT[e]
+    gap_s = np.minimum(med * np.exp(rng.normal(0.0, DWELL_SIGMA, len(s))), max_dwell_s)
+    gap_s = np.maximum(gap_s, 0.3)
+    gap_s[sub] = rng.uniform(0.01, 0.3, int(sub.sum()))
+    first = np.ones(len(s), dtype=bool)
+    first[1:] = s[1:] != s[:-1]
+    gap_ms = np.round(gap_s * 1000).astype(np.int64)
+    gap_ms[first] = 0
+    cum = np.cumsum(gap_ms)
+    starts = np.flatnonzero(first)
+    base = np.repeat(cum[starts], np.diff(np.append(starts, len(s))))
+    offset = cum - base
+    ends = np.append(starts[1:], len(s)) - 1
+    duration = np.zeros(S, dtype=np.int64)
+    duration[s[ends]] = offset[ends]
+    return Sessions(
+        session=s,
+        etype=e,
+        product=np.concatenate(out["p"])[perm],
+        category=np.concatenate(out["c"])[perm],
+        query=np.concatenate(out["q"])[perm],
+        quantity=np.concatenate(out["n"])[perm],
+        offset_ms=offset,
+        duration_ms=duration,
+    )
