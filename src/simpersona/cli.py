@@ -40,6 +40,19 @@ def main() -> None:
     """
 
 
+@main.command("run")
+@click.option("--preset", default="demo", show_default=True, help="YAML preset with one section per stage.")
+@click.option("--out", default=Path("runs/demo"), type=click.Path(path_type=Path), show_default=True, help="Run folder.")
+@click.option("--data", default=None, type=click.Path(path_type=Path), help="A real event log (default: generate one).")
+@click.option("--format", "fmt", default="canonical", show_default=True, help="Format of --data.")
+@SETS
+def run_all(preset, out, data, fmt, sets) -> None:
+    """The main job: every stage in order, resumable in one run folder."""
+    from simpersona import pipeline
+
+    pipeline.run(preset, out, tuple(sets), data=data, fmt=fmt, echo=click.echo)
+
+
 @main.command()
 @click.option("--format", "fmt", default=None, help="Source format: canonical, rees46, taobao, tmall, gmerch, otto.")
 @click.option("--input", "input_path", default=None, type=click.Path(path_type=Path), help="Source file or folder.")

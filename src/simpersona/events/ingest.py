@@ -227,9 +227,10 @@ def _write_catalog(con, cfg: IngestConfig, path: Path) -> int:
         con.execute(f"""
         CREATE TEMP TABLE cat AS
         SELECT *, split_part(_chk, ':', 1) AS reason, split_part(_chk, ':', 2) AS field
-        FROM (SELECT row_number() OVER () + {0 if cat.suffix == '.parquet' else 1} AS _row, {cols},
-                     {raw} AS _raw, {catalog_check_expr()} AS _chk
-              FROM {reader})
+        FROM (SELECT *, {catalog_check_expr()} AS _chk
+              FROM (SELECT row_number() OVER () + {0 if cat.suffix == '.parquet' else 1} AS _row, {cols},
+                           {raw} AS _raw
+                    FROM {reader}))
         """)
         con.execute("""
         UPDATE cat SET reason = 'duplicate', field = 'product_id'
