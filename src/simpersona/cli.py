@@ -207,3 +207,24 @@ def features_inspect(run_dir, buyer, shop) -> None:
     from simpersona.features import stage
 
     click.echo(stage.inspect_buyer(run_dir, buyer, shop))
+
+
+@main.group()
+def storefront() -> None:
+    """The web shop built from a catalog, logging canonical events (and the agent environment)."""
+
+
+@storefront.command("serve")
+@click.option("--catalog", default=None, type=click.Path(path_type=Path), help="Canonical catalog.parquet.")
+@click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Port (default 8000).")
+@click.option("--events-out", default=None, type=click.Path(path_type=Path), help="Folder for events/ and sessions/ Parquet.")
+@PRESET
+@SETS
+def storefront_serve(catalog, host, port, events_out, preset, sets) -> None:
+    """Serve every shop of a catalog under /s/{shop}/ until interrupted (events flushed on exit)."""
+    from simpersona.storefront.app import serve
+    from simpersona.storefront.config import StorefrontConfig
+
+    values = {"catalog": catalog, "host": host, "port": port, "events_out": events_out}
+    serve(load_config(StorefrontConfig, preset, sets, section="storefront", values=values))
