@@ -184,3 +184,15 @@ def test_cli_synth(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "simpersona", "synth", "--set", "nope=1", "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "nope" in bad.stderr
+
+
+def test_events_fall_in_the_observation_window_and_buyers_span_days(events):
+    t0 = np.datetime64("2026-03-01T00:00:00", "us").astype(np.int64)
+    assert events["ts"].min() >= t0 and events["ts"].max() < t0 + 31 * 86_400_000_000  # a last session may run past midnight
+    days = events["ts"] // 86_400_000_000
+    per_buyer = {}
+    for b, d in zip(events["buyer_id"], days):
+        per_buyer.setdefault(b, set()).add(d)
+    n_days = np.array([len(v) for v in per_buyer.values()])
+    assert len(per_buyer) == 3000  # every buyer has at least its first session
+    assert 0.15 < (n_days > 1).mean() < 0.9

@@ -68,7 +68,7 @@ class SynthConfig:
     categories_max: int = 8
     # first day of the observation window (UTC, YYYY-MM-DD)
     start_date: str = "2026-03-01"
-    # days of the window in which buyers' first sessions fall
+    # days in the observation window: first sessions fall inside, sessions after it are dropped
     days: int = 30
     # most events positions per session (a session is cut after this many steps)
     max_session_steps: int = 60
@@ -217,8 +217,13 @@ def _chunk(cfg: SynthConfig, P: dict[str, np.ndarray], shop: _Shop, c: int, id_w
     v = start - D + (np.int64(1) << 40) + sb.astype(np.int64) * big
     start = np.maximum.accumulate(v) - sb.astype(np.int64) * big - (np.int64(1) << 40) + D
 
-    e_s = ev.session
-    ts_ms = t0_ms + start[e_s] + ev.offset_ms
+    # Sessions pushed past the observation window are not observed (each buyer keeps a prefix,
+    # at least its first session, which starts inside the window by construction).
+    keep = start < cfg.days * DAY_MS
+    em = keep[ev.session]
+    e_s = ev.session[em]
+    etype, product, category, query, quantity = (x[em] for x in (ev.etype, ev.product, ev.category, ev.query, ev.quantity))
+    ts_ms = t0_ms + start[e_s] + ev.offset_ms[em]
     k = np.arange(S) - np.repeat(grp_start, n_sess)  # session rank within buyer, chronological
     kw = max(2, len(str(cfg.max_sessions - 1)))
     sess_ids = pc.binary_join_element_wise(
@@ -226,18 +231,18 @@ def _chunk(cfg: SynthConfig, P: dict[str, np.ndarray], shop: _Shop, c: int, id_w
     )
     idx = pa.array(e_s)
     n_ev = len(e_s)
-    p_null = ev.product < 0
+    p_null = product < 0
     arrays = {
         "shop_id": pa.array([shop.shop_id], pa.string()).take(pa.array(np.zeros(n_ev, dtype=np.int64))),
         "buyer_id": buyer_ids.take(pa.array(sb[e_s])),
         "session_id": sess_ids.take(idx),
         "ts": pa.array(ts_ms * 1000, pa.timestamp("us", tz="UTC")),
-        "event_type": pa.array(EVENT_TYPES, pa.string()).take(pa.array(ev.etype.astype(np.int64))),
-        "product_id": cat.product_ids.take(pa.array(np.where(p_null, 0, ev.product), mask=p_null)),
-        "collection_id": pa.array(cat.categories, pa.string()).take(pa.array(np.maximum(ev.category, 0), mask=ev.category < 0)),
-        "query": cat.queries.take(pa.array(np.maximum(ev.query, 0), mask=ev.query < 0)),
-        "price": pa.array(cat.price[np.where(p_null, 0, ev.product)], pa.float64(), mask=p_null),
-        "quantity": pa.array(ev.quantity, pa.int32(), mask=ev.quantity == 0),
+        "event_type": pa.array(EVENT_TYPES, pa.string()).take(pa.array(etype.astype(np.int64))),
+        "product_id": cat.product_ids.take(pa.array(np.where(p_null, 0, product), mask=p_null)),
+        "collection_id": pa.array(cat.categories, pa.string()).take(pa.array(np.maximum(category, 0), mask=category < 0)),
+        "query": cat.queries.take(pa.array(np.maximum(query, 0), mask=query < 0)),
+        "price": pa.array(cat.price[np.where(p_null, 0, product)], pa.float64(), mask=p_null),
+        "quantity": pa.array(quantity, pa.int32(), mask=quantity == 0),
     }
     events = pa.Table.from_arrays([arrays[c] for c in EVENT_COLUMNS], schema=EVENT_SCHEMA)
     if cfg.file_format == "csv":
@@ -250,8 +255,8 @@ def _chunk(cfg: SynthConfig, P: dict[str, np.ndarray], shop: _Shop, c: int, id_w
             "type": pa.array(names, pa.string()).take(pa.array(btype)),
         }
     )
-    counts = np.bincount(ev.etype, minlength=len(EVENT_TYPES))
-    return events, truth, counts, S
+    counts = np.bincount(etype, minlength=len(EVENT_TYPES))
+    return events, truth, counts, int(keep.sum())
 
 
 def _ordered(fn, tasks, threads: int):
