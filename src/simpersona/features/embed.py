@@ -102,7 +102,7 @@ class SentenceEncoder:
         if self.bf16:
             self.st = self.st.to(torch.bfloat16)
             self.model_id += "-bf16"
-        self.dim = int(self.st.get_sentence_embedding_dimension())
+        self.dim = int((getattr(self.st, "get_embedding_dimension", None) or self.st.get_sentence_embedding_dimension)())
         self.batch_size = batch_size
 
     def encode(self, texts: list[str]) -> np.ndarray:

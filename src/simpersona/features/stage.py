@@ -216,8 +216,11 @@ def inverse_scalars(feat_dir_or_transforms, z: np.ndarray) -> np.ndarray:
     return t["scalars"].inverse_transform(z[:, :N_SCALARS])
 
 
-def run(cfg: FeaturesConfig, run_dir: Path) -> dict:
-    """Run the features stage into `run_dir`; returns the summary dict (also summary.json)."""
+def run(cfg: FeaturesConfig, run_dir: Path, encoder=None) -> dict:
+    """Run the features stage into `run_dir`; returns the summary dict (also summary.json).
+
+    `encoder` (tests): an object with model_id, dim and encode(list[str]) used instead of the
+    configured sentence-transformers model."""
     t0 = time.perf_counter()
     if cfg.input is None:
         raise FeaturesError("features: no input folder (--input INGEST_DIR)")
@@ -305,7 +308,8 @@ def run(cfg: FeaturesConfig, run_dir: Path) -> dict:
     e = cfg.embedding
     embed_info: dict = {"enabled": e.enabled}
     if e.enabled:
-        encoder = SentenceEncoder(e.model, e.cache_dir, batch_size=e.batch_size, bf16=e.bf16)
+        if encoder is None:
+            encoder = SentenceEncoder(e.model, e.cache_dir, batch_size=e.batch_size, bf16=e.bf16)
         emb, info = embed_texts(titles, encoder, EmbeddingCache(e.cache_dir, encoder.model_id), e.chunk, cfg.progress)
         embed_info.update(info, model_id=encoder.model_id, dim=encoder.dim)
     else:

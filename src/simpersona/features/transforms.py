@@ -114,7 +114,9 @@ class ScalarTransform:
             p = _sigmoid(pre[:, idx[name]])
             n = p * (n_sessions + self.alpha + self.beta) - self.alpha
             raw[:, idx[name]] = np.clip(n / np.maximum(n_sessions, 1e-12), 0.0, 1.0)
-        raw[:, idx[INTENT]] = _sigmoid(pre[:, idx[INTENT]])
+        intent = _sigmoid(pre[:, idx[INTENT]])
+        # the clip at ε is lossy: a clipped 0 (pure window shopper) comes back as 0
+        raw[:, idx[INTENT]] = np.where(intent <= self.intent_eps * (1 + 1e-4), 0.0, intent)
         return raw
 
     def to_dict(self) -> dict:
