@@ -164,13 +164,24 @@ DEDUP_KEY = "shop_id, buyer_id, session_id, ts, event_type, product_id, collecti
 
 
 def _mark_duplicates(con: duckdb.DuckDBPyConnection) -> None:
-    """Reject exact copies of an earlier accepted event (earliest file/line kept)."""
-    raw = "to_json(struct_pack(" + ", ".join(f"{c} := {c}" for c in DEDUP_KEY.split(", ")) + "))::VARCHAR"
+    """Reject exact copies of an earlier accepted event (earliest file/line kept).
+
+    A hash aggregate finds the duplicated keys first (cheap, parallel); only rows with those
+    keys go through the window that picks which copy stays.
+    """
+    keys = DEDUP_KEY.split(", ")
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE _dupkeys AS
+                    SELECT {DEDUP_KEY} FROM staged WHERE reason IS NULL GROUP BY ALL HAVING count(*) > 1""")
+    if con.execute("SELECT count(*) FROM _dupkeys").fetchone()[0] == 0:
+        return
+    on = " AND ".join(f"s.{c} IS NOT DISTINCT FROM d.{c}" for c in keys)
+    raw = "to_json(struct_pack(" + ", ".join(f"{c} := {c}" for c in keys) + "))::VARCHAR"
     con.execute(f"""
     UPDATE staged SET reason = 'duplicate', field = NULL, _raw = {raw}
     WHERE rowid IN (
-        SELECT rowid FROM staged WHERE reason IS NULL
-        QUALIFY row_number() OVER (PARTITION BY {DEDUP_KEY} ORDER BY _file, _row) > 1
+        SELECT s.rowid FROM staged s JOIN _dupkeys d ON {on}
+        WHERE s.reason IS NULL
+        QUALIFY row_number() OVER (PARTITION BY {", ".join("s." + c for c in keys)} ORDER BY s._file, s._row) > 1
     )
     """)
 
@@ -186,7 +197,10 @@ def _strict_error(con: duckdb.DuckDBPyConnection) -> IngestError | None:
 
 
 def _write_events(con, cfg: IngestConfig, path: Path, key: bytes, sessionise: bool) -> None:
-    buyer = hmac_sql("buyer_id", key)
+    # One HMAC per distinct buyer, joined back: ~1/20 of the hashing of a per-row expression.
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE _ids AS
+                    SELECT buyer_id AS _raw_id, {hmac_sql("buyer_id", key)} AS _hashed
+                    FROM (SELECT DISTINCT buyer_id FROM staged WHERE reason IS NULL)""")
     if sessionise:
         gap = f"INTERVAL {int(cfg.session_gap_minutes * 60)} SECOND"
         session = f"""'s' || sum(_new) OVER (PARTITION BY shop_id, buyer_id ORDER BY ts, _file, _row
@@ -198,9 +212,9 @@ def _write_events(con, cfg: IngestConfig, path: Path, key: bytes, sessionise: bo
         session, inner = "session_id", "SELECT * FROM staged WHERE reason IS NULL"
     con.execute(f"""
     COPY (
-        SELECT shop_id, {buyer} AS buyer_id, {session} AS session_id, ts, event_type,
+        SELECT shop_id, _hashed AS buyer_id, {session} AS session_id, ts, event_type,
                product_id, collection_id, query, price, quantity
-        FROM ({inner})
+        FROM ({inner}) JOIN _ids ON buyer_id = _raw_id
     ) TO '{path}' (FORMAT parquet, COMPRESSION zstd)
     """)
 

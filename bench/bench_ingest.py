@@ -1,0 +1,88 @@
+"""Ingest throughput and peak memory against a bare DuckDB copy of the same file, in one run.
+
+    .venv/bin/python bench/bench_ingest.py --events 10000000
+
+Generates a canonical CSV with `simpersona synth` (cached under --work), then runs, each in its
+own process so peak RSS is its own:
+  1. baseline: DuckDB `COPY (SELECT * FROM read_csv(file)) TO parquet` — no validation;
+  2. `simpersona ingest --format canonical` — mapping, validation, duplicates, HMAC, catalog.
+Prints events/s, wall time, peak RSS and the ratio ingest / baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+EVENTS_PER_BUYER = 17.0  # what the default generator gives, measured on the tiny preset
+
+CHILD_BASELINE = """
+import duckdb, json, resource, sys, time
+src, out, threads, mem = sys.argv[1:5]
+con = duckdb.connect()
+con.execute(f"SET threads={threads}; SET memory_limit='{mem}'")
+t = time.perf_counter()
+con.execute(f"COPY (SELECT * FROM read_csv('{src}')) TO '{out}' (FORMAT parquet, COMPRESSION zstd)")
+print(json.dumps({"seconds": time.perf_counter() - t, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+CHILD_INGEST = """
+import json, resource, sys, time
+from pathlib import Path
+from simpersona.events import ingest
+src, cat, out, threads, mem = sys.argv[1:6]
+cfg = ingest.IngestConfig(format="canonical", input=Path(src), catalog=Path(cat), threads=int(threads),
+                          memory_limit=mem, salt="00" * 16, progress=False)
+t = time.perf_counter()
+s = ingest.run(cfg, Path(out))
+print(json.dumps({"seconds": time.perf_counter() - t, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "read": s["read"], "accepted": s["accepted"], "rejected": s["rejected"]}))
+"""
+
+
+def child(code: str, *args: str) -> dict:
+    p = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(p.stderr)
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=10_000_000, help="approximate number of events to generate")
+    ap.add_argument("--work", type=Path, default=Path("bench/results/ingest"), help="scratch folder")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--memory-limit", default="1500MB", help="DuckDB memory limit for both runs")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each side; the median is reported")
+    args = ap.parse_args()
+
+    buyers = max(100, int(args.events / EVENTS_PER_BUYER))
+    data = args.work / f"synth_{buyers}"
+    if not (data / "meta.json").exists():
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "simpersona", "synth", "--shops", "20", "--buyers", str(buyers),
+                        "--seed", "1", "--out", str(data)], check=True, stdout=subprocess.DEVNULL)
+        print(f"generated {data} in {time.perf_counter() - t:.1f}s")
+    src, cat = data / "events.csv", data / "catalog.parquet"
+    size_mb = src.stat().st_size / 2**20
+
+    base, ing = [], []
+    for _ in range(args.repeat):
+        base.append(child(CHILD_BASELINE, src, args.work / "baseline.parquet", args.threads, args.memory_limit))
+        ing.append(child(CHILD_INGEST, src, cat, args.work / "ingest_out", args.threads, args.memory_limit))
+    med = lambda xs, k: sorted(x[k] for x in xs)[len(xs) // 2]  # noqa: E731
+    n = ing[0]["read"]
+    b_s, i_s = med(base, "seconds"), med(ing, "seconds")
+    print(f"input: {src} ({size_mb:,.0f} MiB, {n:,} events), threads={args.threads}, memory_limit={args.memory_limit}")
+    print(f"{'':28}{'wall s':>9}{'events/s':>14}{'peak RSS MiB':>15}")
+    print(f"{'bare DuckDB COPY → parquet':28}{b_s:9.2f}{n / b_s:14,.0f}{med(base, 'rss_mb'):15,.0f}")
+    print(f"{'simpersona ingest':28}{i_s:9.2f}{n / i_s:14,.0f}{med(ing, 'rss_mb'):15,.0f}")
+    print(f"ratio ingest / bare copy: {i_s / b_s:.2f}×  (accepted {ing[0]['accepted']:,}, rejected {ing[0]['rejected']:,})")
+
+
+if __name__ == "__main__":
+    main()
