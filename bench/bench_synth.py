@@ -1,8 +1,8 @@
 """Benchmark of `simpersona synth`: events/s and peak RSS (not a test).
 
-    .venv/bin/python bench/bench_synth.py --shops 20 --buyers 550000 --file-format csv
+    .venv/bin/python bench/bench_synth.py --shops 20 --buyers 650000 --file-format csv
 
-≈18.5 events per buyer with the default types, so 550k buyers ≈ 10M events. The generator runs
+≈16.5 events per buyer with the default types, so 650k buyers ≈ 10.7M events. The generator runs
 in a child process so its peak RSS (ru_maxrss of children) is measured alone.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shops", type=int, default=20)
-    ap.add_argument("--buyers", type=int, default=550_000)
+    ap.add_argument("--buyers", type=int, default=650_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--file-format", default="csv", choices=["csv", "parquet"])
     ap.add_argument("--threads", type=int, default=1)

@@ -75,14 +75,46 @@ def default_types() -> list[BuyerType]:
     """Eight types whose funnels land buyers in all strata A (purchasers) … E (bouncers)."""
     T = BuyerType
     return [
-        T("decisive buyer", 0.10, 1.6, 3.0, 0.05, 0.15, 0.02, 0.10, 0.15, 0.75, 0.90, 0.02, 0.55, 0.85, 15.0, 0.0, 0.85, 0.05, 0.2),
-        T("bargain hunter", 0.13, 3.5, 10.0, 0.10, 0.15, 0.03, 0.25, 0.45, 0.60, 0.12, 0.06, 0.25, 0.55, 18.0, 2.0, 0.6, 0.25, 0.3),
-        T("window shopper", 0.20, 2.5, 12.0, 0.15, 0.18, 0.08, 0.45, 0.15, 0.60, 0.004, 0.05, 0.05, 0.10, 25.0, 0.3, 0.4, 0.35, 0.0),
-        T("cart abandoner", 0.12, 2.2, 7.0, 0.08, 0.20, 0.03, 0.20, 0.20, 0.60, 0.35, 0.12, 0.18, 0.04, 20.0, 0.5, 0.6, 0.15, 0.2),
-        T("researcher", 0.11, 4.0, 14.0, 0.05, 0.10, 0.05, 0.20, 0.55, 0.80, 0.04, 0.08, 0.25, 0.40, 45.0, 0.8, 0.8, 0.10, 0.05),
-        T("bouncer", 0.18, 1.2, 2.0, 0.85, 0.80, 0.10, 0.10, 0.05, 0.20, 0.01, 0.01, 0.10, 0.20, 8.0, 0.0, 0.3, 0.30, 0.0),
-        T("loyal regular", 0.08, 6.0, 25.0, 0.10, 0.22, 0.03, 0.15, 0.20, 0.60, 0.20, 0.04, 0.40, 0.75, 14.0, 0.0, 0.9, 0.05, 0.5),
-        T("impulse buyer", 0.08, 1.5, 2.0, 0.10, 0.20, 0.02, 0.15, 0.05, 0.60, 0.80, 0.03, 0.60, 0.80, 8.0, -1.0, 0.5, 0.30, 0.4),
+        T(
+            name="decisive buyer", share=0.1, sessions_mean=1.6, active_days=3.0, p_bounce=0.05,
+            w_exit=0.15, w_page=0.02, w_collection=0.1, w_search=0.15, w_product=0.75, w_cart=0.9, w_remove=0.02, w_checkout=0.55, p_purchase=0.85, dwell_median_s=15.0,
+            price_sensitivity=0.0, category_focus=0.85, p_switch=0.05, extra_quantity=0.2,
+        ),
+        T(
+            name="bargain hunter", share=0.13, sessions_mean=3.5, active_days=10.0, p_bounce=0.1,
+            w_exit=0.15, w_page=0.03, w_collection=0.25, w_search=0.45, w_product=0.6, w_cart=0.12, w_remove=0.06, w_checkout=0.25, p_purchase=0.55, dwell_median_s=18.0,
+            price_sensitivity=2.0, category_focus=0.6, p_switch=0.25, extra_quantity=0.3,
+        ),
+        T(
+            name="window shopper", share=0.2, sessions_mean=2.5, active_days=12.0, p_bounce=0.15,
+            w_exit=0.18, w_page=0.08, w_collection=0.45, w_search=0.15, w_product=0.6, w_cart=0.004, w_remove=0.05, w_checkout=0.05, p_purchase=0.1, dwell_median_s=25.0,
+            price_sensitivity=0.3, category_focus=0.4, p_switch=0.35, extra_quantity=0.0,
+        ),
+        T(
+            name="cart abandoner", share=0.12, sessions_mean=2.2, active_days=7.0, p_bounce=0.08,
+            w_exit=0.2, w_page=0.03, w_collection=0.2, w_search=0.2, w_product=0.6, w_cart=0.35, w_remove=0.12, w_checkout=0.18, p_purchase=0.04, dwell_median_s=20.0,
+            price_sensitivity=0.5, category_focus=0.6, p_switch=0.15, extra_quantity=0.2,
+        ),
+        T(
+            name="researcher", share=0.11, sessions_mean=4.0, active_days=14.0, p_bounce=0.05,
+            w_exit=0.1, w_page=0.05, w_collection=0.2, w_search=0.55, w_product=0.8, w_cart=0.04, w_remove=0.08, w_checkout=0.25, p_purchase=0.4, dwell_median_s=45.0,
+            price_sensitivity=0.8, category_focus=0.8, p_switch=0.1, extra_quantity=0.05,
+        ),
+        T(
+            name="bouncer", share=0.18, sessions_mean=1.2, active_days=2.0, p_bounce=0.85,
+            w_exit=0.8, w_page=0.1, w_collection=0.1, w_search=0.05, w_product=0.2, w_cart=0.01, w_remove=0.01, w_checkout=0.1, p_purchase=0.2, dwell_median_s=8.0,
+            price_sensitivity=0.0, category_focus=0.3, p_switch=0.3, extra_quantity=0.0,
+        ),
+        T(
+            name="loyal regular", share=0.08, sessions_mean=6.0, active_days=25.0, p_bounce=0.1,
+            w_exit=0.22, w_page=0.03, w_collection=0.15, w_search=0.2, w_product=0.6, w_cart=0.2, w_remove=0.04, w_checkout=0.4, p_purchase=0.75, dwell_median_s=14.0,
+            price_sensitivity=0.0, category_focus=0.9, p_switch=0.05, extra_quantity=0.5,
+        ),
+        T(
+            name="impulse buyer", share=0.08, sessions_mean=1.5, active_days=2.0, p_bounce=0.1,
+            w_exit=0.2, w_page=0.02, w_collection=0.15, w_search=0.05, w_product=0.6, w_cart=0.8, w_remove=0.03, w_checkout=0.6, p_purchase=0.8, dwell_median_s=8.0,
+            price_sensitivity=-1.0, category_focus=0.5, p_switch=0.3, extra_quantity=0.4,
+        ),
     ]
 
 
