@@ -263,7 +263,7 @@ def create_app(
             products.sort(key=lambda p: p.title)
         featured = [(p, store.price(p, v.state.variant)) for p in products[: cfg.featured]]
         store.event(v, "page_view")
-        return store.render(v, "home.html", featured=featured, collections=v.shop.collections(cfg.home_collections))
+        return store.render(v, "home.html", products=featured, collections=v.shop.collections(cfg.home_collections))
 
     @app.get("/s/{shop}/collections/{path:path}", response_class=HTMLResponse)
     async def collection(request: Request, shop: str, path: str, page: str | None = None):
