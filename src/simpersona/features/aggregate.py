@@ -86,15 +86,19 @@ def session_table(events: ibis.Table, catalog: ibis.Table, context: bool = True)
         order_value=e.amount.sum(where=et == "purchase").coalesce(0.0),
     )
     if context:
+        # sorted distinct lists; an empty list (not null) when the session has none
+        empty = ibis.literal([], type="array<string>")
+
+        def lst(col, where=None):
+            return col.collect(where=where, distinct=True).sort().coalesce(empty)
+
         aggs.update(
-            viewed_titles=e.title.collect(where=et == "product_view", distinct=True).sort(),
-            carted_titles=e.title.collect(where=et == "add_to_cart", distinct=True).sort(),
-            purchased_titles=e.title.collect(where=et == "purchase", distinct=True).sort(),
-            collections=e.collection.coalesce(e.collection_id)
-            .collect(where=et.isin(["collection_view", "product_view"]), distinct=True)
-            .sort(),
-            queries=e.query.collect(where=et == "search", distinct=True).sort(),
-            brands=e.brand.collect(distinct=True).sort(),
+            viewed_titles=lst(e.title, et == "product_view"),
+            carted_titles=lst(e.title, et == "add_to_cart"),
+            purchased_titles=lst(e.title, et == "purchase"),
+            collections=lst(e.collection.coalesce(e.collection_id), et.isin(["collection_view", "product_view"])),
+            queries=lst(e.query, et == "search"),
+            brands=lst(e.brand),
         )
     s = e.group_by(list(SESSION_KEYS)).aggregate(**aggs)
     has_purchase = s.n_purchase > 0

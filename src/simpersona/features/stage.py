@@ -155,9 +155,13 @@ def _stream_to_parquet(expr, path: Path, batch_rows: int = 500_000) -> int:
         return pq.read_metadata(path).num_rows
     n = 0
     reader = expr.to_pyarrow_batches(chunk_size=batch_rows)
-    with pq.ParquetWriter(path, reader.schema) as w:
+    # Spark hands back naive timestamps (its session time zone is UTC): mark them UTC
+    schema = pa.schema(
+        [f.with_type(pa.timestamp("us", tz="UTC")) if pa.types.is_timestamp(f.type) else f for f in reader.schema]
+    )
+    with pq.ParquetWriter(path, schema) as w:
         for b in reader:
-            w.write_batch(b)
+            w.write_batch(pa.RecordBatch.from_arrays([c.cast(f.type) for c, f in zip(b.columns, schema, strict=True)], schema=schema))
             n += b.num_rows
     return n
 
