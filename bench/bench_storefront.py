@@ -1,0 +1,233 @@
+"""Benchmark of the storefront (not a test): agent-environment steps/s in-process with a scripted
+policy, and HTTP requests/s under a loopback load generator beside a bare FastAPI hello-world.
+
+    .venv/bin/python bench/bench_storefront.py                       # both parts
+    .venv/bin/python bench/bench_storefront.py --episodes 200 --requests 5000 --concurrency 32
+
+Catalog: the synthetic generator's catalogs (4 shops × 300 products). In-process: the env over
+httpx's ASGITransport on a private loop (what `AsgiTransport` uses), and for comparison the
+same episodes over starlette's TestClient. HTTP: each app runs alone in a child process
+(uvicorn, 127.0.0.1 only); an httpx async client sends a fixed number of GETs (a mix of home,
+collection, search and product pages; `/` for hello-world) with a time cap, counting non-200s
+and exceptions as errors; or, where installed (`apt-get install wrk`), `wrk` for 10 s (`--load`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+
+
+def bench_catalog(shops: int = 4, products: int = 300) -> pa.Table:
+    from simpersona.synth.catalog import build_catalog
+
+    rng = np.random.default_rng(0)
+    return pa.concat_tables([build_catalog(f"shop{i}", products, 12, rng).table for i in range(shops)])
+
+
+def policy_episode(env, rng: random.Random, shop: str) -> int:
+    """A scripted buyer: collection → product (maybe next page, a search) → add → cart → checkout → order."""
+    obs, info = env.reset(seed=rng.randrange(1 << 30), options={"shop": shop, "persona_token": "<|persona_1|>", "goal": "buy"})
+    steps = 0
+
+    def act(a):
+        nonlocal obs, steps
+        obs, _, term, trunc, info = env.step(a)
+        steps += 1
+        return term or trunc
+
+    def ids(prefix):
+        return [e for e in env.snap.elements if e.startswith(prefix)]
+
+    act({"action": "click", "element_id": rng.choice(ids("collection-"))})
+    if "page-next" in env.snap.elements and rng.random() < 0.5:
+        act({"action": "click", "element_id": "page-next"})
+    act({"action": "click", "element_id": rng.choice(ids("product-"))})
+    act({"action": "search", "query": rng.choice(["gift", "blue", "classic", "organic", "set"])})
+    act({"action": "back"})
+    act({"action": "add_to_cart", "quantity": rng.randint(1, 3)})
+    act({"action": "checkout"})
+    for k, v in (("email", "a@b.co"), ("name", "Ann"), ("address", "Main 1"), ("city", "Oslo"), ("postal_code", "0150"), ("country", "US")):
+        act({"action": "fill", "element_id": f"field-{k}", "value": v})
+    act({"action": "click", "element_id": "place-order"})
+    act({"action": "end_session", "goal_reached": True})
+    return steps
+
+
+def bench_env(catalog: pa.Table, episodes: int) -> None:
+    from fastapi.testclient import TestClient
+
+    from simpersona.storefront.app import create_app
+    from simpersona.storefront.config import StorefrontConfig
+    from simpersona.storefront.env import ShopEnv
+    from simpersona.storefront.transports import AsgiTransport, _HttpxTransport
+
+    class TestClientTransport(_HttpxTransport):
+        def __init__(self, app):
+            self._client = TestClient(app, follow_redirects=True)
+
+        def _send(self, method, url, body):
+            return self._client.request(method, url, content=body, headers=self._headers(body))
+
+        def close(self):
+            self._client.close()
+
+    shops = sorted(set(catalog.column("shop_id").to_pylist()))
+    for name, make in (("ASGITransport (AsgiTransport)", AsgiTransport), ("starlette TestClient", TestClientTransport)):
+        app = create_app(StorefrontConfig(), catalog)
+        env = ShopEnv(make(app))
+        rng = random.Random(0)
+        policy_episode(env, rng, shops[0])  # warm-up
+        t0 = time.perf_counter()
+        steps = sum(policy_episode(env, rng, shops[i % len(shops)]) for i in range(episodes))
+        wall = time.perf_counter() - t0
+        events = app.state.store.log.events()
+        purchases = sum(1 for t in events.column("event_type").to_pylist() if t == "purchase")
+        print(f"in-process {name:30s}: {episodes} episodes, {steps} steps in {wall:.2f}s = "
+              f"{steps / wall:,.0f} steps/s, {episodes / wall:,.1f} episodes/s ({events.num_rows} events, {purchases} purchases)")
+        env.close()
+
+
+def _serve(kind: str, port: int) -> None:
+    import uvicorn
+
+    if kind == "hello":
+        from fastapi import FastAPI
+
+        app = FastAPI()
+
+        @app.get("/")
+        async def hello():
+            return {"hello": "world"}
+    else:
+        from simpersona.storefront.app import create_app
+        from simpersona.storefront.config import StorefrontConfig
+
+        app = create_app(StorefrontConfig(), bench_catalog())
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
+
+
+async def _load(base: str, urls: list[str], n: int, concurrency: int, time_cap_s: float) -> tuple[int, int, float]:
+    import httpx
+
+    done = errors = 0
+    deadline = time.perf_counter() + time_cap_s
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+        async def worker(w: int) -> None:
+            nonlocal done, errors
+            cookies = {"sp_buyer": f"bench-{w}", "sp_session": f"bench-{w}"}
+            i = w
+            while done + errors < n and time.perf_counter() < deadline:
+                try:
+                    r = await client.get(urls[i % len(urls)], cookies=cookies)
+                    if r.status_code == 200:
+                        done += 1
+                    else:
+                        errors += 1
+                except httpx.HTTPError:
+                    errors += 1
+                i += concurrency
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        return done, errors, time.perf_counter() - t0
+
+
+def _wrk(base: str, urls: list[str], concurrency: int, seconds: float) -> tuple[int, int, float]:
+    """(ok, errors, requests/s) from `wrk` with a Lua script cycling through `urls`."""
+    import re
+    import tempfile
+
+    lua = "local urls = {" + ",".join(f'"{u}"' for u in urls) + "}\nlocal i = 0\n" + (
+        "request = function()\n  i = i + 1\n  return wrk.format('GET', urls[(i % #urls) + 1], "
+        "{['Cookie'] = 'sp_buyer=bench; sp_session=bench'})\nend\n")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as f:
+        f.write(lua)
+        f.flush()
+        out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{int(seconds)}s", "-s", f.name, base],
+                             capture_output=True, text=True, check=True).stdout
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    bad = sum(int(x) for x in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    bad += sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    return total - bad, bad, rps
+
+
+def bench_http(catalog: pa.Table, n: int, concurrency: int, time_cap_s: float, load: str) -> None:
+    from urllib.parse import quote
+
+    from simpersona.storefront.catalog import load_catalog
+
+    shops = load_catalog(catalog)
+    urls = []
+    for s in shops.values():
+        base = f"/s/{s.shop_id}"
+        urls.append(base + "/")
+        urls += [f"{base}/collections/{quote(c, safe='/')}" for c in s.collections(3)]
+        urls += [f"{base}/products/{quote(pid, safe='')}" for pid in s.order[:20]]
+        urls.append(f"{base}/search?q={quote(next(iter(s.products.values())).title.split()[-1])}")
+    random.Random(0).shuffle(urls)
+    for kind, paths in (("hello", ["/"]), ("storefront", urls)):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--port", str(port)])
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise RuntimeError(f"{kind} server did not start")
+                    time.sleep(0.1)
+            base = f"http://127.0.0.1:{port}"
+            asyncio.run(_load(base, paths, min(200, n), concurrency, time_cap_s))  # warm-up
+            if load == "wrk":
+                ok, errors, rps = _wrk(base, paths, concurrency, time_cap_s)
+            else:
+                ok, errors, wall = asyncio.run(_load(base, paths, n, concurrency, time_cap_s))
+                rps = (ok + errors) / wall
+            print(f"HTTP {kind:10s} ({load}): {ok} ok, {errors} errors, {rps:,.0f} requests/s "
+                  f"(concurrency {concurrency}, {len(paths)} distinct URLs)")
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--episodes", type=int, default=100, help="scripted episodes per in-process transport")
+    ap.add_argument("--requests", type=int, default=3000, help="HTTP requests per server")
+    ap.add_argument("--concurrency", type=int, default=16, help="concurrent HTTP clients")
+    ap.add_argument("--time-cap", type=float, default=10.0, help="seconds per HTTP load run (wrk: its duration)")
+    ap.add_argument("--load", choices=["wrk", "httpx"], default=None, help="load generator (default: wrk where installed)")
+    ap.add_argument("--only", choices=["env", "http"], default=None)
+    ap.add_argument("--serve", choices=["hello", "storefront"], default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.serve:
+        _serve(a.serve, a.port)
+        return
+    catalog = bench_catalog()
+    print(f"catalog: {catalog.num_rows} products in {len(set(catalog.column('shop_id').to_pylist()))} shops")
+    if a.only in (None, "env"):
+        bench_env(catalog, a.episodes)
+    if a.only in (None, "http"):
+        import shutil
+
+        bench_http(catalog, a.requests, a.concurrency, a.time_cap, a.load or ("wrk" if shutil.which("wrk") else "httpx"))
+
+
+if __name__ == "__main__":
+    main()
