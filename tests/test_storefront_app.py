@@ -153,6 +153,9 @@ def test_lifespan_shutdown_flushes(tmp_path):
         c.get("/s/s1/")
         assert not (tmp_path / "events").exists()  # buffered
     assert pq.read_table(tmp_path / "events").num_rows == 1
+    with TestClient(create_app(StorefrontConfig(events_out=tmp_path), catalog())) as c:  # a restart appends
+        c.get("/s/s1/cart")
+    assert pq.read_table(tmp_path / "events").column("event_type").to_pylist() == ["page_view", "page_view"]
 
 
 def test_variants_served_per_session_and_logged():

@@ -154,6 +154,8 @@ def test_variant_option_and_seeded_draw():
     assert drawn == {"A", "B"} and env.reset(seed=3, options=OPTS)[1]["variant"] == env.reset(seed=3, options=OPTS)[1]["variant"]
     with pytest.raises(ValueError):
         env.reset(seed=0, options={"shop": "s1", "colour": "red"})
+    with pytest.raises(ValueError, match="no shop 'zz'"):
+        env.reset(seed=0, options={"shop": "zz"})
 
 
 def test_step_budget_and_time_limit():

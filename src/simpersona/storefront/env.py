@@ -97,6 +97,8 @@ class ShopEnv:
         self.transport.start({"sp_buyer": self.buyer_id, "sp_session": self.session_id, "sp_variant": self.variant})
         start = str(opts.get("start_path") or "/")
         self._load(self.transport.get(self.base + (start if start.startswith("/") else "/" + start)))
+        if self.page.status == 404 and self.snap.title == "Error 404":
+            raise ValueError(f"the storefront has no page {self.page.url!r} (no shop {self.shop!r}?)")
         return self._obs(None), self._info(None, None)
 
     def step(self, action: str | dict | Action) -> tuple[dict, float, bool, bool, dict]:

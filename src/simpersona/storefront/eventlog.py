@@ -42,7 +42,11 @@ class EventLog:
         self._events: list[tuple] = []
         self._sessions: list[tuple] = []
         self._done: dict[str, list[pa.Table]] = {"events": [], "sessions": []}
+        # Part numbers continue after those already in out_dir: a restarted server appends.
         self._parts = 0
+        if self.out_dir is not None:
+            names = [q.stem for n in ("events", "sessions") for q in (self.out_dir / n).glob("part-*.parquet")]
+            self._parts = 1 + max((int(x[5:]) for x in names if x[5:].isdigit()), default=-1)
         self._lock = threading.Lock()
 
     def event(self, shop_id: str, buyer_id: str, session_id: str, ts: dt.datetime, event_type: str,
