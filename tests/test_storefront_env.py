@@ -241,6 +241,10 @@ def test_headless_chromium_purchase_matches_in_process(live_server):
     browser = ShopEnv(BrowserTransport(base_url))
     try:
         rb = run(browser, SCRIPT, seed=9)
+        page, dialogs = browser.transport._page, []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(base_url + "/s/s1/products/p2")  # the XSS title: shown as text, never run
+        assert page.locator("h1").inner_text() == "<script>alert(1)</script>" and dialogs == []
     finally:
         browser.close()
     rl = run(make_env(), SCRIPT, seed=9)
