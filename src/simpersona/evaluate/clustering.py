@@ -19,7 +19,7 @@ from simpersona.evaluate import metrics as M
 from simpersona.evaluate.config import ClusteringConfig
 from simpersona.features.layout import STRATA
 from simpersona.vqvae.checkpoint import load_model
-from simpersona.vqvae.data import LABEL_COLUMNS, fixed_list_to_numpy
+from simpersona.vqvae.data import LABEL_COLUMNS, read_vectors
 
 # the paper's Table 1 (k-means, VQ-VAE)
 PAPER: dict[str, tuple[float, float]] = {
@@ -55,8 +55,9 @@ def partition_metrics(x: np.ndarray, codes: np.ndarray, strata: np.ndarray, labe
 def load_eval_buyers(feat_dir: Path, splits: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """x (N, 403), stratum index (N,), aux labels (N, 3) of the buyers whose split is in `splits`."""
     b = pq.read_table(feat_dir / "buyers.parquet", columns=["split", "stratum", *LABEL_COLUMNS])
-    rows = np.flatnonzero(np.isin(b.column("split").to_numpy(zero_copy_only=False), splits))
-    x = fixed_list_to_numpy(pq.read_table(feat_dir / "vectors.parquet", columns=["x"]).column("x"))[rows]
+    keep = np.isin(b.column("split").to_numpy(zero_copy_only=False), splits)
+    rows = np.flatnonzero(keep)
+    x = read_vectors(feat_dir, keep)
     st = np.searchsorted(np.array(STRATA), b.column("stratum").to_numpy(zero_copy_only=False)[rows])
     labels = np.stack([b.column(c).to_numpy()[rows].astype(np.int64) for c in LABEL_COLUMNS], 1)
     return np.ascontiguousarray(x), st, labels
