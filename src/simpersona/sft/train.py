@@ -234,9 +234,11 @@ def fits(records: list[dict], tokenizer, max_length: int) -> tuple[list[dict], i
 
 def make_trainer(model, tokenizer, train: list[dict], val: list[dict], hp: StageConfig, out: Path, seed: int):
     """An SFTTrainer over `messages` records with assistant-only loss."""
+    import datasets
     import torch
-    from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
+
+    datasets.disable_progress_bars()
 
     args = SFTConfig(
         output_dir=str(out / "trainer"), learning_rate=hp.learning_rate, num_train_epochs=hp.epochs,
@@ -247,7 +249,7 @@ def make_trainer(model, tokenizer, train: list[dict], val: list[dict], hp: Stage
         use_cpu=not torch.cuda.is_available(), report_to=[], save_strategy="no", eval_strategy="no", seed=seed,
         data_seed=seed, disable_tqdm=True, dataloader_num_workers=0, packing=False,
     )
-    as_ds = lambda rs: Dataset.from_list([{"messages": r["messages"]} for r in rs])  # noqa: E731
+    as_ds = lambda rs: datasets.Dataset.from_list([{"messages": r["messages"]} for r in rs])  # noqa: E731
     return SFTTrainer(model=model, args=args, train_dataset=as_ds(train), eval_dataset=as_ds(val) if val else None,
                       processing_class=tokenizer)
 

@@ -1,0 +1,260 @@
+"""SFT: record format, persona tokens, two-stage training — on the tiny preset (random-init
+Llama + a BPE tokenizer trained on fabricated traces), seconds per test."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("trl")
+
+from simpersona.config import ConfigError, from_dict  # noqa: E402
+from simpersona.sft.fabricate import fabricate  # noqa: E402
+from simpersona.sft.prompt import CHAT_TEMPLATE, SYSTEM_PROMPT, messages, persona_token  # noqa: E402
+from simpersona.sft.records import (  # noqa: E402
+    RecordError, read_records, records_from_trajectory, sample_sessions, split_by_shop, validate_record, write_records,
+)
+from simpersona.sft.tokens import add_persona_tokens, fit_projection, load_cards, load_codebook  # noqa: E402
+from simpersona.sft.train import (  # noqa: E402
+    ModelConfig, SftConfig, StageConfig, load_base, load_checkpoint, load_sft_config, make_trainer, save_checkpoint,
+    train_stage,
+)
+
+K = 4
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("traces")
+    fabricate(out, k=K, shops=4, sessions=16, seed=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def records(traces) -> list[dict]:
+    return read_records(traces, num_personas=K)
+
+
+@pytest.fixture(scope="module")
+def base(records):
+    """(model, tokenizer, persona ids): tiny Llama with K persona tokens (copy before mutating)."""
+    model, tok = load_base(ModelConfig(), [m["content"] for r in records for m in r["messages"]], seed=0)
+    tok.chat_template = CHAT_TEMPLATE
+    ids, _ = add_persona_tokens(model, tok, K, "mean")
+    return model, tok, ids
+
+
+def hp(**kw) -> StageConfig:
+    return StageConfig(**{"max_steps": 3, "batch_size": 2, "warmup_steps": 0, "max_length": 4096, "logging_steps": 1,
+                          "eval_batch_size": 8, **kw})
+
+
+# -- records -----------------------------------------------------------------------------------
+def test_fabricated_records_validate_and_round_trip(traces, records, tmp_path):
+    assert {r["stage"] for r in records} == {1, 2}
+    first = records[0]
+    assert [m["role"] for m in first["messages"]] == ["system", "user", "assistant"]
+    assert first["messages"][0]["content"] == SYSTEM_PROMPT and '"oneOf"' in SYSTEM_PROMPT
+    assert f"Buyer profile: {persona_token(first['persona'])}" in first["messages"][1]["content"]
+    answer = json.loads(first["messages"][2]["content"])
+    assert answer["action"] and answer["reasoning"]
+    n = write_records(tmp_path / "x.jsonl", records[:5])
+    assert n == 5 and read_records(tmp_path / "x.jsonl") == records[:5]
+
+
+@pytest.mark.parametrize("breakage, match", [
+    (lambda r: r.pop("stage"), "missing"),
+    (lambda r: r.update(stage=3), "stage"),
+    (lambda r: r.update(extra=1), "unknown field"),
+    (lambda r: r["messages"].reverse(), "roles"),
+    (lambda r: r["messages"][2].update(content='{"action": "fly"}'), "not a valid action"),
+    (lambda r: r["messages"][2].update(content='{"action": "back"}'), "reasoning"),
+    (lambda r: r.update(persona=3), "Buyer profile"),
+    (lambda r: r.update(persona=9), "≥ K"),
+    (lambda r: r.update(step=True), "integer"),
+])
+def test_validator_rejects_broken_records(records, breakage, match):
+    rec = copy.deepcopy(next(r for r in records if r["persona"] != 3))
+    breakage(rec)
+    with pytest.raises(RecordError, match=match):
+        validate_record(rec, num_personas=K)
+
+
+def test_records_from_trajectory_builds_the_progress_log():
+    obs = lambda url, err=None: {"url": url, "page": f"URL: {url}\nTITLE: t\n[x] link: X", "error": err}  # noqa: E731
+    steps = [{"observation": obs("/s/a/"), "action": {"action": "search", "query": "socks"}, "reasoning": "Find socks."},
+             {"observation": obs("/s/a/search?q=socks"), "action": {"action": "click", "element_id": "x"}, "reasoning": "Open it."},
+             {"observation": obs("/s/a/p/1", "no element 'y'"), "action": {"action": "end_session", "goal_reached": False}, "reasoning": "Leave."}]
+    recs = records_from_trajectory("You are interested in socks.", 2, steps,
+                                   {"shop_id": "a", "session_key": "a:1", "stratum": "D", "stage": 1})
+    assert [r["step"] for r in recs] == [0, 1, 2]
+    users = [r["messages"][1]["content"] for r in recs]
+    assert "(nothing yet)" in users[0]
+    assert "1. search(query='socks') — Find socks. → now at /s/a/search?q=socks" in users[1]
+    assert "2. click(element_id='x') — Open it. → failed: no element 'y'" in users[2]
+    assert "Last action failed: no element 'y'" in users[2]
+    assert messages("g", None, [], obs("/"))[1]["content"].count("Buyer profile: none") == 1
+
+
+def test_sampling_represents_every_code_and_keeps_sessions_whole(records):
+    sessions = lambda rs: {r["session_key"] for r in rs}  # noqa: E731
+    per_code = lambda rs: {c: len({r["session_key"] for r in rs if r["persona"] == c}) for c in range(K)}  # noqa: E731
+    avail = per_code(records)
+    small = sample_sessions(records, max_per_code=3, min_per_code=1, target_sessions=K, seed=0)
+    assert all(n == min(1, avail[c]) for c, n in per_code(small).items())
+    capped = sample_sessions(records, max_per_code=2, min_per_code=1, target_sessions=0, seed=0)
+    assert all(n == min(2, avail[c]) for c, n in per_code(capped).items())
+    for s in sessions(capped):  # whole sessions: every step of both stages
+        assert sum(r["session_key"] == s for r in capped) == sum(r["session_key"] == s for r in records)
+    assert sample_sessions(records, 2, 1, 0, seed=0) == capped
+
+
+def test_split_by_shop_has_no_shop_on_both_sides(records):
+    train, val = split_by_shop(records, val_fraction=0.25, seed=1)
+    assert train and val and len(train) + len(val) == len(records)
+    assert not {r["shop_id"] for r in train} & {r["shop_id"] for r in val}
+    assert split_by_shop(records, 0.25, seed=1) == (train, val)
+
+
+# -- tokens ------------------------------------------------------------------------------------
+def test_persona_tokens_are_single_special_tokens(base):
+    model, tok, ids = base
+    assert ids == list(range(ids[0], ids[0] + K)) and len(tok) == model.get_input_embeddings().weight.shape[0]
+    enc = tok("Buyer profile: <|persona_3|>\n", add_special_tokens=False)["input_ids"]
+    assert ids[3] in enc and tok.decode([ids[3]]) == "<|persona_3|>"
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied, resized together
+
+
+@pytest.mark.parametrize("init", ["mean", "codebook", "card"])
+def test_init_modes(records, traces, init):
+    model, tok = load_base(ModelConfig(), [m["content"] for r in records[:40] for m in r["messages"]], seed=0)
+    old = model.get_input_embeddings().weight.detach().clone()  # (V, d)
+    ids, info = add_persona_tokens(model, tok, K, init, load_codebook(traces / "vqvae"), load_cards(traces / "cards.json"))
+    rows = model.get_input_embeddings().weight[ids].detach()  # (K, d)
+    assert rows.shape == (K, old.shape[1]) and info["init"] == init and torch.isfinite(rows).all()
+    if init == "mean":
+        assert torch.allclose(rows, old.mean(0).expand(K, -1), atol=1e-6)
+    else:
+        assert len({tuple(r.tolist()) for r in rows}) == K  # a different row per code
+    if init == "codebook":
+        assert info["cards_used"] == K and 0 < info["train_r2"] <= 1
+
+
+def test_codebook_init_falls_back_to_mean_without_cards(records, traces):
+    model, tok = load_base(ModelConfig(), [m["content"] for r in records[:40] for m in r["messages"]], seed=0)
+    ids, info = add_persona_tokens(model, tok, K, "codebook", load_codebook(traces / "vqvae"), cards=None)
+    assert info["init"] == "mean" and "fallback" in info
+
+
+def test_ridge_projection_recovers_a_linear_map():
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(50, 6, generator=g), torch.randn(6, 3, generator=g)  # (n, p), (p, d)
+    w_hat, b_hat = fit_projection(x, x @ w + 2.0, alpha=1e-6)
+    assert torch.allclose(w_hat, w, atol=1e-4) and torch.allclose(b_hat, torch.full((3,), 2.0), atol=1e-4)
+
+
+# -- training ----------------------------------------------------------------------------------
+def test_trl_labels_only_assistant_tokens(base, records, tmp_path):
+    model, tok, _ = base
+    trainer = make_trainer(model, tok, records[:4], [], hp(max_steps=1), tmp_path, seed=0)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    for row, rec in enumerate(records[:4]):
+        labels, ids = batch["labels"][row], batch["input_ids"][row]  # (T,), (T,)
+        assert tok.decode(ids[labels != -100]) == rec["messages"][2]["content"] + "<|im_end|>"
+        prompt = tok.decode(ids[(labels == -100) & (batch["attention_mask"][row] == 1)])
+        assert rec["messages"][1]["content"] in prompt and "<|persona_" in prompt
+
+
+def test_stage1_changes_only_persona_rows(base, records, tmp_path):
+    model, tok, ids = copy.deepcopy(base)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    s = train_stage("stage1", model, tok, [r for r in records if r["stage"] == 1], [], hp(learning_rate=1e-2, weight_decay=0.0),
+                    tmp_path, seed=0, persona_ids=ids)
+    after = model.state_dict()
+    emb = after["model.embed_tokens.weight"]  # (V, d)
+    others = [i for i in range(emb.shape[0]) if i not in ids]
+    assert torch.equal(emb[others], before["model.embed_tokens.weight"][others])
+    assert not torch.equal(emb[ids], before["model.embed_tokens.weight"][ids])
+    for k, v in after.items():
+        if k not in ("model.embed_tokens.weight", "lm_head.weight"):
+            assert torch.equal(v, before[k]), k
+    assert s["frozen_check"]["changed_outside_persona_rows"] == [] and s["frozen_check"]["persona_rows_moved"] > 0
+    assert all(p.requires_grad for p in model.parameters())  # unfrozen again for stage 2
+
+
+def test_stage1_refuses_weight_decay(base, records, tmp_path):
+    model, tok, ids = copy.deepcopy(base)
+    with pytest.raises(ConfigError, match="weight_decay 0"):
+        train_stage("stage1", model, tok, records[:4], [], hp(weight_decay=0.01), tmp_path, seed=0, persona_ids=ids)
+
+
+def test_stage2_changes_the_backbone_and_loss_falls(base, records, tmp_path):
+    model, tok, ids = copy.deepcopy(base)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stage2 = [r for r in records if r["stage"] == 2][:4]
+    s = train_stage("stage2", model, tok, stage2, stage2, hp(max_steps=6, batch_size=4, learning_rate=3e-3), tmp_path, seed=0)
+    after = model.state_dict()
+    assert not torch.equal(after["model.layers.0.self_attn.q_proj.weight"], before["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(after["model.norm.weight"], before["model.norm.weight"])
+    losses = [e["loss"] for e in json.loads((tmp_path / "log.json").read_text()) if "loss" in e]
+    assert len(losses) == 6 and losses[-1] < losses[0] and s["val_loss_after"] < s["val_loss_before"]
+
+
+def test_save_reload_keeps_tokens_and_logits(base, records, tmp_path):
+    model, tok, ids = base
+    save_checkpoint(tmp_path / "ck", model, tok, SftConfig())
+    model2, tok2 = load_checkpoint(tmp_path / "ck")
+    assert tok2.convert_tokens_to_ids([persona_token(i) for i in range(K)]) == ids
+    text = tok.apply_chat_template(records[0]["messages"], tokenize=False)
+    assert tok2.apply_chat_template(records[0]["messages"], tokenize=False) == text
+    enc, enc2 = tok(text, return_tensors="pt"), tok2(text, return_tensors="pt")
+    assert torch.equal(enc["input_ids"], enc2["input_ids"])
+    with torch.no_grad():
+        assert torch.equal(model.eval()(**enc).logits, model2.eval()(**enc2).logits)
+    assert json.loads((tmp_path / "ck" / "meta.json").read_text())["stage"] == "sft-checkpoint"
+
+
+# -- the stage and the CLI -----------------------------------------------------------------------
+def test_cli_both_stages_then_stage2_alone(traces, tmp_path):
+    from click.testing import CliRunner
+
+    from simpersona.cli import main
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["sft", "--preset", "tiny", "--stage", "both", "--data", str(traces), "--out", str(out),
+                                    "--set", f"tokens.k={K}", "--set", "stage1.max_steps=2", "--set", "stage2.max_steps=2"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["summary"]["stage1"]["frozen_check"]["changed_outside_persona_rows"] == []
+    assert meta["summary"]["split"]["codes_represented"] == K
+    split = json.loads((out / "split.json").read_text())
+    assert not set(split["train_shops"]) & set(split["val_shops"])
+    for d in ("stage1", "stage2"):
+        assert (out / d / "model.safetensors").exists() and (out / d / "meta.json").exists()
+    res = CliRunner().invoke(main, ["sft", "--preset", "tiny", "--stage", "2", "--data", str(traces), "--out", str(out),
+                                    "--set", f"tokens.k={K}", "--set", "stage2.max_steps=1"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "meta.json").read_text())["summary"]["persona_init"]["from"].endswith("stage1")
+
+
+def test_single_stage_ablation_trains_everything(traces, tmp_path):
+    from simpersona.sft.train import run
+
+    cfg = load_sft_config("tiny", (f"tokens.k={K}", "stage2.max_steps=1", "stage=single"), {"data": traces})
+    s = run(cfg, tmp_path)
+    assert s["single"]["train_records"] == sum(s["split"]["records"]["train"].values())
+    assert s["single"]["trainable_params"] > s["single"]["train_records"] and "stage1" not in s
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="unknown config key"):
+        from_dict(SftConfig, {"stage1": {"lr": 1}})
+    with pytest.raises(ConfigError):
+        load_sft_config("tiny", ("stage=3",), {})
+    assert load_sft_config("qwen3", (), {}).model.dtype == "bfloat16"
+    assert load_sft_config("smollm2", (), {}).model.preset == "smollm2"
