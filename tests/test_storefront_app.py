@@ -210,6 +210,11 @@ def test_bad_input_is_4xx_with_a_message():
     assert c.post("/s/s1/cart/remove", data={"product_id": "t02"}).status_code == 400  # not in cart
     assert c.get("/s/s1/search", params={"q": "x" * 201}).status_code == 400
     assert c.post("/s/s1/checkout", content=b"a=" + b"x" * 5000, headers={"content-type": "application/x-www-form-urlencoded"}).status_code == 413
+    chunked = c.post("/s/s1/checkout", content=iter([b"a=" + b"x" * 1500, b"x" * 1500]),
+                     headers={"content-type": "application/x-www-form-urlencoded"})
+    assert chunked.status_code == 413
+    ok = c.post("/s/s1/cart/remove", content=iter([b"product_id=", b"p3"]), headers={"content-type": "application/x-www-form-urlencoded"})
+    assert ok.status_code == 200 and "Red wool hat" not in ok.text  # a small chunked body is read as usual
     long = c.post("/s/s1/checkout", data={"email": "a@b.co", "name": "x" * 300})
     assert long.status_code == 422 and "at most 200 characters" in long.text
     for r in (c.get("/s/s1/orders/abc"), c.get("/s/s1/orders/0"), c.get("/nope")):

@@ -196,19 +196,52 @@ def _page(items: list, page: int, size: int) -> tuple[list, int]:
 
 
 class _BodyLimit:
-    """Pure ASGI middleware: a declared body larger than `limit` bytes gets a 413."""
+    """Pure ASGI middleware: a body larger than `limit` bytes gets a 413 (declared by
+    Content-Length, or counted while reading a chunked body before the app sees it)."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
 
+    async def _too_large(self, scope, receive, send) -> None:
+        response = HTMLResponse(f"<p>request body larger than {self.limit} bytes</p>", status_code=413)
+        await response(scope, receive, send)
+
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            for k, v in scope["headers"]:
-                if k == b"content-length" and (not v.isdigit() or int(v) > self.limit):
-                    response = HTMLResponse(f"<p>request body larger than {self.limit} bytes</p>", status_code=413)
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is not None:
+            if not length.isdigit() or int(length) > self.limit:
+                await self._too_large(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                await self._too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 def create_app(
