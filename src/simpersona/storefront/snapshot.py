@@ -8,7 +8,6 @@ so that the HTTP transports can submit them as a browser would.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
@@ -83,10 +82,6 @@ class Snapshot:
         if dropped:
             out.append(f"({dropped} more lines not shown)")
         return "\n".join(out)
-
-
-def estimate_tokens(text: str, chars_per_token: float = 4.0) -> int:
-    return math.ceil(len(text) / chars_per_token)
 
 
 class _Parser(HTMLParser):
