@@ -261,3 +261,19 @@ def sft_fabricate(out, k, shops, sessions, seed) -> None:
     from simpersona.sft.fabricate import fabricate
 
     click.echo(fabricate(out, k, shops, sessions, seed))
+
+
+@main.command()
+@click.option("--ingest", "ingest_dir", default=None, type=click.Path(path_type=Path), help="Ingest folder (events.parquet, catalog.parquet).")
+@click.option("--features", default=None, type=click.Path(path_type=Path), help="FEAT_DIR (buyer_sessions.parquet, buyers.parquet).")
+@click.option("--personas", "personas_dir", default=None, type=click.Path(path_type=Path), help="Output of `personas assign` (assignments.parquet).")
+@click.option("--out", default=None, type=click.Path(path_type=Path), help="TRACES_DIR to write.")
+@PRESET
+@SETS
+def traces(ingest_dir, features, personas_dir, out, preset, sets) -> None:
+    """Replay sampled real sessions on the storefront, judge them, write SFT JSONL (spec §5)."""
+    from simpersona.traces import stage
+
+    values = _given(ingest=ingest_dir, features=features, personas=personas_dir)
+    cfg = load_config(stage.TracesConfig, preset, sets, section="traces", values=values)
+    click.echo(stage.format_summary(stage.run(cfg, out or Path("runs/traces"))))

@@ -1,0 +1,309 @@
+"""`simpersona traces`: real sessions → goals → replay on the storefront → judge → SFT JSONL.
+
+    simpersona traces --ingest INGEST_DIR --features FEAT_DIR --personas PERSONAS_DIR --out TRACES_DIR
+
+Steps: (1) candidate sessions from FEAT_DIR/buyer_sessions.parquet with the buyer's stratum
+(buyers.parquet) and persona code (PERSONAS_DIR/assignments.parquet); (2) `sft.records.
+sample_sessions` picks whole sessions so every code is represented and the corpus stays small;
+(3) their events (INGEST_DIR/events.parquet ⋈ catalog.parquet) are rebuilt in time order and
+turned into goals (stage 1 neutral, stage 2 intent + navigation); (4) each is replayed on an
+in-process storefront of INGEST_DIR/catalog.parquet and judged from the storefront's own log;
+codes that lost sessions to the judge are refilled from their unused sessions (`refill_rounds`);
+(5) kept trajectories become records (`records_from_trajectory`, persona = the buyer's code),
+split by shop (`split_by_shop`).
+
+TRACES_DIR/
+  traces.jsonl            every record, both stages (what `simpersona sft --data TRACES_DIR` reads;
+                          sft samples and splits by shop again with the same functions)
+  stage1/train.jsonl, stage1/val.jsonl   intent-neutral records, split by shop
+  stage2/train.jsonl, stage2/val.jsonl   intent-bearing records, same shops on each side
+  sessions.parquet        per tried session: key, code, stratum, goals, steps, kept, reason
+  summary.json, meta.json
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from simpersona.config import ConfigError, write_meta
+from simpersona.storefront.config import StorefrontConfig
+from simpersona.traces.goals import Event, Session, make_goals
+from simpersona.traces.llm import LLMConfig
+
+# Funnel order: ties on the timestamp are broken by it (a purchase logged in the same instant as
+# its checkout start comes after it).
+ORDER = ("page_view", "collection_view", "search", "product_view", "add_to_cart", "remove_from_cart", "checkout_start", "purchase")
+
+
+@dataclass
+class TraceSampleConfig:
+    # at most this many sessions per persona code (0: no cap)
+    max_sessions_per_code: int = 20
+    # at least min(available, this) sessions per code
+    min_sessions_per_code: int = 5
+    # total session budget (0: every session under the per-code cap)
+    target_sessions: int = 400
+    # share of SHOPS held out for validation
+    val_fraction: float = 0.15
+    # seed of the sampling, the refills and the shop split
+    seed: int = 0
+
+
+@dataclass
+class TracesConfig:
+    # ingest folder: events.parquet, catalog.parquet
+    ingest: Path | None = None
+    # FEAT_DIR: buyer_sessions.parquet, buyers.parquet
+    features: Path | None = None
+    # personas folder: assignments.parquet (shop_id, buyer_id, code)
+    personas: Path | None = None
+    # session sampling (per persona code) and the train/validation split by shop
+    sample: TraceSampleConfig = field(default_factory=TraceSampleConfig)
+    # sessions with fewer non-page-view events are not candidates (0 keeps bounces)
+    min_actions: int = 0
+    # sessions with more non-page-view events are not candidates (they would not fit max_steps)
+    max_actions: int = 12
+    # rounds of refilling codes whose sessions the judge dropped
+    refill_rounds: int = 2
+    # the storefront the sessions are replayed on (its env.max_steps is the replay's step budget)
+    storefront: StorefrontConfig = field(default_factory=StorefrontConfig)
+    # rewrite the navigation goals through the LLM endpoint (template on any failure)
+    rewrite_goals: bool = False
+    # ask the LLM endpoint to confirm every trajectory the rules keep
+    llm_judge: bool = False
+    # the OpenAI-compatible endpoint for rewrite_goals / llm_judge (off while base_url is "")
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    # print progress every this many replayed sessions (0: quiet)
+    progress_every: int = 0
+
+
+def _need(path: Path | None, name: str, flag: str) -> Path:
+    if path is None:
+        raise ConfigError(f"traces needs {flag} (traces.{flag.strip('-')})")
+    p = Path(path) / name
+    if not p.exists():
+        raise FileNotFoundError(f"{p} does not exist ({flag} must be the folder holding {name})")
+    return p
+
+
+def candidates(cfg: TracesConfig, con) -> pa.Table:
+    """One row per candidate session: shop_id, buyer_id, session_id, code, stratum."""
+    bs = _need(cfg.features, "buyer_sessions.parquet", "--features")
+    buyers = _need(cfg.features, "buyers.parquet", "--features")
+    assign = _need(cfg.personas, "assignments.parquet", "--personas")
+    for path, cols in ((bs, ("shop_id", "buyer_id", "session_id", "n_events", "n_page_view")),
+                       (buyers, ("shop_id", "buyer_id", "stratum")), (assign, ("shop_id", "buyer_id", "code"))):
+        missing = sorted(set(cols) - set(pq.read_schema(path).names))
+        if missing:
+            raise ConfigError(f"{path}: missing column(s) {missing}")
+    return con.sql(f"""
+        SELECT s.shop_id, s.buyer_id, s.session_id, CAST(a.code AS INTEGER) AS code, b.stratum
+        FROM read_parquet('{bs}') s
+        JOIN read_parquet('{buyers}') b USING (shop_id, buyer_id)
+        JOIN read_parquet('{assign}') a USING (shop_id, buyer_id)
+        WHERE s.n_events - coalesce(s.n_page_view, 0) BETWEEN {int(cfg.min_actions)} AND {int(cfg.max_actions)}
+        ORDER BY s.shop_id, s.buyer_id, s.session_id""").to_arrow_table()
+
+
+def load_sessions(cfg: TracesConfig, con, chosen: list[dict]) -> dict[str, Session]:
+    """The chosen sessions' events in time order, joined with the catalog, plus the buyers'
+    collections by frequency (the category fallback). Keyed by Session.key."""
+    events = _need(cfg.ingest, "events.parquet", "--ingest")
+    catalog = _need(cfg.ingest, "catalog.parquet", "--ingest")
+    keys = pa.table({c: [r[c] for r in chosen] for c in ("shop_id", "buyer_id", "session_id")})
+    con.register("chosen_keys", keys)
+    order = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(ORDER))
+    rows = con.sql(f"""
+        WITH cat AS (SELECT shop_id, product_id, any_value(title) AS title, any_value(collection) AS collection,
+                            any_value(price) AS cat_price
+                     FROM read_parquet('{catalog}') GROUP BY shop_id, product_id)
+        SELECT e.shop_id, e.buyer_id, e.session_id, e.ts, e.event_type, e.product_id, e.collection_id, e.query,
+               coalesce(e.price, cat.cat_price) AS price, e.quantity, cat.title, cat.collection
+        FROM read_parquet('{events}') e
+        JOIN chosen_keys k USING (shop_id, buyer_id, session_id)
+        LEFT JOIN cat USING (shop_id, product_id)
+        ORDER BY e.shop_id, e.buyer_id, e.session_id, e.ts, CASE e.event_type {order} ELSE 99 END""").to_arrow_table()
+    rows = zip(*(rows.column(c).to_pylist() for c in rows.column_names))
+    meta = {(r["shop_id"], r["buyer_id"], r["session_id"]): r for r in chosen}
+    out: dict[str, Session] = {}
+    for shop, buyer, sess, ts, kind, pid, coll_id, query, price, qty, title, coll in rows:
+        key = (shop, buyer, sess)
+        s = out.get(":".join(key))
+        if s is None:
+            m = meta[key]
+            s = out[":".join(key)] = Session(shop, buyer, sess, [], int(m["code"]), str(m["stratum"]))
+        s.events.append(Event(kind, ts, pid, coll_id, query, price, int(qty) if qty is not None else None, title, coll))
+    bs = _need(cfg.features, "buyer_sessions.parquet", "--features")
+    if "collections" in pq.read_schema(bs).names:
+        hist = con.sql(f"""
+            WITH b AS (SELECT DISTINCT shop_id, buyer_id FROM chosen_keys),
+                 c AS (SELECT s.shop_id, s.buyer_id, unnest(s.collections) AS c
+                       FROM read_parquet('{bs}') s JOIN b USING (shop_id, buyer_id))
+            SELECT shop_id, buyer_id, c, count(*) AS n FROM c GROUP BY ALL ORDER BY shop_id, buyer_id, n DESC, c""").to_arrow_table().to_pylist()
+        by_buyer: dict[tuple, list[str]] = defaultdict(list)
+        for h in hist:
+            by_buyer[(h["shop_id"], h["buyer_id"])].append(h["c"])
+        for s in out.values():
+            s.history = by_buyer.get((s.shop_id, s.buyer_id), [])
+    con.unregister("chosen_keys")
+    return out
+
+
+def _pick(pool: list[dict], max_per_code: int, min_per_code: int, target: int, seed: int) -> list[dict]:
+    """`sample_sessions` over one pseudo-record per session (it keeps whole sessions by key)."""
+    from simpersona.sft.records import sample_sessions
+
+    return sample_sessions(pool, max_per_code, min_per_code, target, seed)
+
+
+def run(cfg: TracesConfig, run_dir: Path) -> dict:
+    """Sample, build goals, replay, judge, write records; returns the summary."""
+    import duckdb
+
+    from simpersona.sft.prompt import persona_token
+    from simpersona.sft.records import records_from_trajectory, split_by_shop, write_records
+    from simpersona.traces.judge import logged_lines, rule_verdict
+    from simpersona.traces.llm import LLMClient, LLMError
+    from simpersona.traces.replay import Replayer, stage_steps
+
+    if (cfg.rewrite_goals or cfg.llm_judge) and not cfg.llm.base_url:
+        raise ConfigError("traces.rewrite_goals / traces.llm_judge need traces.llm.base_url (an OpenAI-compatible endpoint)")
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect()
+    cand = candidates(cfg, con)
+    all_codes = sorted(set(pq.read_table(_need(cfg.personas, "assignments.parquet", "--personas"), columns=["code"]).column("code").to_pylist()))
+    pool = [{"session_key": ":".join((r["shop_id"], r["buyer_id"], r["session_id"])), "persona": int(r["code"]),
+             "shop_id": r["shop_id"], "stratum": r["stratum"], "buyer_id": r["buyer_id"], "session_id": r["session_id"],
+             "code": int(r["code"])} for r in cand.to_pylist()]
+    if not pool:
+        raise ConfigError(f"no candidate sessions in {cfg.features} with {cfg.min_actions}–{cfg.max_actions} actions and a persona code")
+    sc = cfg.sample
+    replayer = Replayer(_need(cfg.ingest, "catalog.parquet", "--ingest"), cfg.storefront)
+    client = LLMClient(cfg.llm) if (cfg.rewrite_goals or cfg.llm_judge) else None
+    counts: Counter = Counter()
+    reasons: Counter = Counter()
+    skipped: Counter = Counter()
+    report: list[dict] = []
+    records: list[dict] = []
+    kept_per_code: Counter = Counter()
+    tried: set[str] = set()
+    replay_s = 0.0
+
+    def process(batch: list[dict]) -> None:
+        nonlocal replay_s
+        sessions = load_sessions(cfg, con, batch)
+        for r in batch:
+            tried.add(r["session_key"])
+            s = sessions.get(r["session_key"])
+            if s is None or not replayer.has_shop(r["shop_id"]):
+                reasons["no_events_or_shop"] += 1
+                counts["dropped"] += 1
+                continue
+            goals = make_goals(s)
+            if cfg.rewrite_goals:
+                try:
+                    goals = make_goals(s, client.rewrite_goal(s, goals))
+                    counts["goals_rewritten"] += 1
+                except LLMError:
+                    counts["rewrite_fallbacks"] += 1
+            t = time.perf_counter()
+            traj = replayer.replay(s, goals.stage2, persona_token(s.code))
+            replay_s += time.perf_counter() - t
+            counts["replayed"] += 1
+            skipped.update(traj.skipped)
+            kept, reason = rule_verdict(s, traj)
+            if kept and cfg.llm_judge:
+                try:
+                    ok, _why = client.judge(goals.stage2, s, logged_lines(traj))
+                    counts["llm_judged"] += 1
+                    if not ok:
+                        kept, reason = False, "llm_judge_rejected"
+                except LLMError:
+                    counts["llm_judge_failures"] += 1
+            report.append({"session_key": s.key, "shop_id": s.shop_id, "code": s.code, "stratum": s.stratum,
+                           "events": len(s.events), "steps": len(traj.steps), "kept": kept, "reason": reason,
+                           "goal_stage1": goals.neutral, "goal_stage2": goals.stage2})
+            if not kept:
+                counts["dropped"] += 1
+                reasons[reason] += 1
+                continue
+            counts["kept"] += 1
+            kept_per_code[s.code] += 1
+            for stage in (1, 2):
+                meta = {"shop_id": s.shop_id, "session_key": s.key, "stratum": s.stratum, "stage": stage}
+                records.extend(records_from_trajectory(goals.for_stage(stage), s.code, stage_steps(traj, stage, goals), meta))
+            if cfg.progress_every and counts["replayed"] % cfg.progress_every == 0:
+                print(f"[traces] replayed {counts['replayed']}, kept {counts['kept']}", flush=True)
+
+    try:
+        first = _pick(pool, sc.max_sessions_per_code, sc.min_sessions_per_code, sc.target_sessions, sc.seed)
+        wanted = Counter(r["code"] for r in first)
+        process(first)
+        for rnd in range(1, cfg.refill_rounds + 1):
+            refill = []
+            for code, n in sorted(wanted.items()):
+                deficit = n - kept_per_code[code]
+                rest = [r for r in pool if r["code"] == code and r["session_key"] not in tried]
+                if deficit > 0 and rest:
+                    refill += _pick(rest, deficit, deficit, 0, sc.seed + rnd)
+            if not refill:
+                break
+            counts["refilled"] += len(refill)
+            process(refill)
+    finally:
+        replayer.close()
+        if client is not None:
+            client.close()
+
+    train, val = split_by_shop(records, sc.val_fraction, sc.seed)
+    n_written = {"all": write_records(run_dir / "traces.jsonl", records)}
+    for stage in (1, 2):
+        for side, rs in (("train", train), ("val", val)):
+            n_written[f"stage{stage}_{side}"] = write_records(run_dir / f"stage{stage}" / f"{side}.jsonl", [r for r in rs if r["stage"] == stage])
+    pq.write_table(pa.Table.from_pylist(report, schema=pa.schema([
+        ("session_key", pa.string()), ("shop_id", pa.string()), ("code", pa.int32()), ("stratum", pa.string()),
+        ("events", pa.int32()), ("steps", pa.int32()), ("kept", pa.bool_()), ("reason", pa.string()),
+        ("goal_stage1", pa.string()), ("goal_stage2", pa.string())])), run_dir / "sessions.parquet")
+    wall = time.perf_counter() - t0
+    steps = [r["steps"] for r in report if r["kept"]]
+    summary = {
+        "candidates": len(pool),
+        "tried": len(tried),
+        "replayed": counts["replayed"],
+        "kept": counts["kept"],
+        "dropped": counts["dropped"],
+        "dropped_by_reason": dict(reasons.most_common()),
+        "skipped_events": dict(skipped.most_common()),
+        "refilled": counts["refilled"],
+        "goals": {"rewritten": counts["goals_rewritten"], "rewrite_fallbacks": counts["rewrite_fallbacks"]},
+        "llm_judge": {"judged": counts["llm_judged"], "failures": counts["llm_judge_failures"]},
+        "records": {f"stage{s}": {side: n_written[f"stage{s}_{side}"] for side in ("train", "val")} for s in (1, 2)},
+        "records_total": n_written["all"],
+        "steps_per_kept_session": {"mean": round(sum(steps) / len(steps), 2) if steps else 0.0, "max": max(steps, default=0)},
+        "shops": {"train": sorted({r["shop_id"] for r in train}), "val": sorted({r["shop_id"] for r in val})},
+        "codes": {"with_buyers": len(all_codes), "with_candidates": len({r["code"] for r in pool}),
+                  "covered": len(kept_per_code), "sessions_per_code": {str(c): kept_per_code[c] for c in sorted(kept_per_code)}},
+        "wall_s": round(wall, 2),
+        "replay_s": round(replay_s, 2),
+        "traces_per_min": round(60 * counts["replayed"] / replay_s, 1) if replay_s > 0 else 0.0,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_meta(run_dir, "traces", cfg, summary=summary)
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    r = summary["records"]
+    return (f"traces: replayed {summary['replayed']} sessions, kept {summary['kept']}, dropped {summary['dropped']} "
+            f"{summary['dropped_by_reason']}; records stage1 {r['stage1']}, stage2 {r['stage2']}; "
+            f"codes covered {summary['codes']['covered']}/{summary['codes']['with_candidates']}; "
+            f"{summary['traces_per_min']:.0f} traces/min of replay, {summary['wall_s']:.1f}s in all")
