@@ -1,0 +1,255 @@
+"""The fast persona policy: per persona code, the real clickstream's next-event and stop
+probabilities given the page type, executed on the storefront (or rolled out alone).
+
+States (the page the buyer is on, from the previous event, or from the URL in simulation):
+    start (session entry), home, collection, search, product, cart, checkout, order
+Next events: the 8 canonical event types and `stop`. An event leads to the state
+    page_view → home, collection_view → collection, search → search, product_view → product,
+    add_to_cart / remove_from_cart → cart (the storefront shows the cart after both),
+    checkout_start → checkout, purchase → order.
+
+Fitting (`fit_counts`, DuckDB over ingest's events.parquet ⋈ personas' assignments.parquet):
+counts n_k[s, a] of (state, next event) per code, each session's last event followed by `stop`
+(events ordered by time, ties in funnel order). Smoothing (`smooth`) with a global back-off:
+    p_g(a|s) = (n_g[s,a] + α) / (n_g[s] + α·A),   p_k(a|s) = (n_k[s,a] + m·p_g(a|s)) / (n_k[s] + m)
+with n_g the counts over all codes; the no-persona policy is p_g itself (row K of `probs`).
+
+`PolicyAgent` samples a target event from p_k(·|page type) and takes the fewest storefront
+actions that produce it (a product view from a page without products searches the goal's topic
+first; a purchase opens the checkout, fills the six fields and places the order), then samples
+again; `stop` ends the session (self-reported goal reached). `rollout` samples sessions from the
+page-type model alone, vectorised (no storefront): event counts per session.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simpersona.agents.base import Decision
+
+STATES: tuple[str, ...] = ("start", "home", "collection", "search", "product", "cart", "checkout", "order")
+EVENTS: tuple[str, ...] = ("page_view", "collection_view", "search", "product_view", "add_to_cart",
+                           "remove_from_cart", "checkout_start", "purchase", "stop")
+STOP = EVENTS.index("stop")
+EVENT_STATE: dict[str, str] = {"page_view": "home", "collection_view": "collection", "search": "search",
+                               "product_view": "product", "add_to_cart": "cart", "remove_from_cart": "cart",
+                               "checkout_start": "checkout", "purchase": "order"}
+NEXT_STATE = np.array([STATES.index(EVENT_STATE[e]) if e != "stop" else 0 for e in EVENTS])  # (A,)
+CHECKOUT_VALUES: dict[str, str] = {"field-email": "sim.buyer@example.com", "field-name": "Sim Buyer",
+                                   "field-address": "1 Test Street", "field-city": "Springfield",
+                                   "field-postal_code": "12345", "field-country": "US"}
+_ELEMENT = re.compile(r"^\[([^\]]+)\] (\w+)(?::| )?(.*)$", re.M)
+_VALUE = re.compile(r"= '(.*?)'")
+
+
+def smooth(counts: np.ndarray, global_counts: np.ndarray, strength: float, alpha: float) -> np.ndarray:
+    """Back-off smoothing: counts (..., S, A) and global counts (S, A) → probabilities (..., S, A).
+
+    >>> p = smooth(np.array([[4.0, 0.0]]), np.array([[1.0, 1.0]]), strength=2.0, alpha=0.0)
+    >>> p.round(3).tolist()
+    [[0.833, 0.167]]
+    """
+    a = global_counts.shape[-1]
+    pg = (global_counts + alpha) / (global_counts.sum(-1, keepdims=True) + alpha * a)  # (S, A)
+    return (counts + strength * pg) / (counts.sum(-1, keepdims=True) + strength)
+
+
+class PolicyModel:
+    """codes (K,) int, counts (K, S, A); probs (K+1, S, A) with row K the population-wide policy."""
+
+    def __init__(self, codes: np.ndarray, counts: np.ndarray, strength: float = 5.0, alpha: float = 0.1):
+        self.codes = np.asarray(codes, dtype=np.int64)
+        self.counts = np.asarray(counts, dtype=np.float64)
+        g = self.counts.sum(0)  # (S, A)
+        a = len(EVENTS)
+        pg = (g + alpha) / np.maximum(g.sum(-1, keepdims=True) + alpha * a, 1e-12)  # (S, A)
+        pg[pg.sum(-1) == 0] = 1.0 / a  # a state never seen and α = 0: uniform
+        self.probs = np.concatenate([smooth(self.counts, g, strength, alpha), pg[None]], 0)  # (K+1, S, A)
+        self.strength, self.alpha = strength, alpha
+        self._row = {int(c): i for i, c in enumerate(self.codes)}
+
+    def row(self, code: int | None) -> int:
+        """Index into `probs`: the code's row, or the population-wide row K (None or an unseen code)."""
+        return self._row.get(int(code), len(self.codes)) if code is not None else len(self.codes)
+
+    def save(self, path: Path) -> None:
+        np.savez(path, codes=self.codes, counts=self.counts, strength=self.strength, alpha=self.alpha,
+                 states=np.array(STATES), events=np.array(EVENTS))
+
+    @classmethod
+    def load(cls, path: Path) -> "PolicyModel":
+        z = np.load(path)
+        if tuple(z["states"]) != STATES or tuple(z["events"]) != EVENTS:
+            raise ValueError(f"{path}: states/events differ from this version's")
+        return cls(z["codes"], z["counts"], float(z["strength"]), float(z["alpha"]))
+
+
+def fit_counts(events_path: Path, assignments_path: Path, threads: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(codes (K,), counts (K, S, A)) from real events and persona assignments."""
+    import duckdb
+
+    rank = " ".join(f"WHEN '{e}' THEN {i}" for i, e in enumerate(EVENTS[:-1]))
+    con = duckdb.connect()
+    con.execute(f"SET threads={int(threads)}")
+    rows = con.execute(f"""
+        WITH ev AS (
+          SELECT a.code, e.event_type,
+                 lag(e.event_type) OVER w AS prev, lead(e.event_type) OVER w AS nxt
+          FROM read_parquet('{events_path}') e JOIN read_parquet('{assignments_path}') a USING (shop_id, buyer_id)
+          WINDOW w AS (PARTITION BY e.shop_id, e.buyer_id, e.session_id
+                       ORDER BY e.ts, CASE e.event_type {rank} ELSE 9 END))
+        SELECT code, coalesce(prev, 'start') AS s, event_type AS a, count(*) FROM ev GROUP BY ALL
+        UNION ALL
+        SELECT code, event_type AS s, 'stop' AS a, count(*) FROM ev WHERE nxt IS NULL GROUP BY ALL""").fetchall()
+    codes = np.array(sorted({int(r[0]) for r in rows}), dtype=np.int64)
+    at = {int(c): i for i, c in enumerate(codes)}
+    counts = np.zeros((len(codes), len(STATES), len(EVENTS)))
+    for code, s, a, n in rows:
+        state = "start" if s == "start" else EVENT_STATE.get(s)
+        if state is None or a not in EVENTS:
+            continue
+        counts[at[int(code)], STATES.index(state), EVENTS.index(a)] += n
+    return codes, counts
+
+
+def page_type(url: str) -> str:
+    """The state of a storefront URL.
+
+    >>> [page_type(u) for u in ("/s/x/", "/s/x/products/p1", "/s/x/search?q=a", "/s/x/orders/1")]
+    ['home', 'product', 'search', 'order']
+    """
+    parts = url.split("?")[0].split("/")  # ['', 's', shop, section, …]
+    section = parts[3] if len(parts) > 3 else ""
+    return {"collections": "collection", "search": "search", "products": "product", "cart": "cart",
+            "checkout": "checkout", "orders": "order"}.get(section, "home")
+
+
+def elements(page: str) -> dict[str, tuple[str, str]]:
+    """id → (kind, rest of the line) of the `[id] kind: label` lines of a page snapshot."""
+    return {m.group(1): (m.group(2), m.group(3)) for m in _ELEMENT.finditer(page)}
+
+
+def topic_of(goal: str) -> str:
+    """The goal's object ("You are here to buy wool socks." → "wool socks")."""
+    m = re.search(r"(?:interested in|to buy|to browse|look(?:ing)? for)\s+(.+?)[.!]?$", goal.strip(), re.I)
+    return (m.group(1) if m else goal).strip() or "gift"
+
+
+class PolicyAgent:
+    """One episode of the fast persona policy (code None: the population-wide policy)."""
+
+    backend = None
+
+    def __init__(self, model: PolicyModel, rng: np.random.Generator, max_plan_steps: int = 10):
+        self.model, self.rng, self.max_plan_steps = model, rng, max_plan_steps
+        self.reset("", None)
+
+    def reset(self, goal: str, persona: int | None) -> None:
+        self.p = self.model.probs[self.model.row(persona)]  # (S, A)
+        self.topic = topic_of(goal)
+        self.target: str | None = None
+        self.plan_steps = 0
+        self.tries = 0
+
+    def _sample(self, state: str) -> str:
+        p = self.p[STATES.index(state)]
+        return EVENTS[int(self.rng.choice(len(EVENTS), p=p / p.sum()))]
+
+    def act(self, observation: dict[str, Any]) -> Decision:
+        url = str(observation.get("url", ""))
+        state = page_type(url)
+        els = elements(str(observation.get("page", "")))
+        for _ in range(8):
+            if self.target is None:
+                self.target, self.plan_steps, self.tries = self._sample(state), 0, 0
+            if self.plan_steps >= self.max_plan_steps:  # stuck: give the target up
+                self.target = None
+                continue
+            self.plan_steps += 1
+            step = self._towards(self.target, state, els)
+            if step is None:  # not possible here (e.g. remove from an empty cart): sample again
+                self.target = None
+                continue
+            action, done = step
+            note = f"towards {self.target}"
+            if done:
+                self.target = None
+            return Decision(action, reasoning=note)
+        return Decision({"action": "end_session", "goal_reached": False}, reasoning="no feasible next event")
+
+    def _pick(self, ids: list[str]) -> str:
+        words = set(self.topic.lower().split())
+        return ids[int(self.rng.integers(len(ids)))] if not words else sorted(
+            ids, key=lambda i: (-len(words & set(re.split(r"[/\-_ ]", i.lower()))), self.rng.random()))[0]
+
+    def _towards(self, target: str, state: str, els: dict[str, tuple[str, str]]) -> tuple[dict, bool] | None:
+        products = [i for i in els if i.startswith("product-")]
+        if target == "stop":
+            return {"action": "end_session", "goal_reached": True}, True
+        if target == "page_view":
+            return ({"action": "click", "element_id": "nav-home"}, True) if "nav-home" in els else None
+        if target == "collection_view":
+            colls = [i for i in els if i.startswith("collection-")]
+            if colls:
+                return {"action": "click", "element_id": self._pick(colls)}, True
+            return ({"action": "click", "element_id": "nav-home"}, False) if "nav-home" in els else None
+        if target == "search":
+            return ({"action": "search", "query": self.topic[:200]}, True) if "search-q" in els else None
+        if target in ("product_view", "add_to_cart"):
+            if target == "add_to_cart" and state == "product" and "add-to-cart" in els:
+                return {"action": "add_to_cart", "quantity": 1}, True
+            if products:
+                return {"action": "click", "element_id": products[int(self.rng.integers(len(products)))]}, target == "product_view"
+            self.tries += 1
+            if self.tries == 1 and "search-q" in els:
+                return {"action": "search", "query": self.topic[:200]}, False
+            return ({"action": "click", "element_id": "nav-home"}, False) if "nav-home" in els and state != "home" else None
+        if target == "remove_from_cart":
+            removes = [i for i in els if i.startswith("remove-")]
+            if state == "cart":
+                return ({"action": "click", "element_id": removes[0]}, True) if removes else None
+            return {"action": "view_cart"}, False
+        if target == "checkout_start":
+            return {"action": "checkout"}, True
+        if target == "purchase":
+            if state != "checkout":
+                return {"action": "checkout"}, False
+            if "place-order" not in els:
+                return None  # empty cart: nothing to buy
+            for fid, value in CHECKOUT_VALUES.items():
+                if fid in els:
+                    m = _VALUE.search(els[fid][1])
+                    if not (m and m.group(1)):
+                        return {"action": "fill", "element_id": fid, "value": value}, False
+            return {"action": "click", "element_id": "place-order"}, True
+        return None
+
+
+def rollout(probs: np.ndarray, rows: np.ndarray, max_steps: int, rng: np.random.Generator) -> np.ndarray:
+    """Sessions sampled from the page-type model alone (no storefront), vectorised.
+    probs (R, S, A), rows (n,) row per session → event counts (n, A-1) per session.
+
+    >>> p = np.zeros((1, len(STATES), len(EVENTS))); p[:, :, STOP] = 1; p[0, 0] = 0; p[0, 0, 3] = 1
+    >>> rollout(p, np.zeros(2, int), 30, np.random.default_rng(0))[:, 3].tolist()
+    [1, 1]
+    """
+    n = len(rows)
+    cum = probs.cumsum(-1)  # (R, S, A)
+    cum[..., -1] = 1.0
+    counts = np.zeros((n, len(EVENTS)), dtype=np.int32)
+    state = np.zeros(n, dtype=np.int64)
+    alive = np.ones(n, dtype=bool)
+    for _ in range(max_steps):
+        idx = np.flatnonzero(alive)
+        if len(idx) == 0:
+            break
+        c = cum[rows[idx], state[idx]]  # (m, A)
+        a = (rng.random(len(idx))[:, None] > c).sum(1)  # (m,)
+        counts[idx, a] += 1
+        alive[idx[a == STOP]] = False
+        state[idx] = NEXT_STATE[a]
+    return counts[:, :STOP]

@@ -1,0 +1,288 @@
+"""`simpersona simulate`: simulated buyers of each shop on the storefront; the event log is the output.
+
+For each shop: n buyers draw k ~ p̂_s(k) and a stratum ~ P(stratum | k) (`personas.assign.
+PersonaMix.sample_population`); the intent follows the stratum (A–C buy, D–E browse) or is
+neutral; the goal names a topic drawn from the shop's collections (weighted by size):
+
+    stratum intents   "You are here to buy {topic}." / "You are here to browse {topic}."   (SFT stage 2)
+    neutral intents   "You are interested in {topic}."                                   (SFT stage 1)
+
+Episodes run on one in-process storefront app (`AsgiTransport`, default) or through real HTTP
+to the same app served on a loopback port (`transport: http`), `concurrency` at a time.
+
+RUN_DIR/
+  events.parquet     the storefront's canonical events of every simulated session (EVENT_SCHEMA)
+  catalog.parquet    the catalog served (so RUN_DIR reads like an ingest folder)
+  episodes.parquet   shop_id, buyer_id, session_id, code, persona, stratum, intent, goal, outcome,
+                     self_reported_goal, steps, invalid_actions, failure, … (one row per episode)
+  policy.npz         the fitted persona policy (agent: policy)
+  summary.json, meta.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from simpersona.agents.llm import EndpointConfig, LLMConfig
+from simpersona.config import ConfigError, write_meta
+from simpersona.storefront.config import StorefrontConfig
+
+from simpersona.simulate.runner import OUTCOMES, EpisodeSpec, run_episodes
+
+
+@dataclass
+class PolicyConfig:
+    # back-off strength m: pseudo-counts of the population-wide policy added to each code's counts
+    strength: float = 5.0
+    # additive smoothing α of the population-wide policy (every event stays possible)
+    alpha: float = 0.1
+    # a fitted policy.npz to reuse (None: fit from ingest events + personas assignments)
+    model: Path | None = None
+    # most storefront actions spent reaching one sampled event before giving it up
+    max_plan_steps: int = 10
+
+
+@dataclass
+class SimulateConfig:
+    # ingest folder of the REAL data: catalog.parquet (the shops served), events.parquet (policy fit)
+    ingest: Path | None = None
+    # personas folder: shop_mix.parquet, code_strata.parquet, assignments.parquet
+    personas: Path | None = None
+    # shops simulated ([] = every shop of the persona mix that the catalog has)
+    shops: list[str] = field(default_factory=list)
+    # simulated buyers (one session each) per shop
+    buyers: int = 100
+    # policy: the fast persona policy; llm: a local SFT checkpoint; endpoint: an OpenAI-compatible API
+    agent: Literal["policy", "llm", "endpoint"] = "policy"
+    # give agents their persona token (false: the no-persona variant, for the ablation)
+    persona: bool = True
+    # stratum: buy/browse goals from the drawn stratum; neutral: "You are interested in …"
+    intent: Literal["stratum", "neutral"] = "stratum"
+    # episodes running at once (the LLM batch is at most this)
+    concurrency: int = 32
+    # asgi: in-process storefront; http: the same app on a loopback port, real HTTP
+    transport: Literal["asgi", "http"] = "asgi"
+    # master seed (populations, goals, policy sampling)
+    seed: int = 0
+    # print a progress line every this many finished episodes (0: quiet)
+    progress_every: int = 0
+    # the storefront and its agent environment (max_steps 30, time_limit_s, obs budget …)
+    storefront: StorefrontConfig = field(default_factory=StorefrontConfig)
+    # the fast persona policy
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    # the LLM agent on a local checkpoint
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    # the LLM agent on an endpoint
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+
+
+def topic_name(collection: str) -> str:
+    """A collection path as a goal topic.
+
+    >>> topic_name("apparel/women/skirts"), topic_name("electronics.smartphone"), topic_name("home/tea_kettles")
+    ('skirts', 'smartphone', 'tea kettles')
+    """
+    last = collection.replace(".", "/").rstrip("/").split("/")[-1]
+    return last.replace("_", " ").replace("-", " ").strip() or collection
+
+
+def goal_text(intent: str, topic: str) -> str:
+    """The goal of an intent ("buy", "browse", "neutral") about a topic.
+
+    >>> goal_text("buy", "skirts"), goal_text("neutral", "skirts")
+    ('You are here to buy skirts.', 'You are interested in skirts.')
+    """
+    return f"You are interested in {topic}." if intent == "neutral" else f"You are here to {intent} {topic}."
+
+
+def shop_topics(shop) -> tuple[list[str], np.ndarray]:
+    """(topics, probabilities ∝ products) of a storefront `Shop` (its leaf collections; a shop
+    without collections: its product titles' last words)."""
+    leaves = shop.leaves or {}
+    if leaves:
+        names = sorted(leaves)
+        w = np.array([leaves[c] for c in names], float)
+        return [topic_name(c) for c in names], w / w.sum()
+    titles = sorted({p.title.split()[-1].lower() for p in shop.products.values() if p.title}) or ["gift"]
+    return titles, np.full(len(titles), 1 / len(titles))
+
+
+def draw_specs(mix, shops_obj: dict, shops: list[str], n: int, intent_mode: str, persona: bool, seed: int,
+               prefix: str = "sim") -> list[EpisodeSpec]:
+    """n episode specs per shop: k ~ p̂_s, stratum ~ P(stratum | k), intent, goal topic."""
+    specs = []
+    for si, shop in enumerate(shops):
+        rng = np.random.default_rng([seed, si])
+        pop = mix.sample_population(shop, n, rng)
+        topics, p = shop_topics(shops_obj[shop])
+        picks = rng.choice(len(topics), size=n, p=p)
+        for i in range(n):
+            intent = "neutral" if intent_mode == "neutral" else str(pop.intents[i])
+            specs.append(EpisodeSpec(
+                shop_id=shop, buyer_id=f"{prefix}{si:03d}b{i:06d}", session_id=f"{prefix}{si:03d}s{i:06d}",
+                code=int(pop.tokens[i]), stratum=str(pop.strata[i]), intent=intent,
+                goal=goal_text(intent, topics[picks[i]]), seed=int(rng.integers(1 << 31)), persona=persona))
+    return specs
+
+
+def make_agents(cfg: SimulateConfig, run_dir: Path):
+    """(make_agent(spec), backend or None, info dict) for cfg.agent."""
+    if cfg.agent == "policy":
+        from simpersona.agents.policy import PolicyAgent, PolicyModel, fit_counts
+
+        if cfg.policy.model is not None:
+            model = PolicyModel.load(cfg.policy.model)
+        else:
+            if cfg.ingest is None or cfg.personas is None:
+                raise ConfigError("the policy agent is fitted from ingest events + personas assignments (set ingest, personas)")
+            codes, counts = fit_counts(Path(cfg.ingest) / "events.parquet", Path(cfg.personas) / "assignments.parquet")
+            model = PolicyModel(codes, counts, cfg.policy.strength, cfg.policy.alpha)
+        model.save(run_dir / "policy.npz")
+        mk = lambda spec: PolicyAgent(model, np.random.default_rng([cfg.seed, spec.seed]), cfg.policy.max_plan_steps)  # noqa: E731
+        return mk, None, {"policy_codes": int(len(model.codes)), "policy_transitions": float(model.counts.sum())}
+    from simpersona.agents.llm import EndpointBackend, LLMAgent, TransformersBackend
+
+    backend = TransformersBackend(cfg.llm) if cfg.agent == "llm" else EndpointBackend(cfg.endpoint)
+    return (lambda spec: LLMAgent(backend)), backend, {}
+
+
+class _LoopbackServer:
+    """The app on 127.0.0.1:<free port> in a thread (transport: http)."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=lambda: self.server.run(sockets=[self.sock]), daemon=True)
+        self.thread.start()
+        t0 = time.monotonic()
+        while not self.server.started and time.monotonic() - t0 < 20:
+            time.sleep(0.02)
+        if not self.server.started:
+            raise RuntimeError("the loopback storefront server did not start")
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+def simulate(cfg: SimulateConfig, run_dir: Path, specs: list[EpisodeSpec], catalog: pa.Table | Path,
+             make_agent, echo=print) -> tuple[list[dict], pa.Table, float]:
+    """Run `specs` on a fresh storefront logging into run_dir/storefront; (episodes, events, wall_s)."""
+    from simpersona.storefront.app import create_app
+    from simpersona.storefront.env import ShopEnv
+    from simpersona.storefront.transports import AsgiTransport, HttpTransport
+
+    log_dir = run_dir / "storefront"
+    shutil.rmtree(log_dir, ignore_errors=True)
+    sf = dataclasses.replace(cfg.storefront, events_out=log_dir)
+    app = create_app(sf, catalog)
+    server = _LoopbackServer(app) if cfg.transport == "http" else None
+    n_env = max(1, min(cfg.concurrency, len(specs)))
+    if server is not None:
+        envs = [ShopEnv(HttpTransport(f"http://127.0.0.1:{server.port}"), sf.env) for _ in range(n_env)]
+    else:
+        envs = [ShopEnv(AsgiTransport(app), sf.env) for _ in range(n_env)]
+    done = [0]
+
+    def tick(rec):
+        done[0] += 1
+        if cfg.progress_every and done[0] % cfg.progress_every == 0:
+            echo(f"[simulate] {done[0]:,}/{len(specs):,} episodes")
+
+    t0 = time.perf_counter()
+    try:
+        episodes = run_episodes(specs, envs, make_agent, tick)
+    finally:
+        for e in envs:
+            e.close()
+        if server is not None:
+            server.close()
+    wall = time.perf_counter() - t0
+    events = app.state.store.log.events()  # flushes
+    return episodes, events, wall
+
+
+def episodes_table(episodes: list[dict]) -> pa.Table:
+    cols = list(episodes[0]) if episodes else ["shop_id", "buyer_id", "session_id", "code", "outcome"]
+    return pa.table({c: [e[c] for e in episodes] for c in cols})
+
+
+def run(cfg: SimulateConfig, run_dir: Path, echo=print) -> dict[str, Any]:
+    """Simulate cfg.buyers episodes per shop; write events, episodes, summary (see module doc)."""
+    from simpersona.personas.assign import PersonaMix
+    from simpersona.storefront.catalog import load_catalog
+
+    if cfg.ingest is None or cfg.personas is None:
+        raise ConfigError("simulate needs ingest (catalog.parquet, events.parquet) and personas (shop_mix.parquet)")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    catalog_path = Path(cfg.ingest) / "catalog.parquet"
+    shops_obj = load_catalog(catalog_path)
+    mix = PersonaMix(cfg.personas)
+    shops = list(cfg.shops) or [s for s in mix.mix if s in shops_obj]
+    missing = [s for s in shops if s not in shops_obj or s not in mix.mix]
+    if missing:
+        raise ConfigError(f"shops {missing} are not in both the catalog and the persona mix")
+    specs = draw_specs(mix, shops_obj, shops, cfg.buyers, cfg.intent, cfg.persona, cfg.seed)
+    make_agent, backend, info = make_agents(cfg, run_dir)
+    episodes, events, wall = simulate(cfg, run_dir, specs, catalog_path, make_agent, echo)
+    pq.write_table(events, run_dir / "events.parquet")
+    shutil.copyfile(catalog_path, run_dir / "catalog.parquet")
+    pq.write_table(episodes_table(episodes), run_dir / "episodes.parquet")
+    summary = summarise(episodes, wall, events.num_rows, backend)
+    summary.update(info, shops=len(shops), agent=cfg.agent, persona=cfg.persona, intent=cfg.intent, transport=cfg.transport)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_meta(run_dir, "simulate", cfg, summary=summary)
+    return summary
+
+
+def summarise(episodes: list[dict], wall: float, n_events: int, backend=None) -> dict[str, Any]:
+    """Outcome and failure counts, steps, throughput (and decode throughput of an LLM backend)."""
+    n = len(episodes)
+    outcomes = {o: sum(e["outcome"] == o for e in episodes) for o in OUTCOMES}
+    failures: dict[str, int] = {}
+    for e in episodes:
+        if e["failure"]:
+            failures[e["failure"]] = failures.get(e["failure"], 0) + 1
+    steps = sum(e["steps"] for e in episodes)
+    out = {"episodes": n, "outcomes": outcomes, "failures": failures, "events": n_events,
+           "mean_steps": round(steps / n, 3) if n else 0.0, "invalid_actions": sum(e["invalid_actions"] for e in episodes),
+           "repaired_actions": sum(e["repaired_actions"] for e in episodes),
+           "wall_s": round(wall, 3), "sessions_per_s": round(n / wall, 2) if wall else None,
+           "steps_per_s": round(steps / wall, 1) if wall else None}
+    if backend is not None:
+        out["tokens_generated"] = backend.tokens_generated
+        out["decode_s"] = round(backend.decode_s, 3)
+        out["tokens_per_s"] = round(backend.tokens_generated / backend.decode_s, 1) if backend.decode_s else None
+    return out
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    o = summary["outcomes"]
+    n = max(summary["episodes"], 1)
+    lines = [f"{summary['episodes']:,} episodes ({summary.get('agent')}, persona {summary.get('persona')}, "
+             f"intent {summary.get('intent')}) over {summary.get('shops')} shops: {summary['events']:,} events, "
+             f"{summary['mean_steps']:.1f} steps/episode, {summary['sessions_per_s']} sessions/s",
+             "outcomes " + "  ".join(f"{k} {v} ({v / n:.1%})" for k, v in o.items())]
+    if summary["failures"]:
+        lines.append("failures " + "  ".join(f"{k} {v}" for k, v in summary["failures"].items()))
+    if summary.get("tokens_per_s") is not None:
+        lines.append(f"decode {summary['tokens_generated']:,} tokens in {summary['decode_s']} s = {summary['tokens_per_s']} tokens/s")
+    return "\n".join(lines)
