@@ -42,7 +42,7 @@ def test_main_job_tiny_preset_runs_and_resumes(tmp_path):
     out = tmp_path / "run"
     first = cli("run", "--preset", "tiny", "--out", str(out))
     assert "main job finished" in first.stdout
-    for stage in ("synth", "ingest", "features"):
+    for stage in ("synth", "ingest", "features", "vqvae", "personas", "evaluate"):
         assert (out / stage / "meta.json").exists(), stage
     again = cli("run", "--preset", "tiny", "--out", str(out))
     assert "ingest: done already" in again.stdout

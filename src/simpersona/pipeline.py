@@ -14,6 +14,7 @@ features.sample.per_shop=500` overrides inside a section. Paths between stages a
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any, Callable
 
 import yaml
 
-from simpersona.config import ConfigError, from_dict, parse_overrides, preset_path, to_dict, merge
+from simpersona.config import ConfigError, from_dict, merge, parse_overrides, preset_path, to_dict, write_meta
 
 
 # Preset sections: every stage's name (some configure stages the main job calls indirectly).
@@ -76,10 +77,63 @@ def _features() -> Step:
     return Step("features", make, stage.run, stage.format_summary)
 
 
+def _vqvae() -> Step:
+    from simpersona.vqvae import train
+
+    def make(sec: dict[str, Any], rd: Path):
+        return from_dict(train.TrainConfig, {**sec, "features": str(rd / "features")})
+
+    def describe(s: dict[str, Any]) -> str:
+        return ", ".join(f"{k}={v}" for k, v in s.items() if not isinstance(v, (dict, list)))
+
+    return Step("vqvae", make, train.run, describe)
+
+
+def _personas() -> Step:
+    from simpersona.personas import assign
+
+    def make(sec: dict[str, Any], rd: Path):
+        return from_dict(assign.PersonasConfig, {**sec, "model": str(rd / "vqvae"), "features": str(rd / "features")})
+
+    def describe(s: dict[str, Any]) -> str:
+        return ", ".join(f"{k}={v}" for k, v in s.items() if not isinstance(v, (dict, list)))
+
+    return Step("personas", make, assign.run, describe)
+
+
+def _evaluate(generated: bool) -> Step:
+    """Table 1 (clustering vs k-means) and App. B (population recovery; truth when generated)."""
+    from simpersona.evaluate import clustering, population
+    from simpersona.evaluate.config import EvaluateConfig
+
+    def make(sec: dict[str, Any], rd: Path):
+        sec = merge(sec, {
+            "clustering": {"model": str(rd / "vqvae"), "features": str(rd / "features")},
+            "population": {"personas": str(rd / "personas"), "features": str(rd / "features"),
+                           "ingest": str(rd / "ingest"),
+                           "truth": str(rd / "synth" / "truth" / "buyers.parquet") if generated else None},
+        })
+        return from_dict(EvaluateConfig, sec)
+
+    def run_both(cfg, stage_dir: Path) -> dict[str, Any]:
+        summary = {
+            "clustering": clustering.run(cfg.clustering, stage_dir / "clustering"),
+            "population": population.run(cfg.population, stage_dir / "population"),
+        }
+        (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        write_meta(stage_dir, "evaluate", cfg)
+        return summary
+
+    def describe(s: dict[str, Any]) -> str:
+        return clustering.format_table(s["clustering"]) + "\n" + population.format_report(s["population"])
+
+    return Step("evaluate", make, run_both, describe)
+
+
 def steps(data: Path | None, fmt: str) -> list[Step]:
     """The stages of the main job, in order."""
     out = [] if data is not None else [_synth()]
-    out += [_ingest(data, fmt), _features()]
+    out += [_ingest(data, fmt), _features(), _vqvae(), _personas(), _evaluate(generated=data is None)]
     return out
 
 
@@ -91,6 +145,18 @@ def _done(stage_dir: Path, cfg: Any) -> bool:
         return json.loads(meta.read_text()).get("config") == json.loads(json.dumps(to_dict(cfg), default=str))
     except json.JSONDecodeError:
         return False
+
+
+def _prepare(stage_dir: Path, cfg: Any) -> None:
+    """Before a stage runs: keep a killed attempt's files when its config was the same (the stage
+    resumes from them, e.g. VQ-VAE checkpoints); otherwise start from an empty folder."""
+    pending = stage_dir / ".pending.json"
+    now = json.dumps(to_dict(cfg), sort_keys=True, default=str)
+    if stage_dir.exists() and not (pending.exists() and pending.read_text() == now):
+        shutil.rmtree(stage_dir)
+    (stage_dir / "meta.json").unlink(missing_ok=True)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    pending.write_text(now)
 
 
 def run(preset: str | Path, run_dir: Path, overrides: tuple[str, ...] = (), data: Path | None = None,
@@ -116,7 +182,7 @@ def run(preset: str | Path, run_dir: Path, overrides: tuple[str, ...] = (), data
             continue
         rerun = True  # everything after a re-run stage runs again
         echo(f"[{i}/{len(plan)}] {step.name} …")
-        (stage_dir / "meta.json").unlink(missing_ok=True)
+        _prepare(stage_dir, cfg)
         results[step.name] = step.run(cfg, stage_dir)
         echo(step.describe(results[step.name]))
     echo(f"main job finished in {time.perf_counter() - t_all:.1f}s: {run_dir}")
