@@ -47,7 +47,7 @@ import sys, time, json
 from pathlib import Path
 from simpersona.features.stage import FeaturesConfig, connect, compute_buyers
 inp, out = Path(sys.argv[1]), Path(sys.argv[2]); out.mkdir(parents=True, exist_ok=True)
-cfg = FeaturesConfig(input=inp, context=False, memory_limit=sys.argv[3], threads=2)
+cfg = FeaturesConfig(input=inp, context=False, memory_limit=sys.argv[3], threads=2, progress=False)
 t = time.perf_counter()
 con = connect(cfg, out / "tmp")
 b = compute_buyers(con, cfg, inp / "events.parquet", inp / "catalog.parquet", out)
@@ -103,7 +103,7 @@ n_b = con0.execute(f"SELECT count(*) FROM '{out}/keys.parquet'").fetchone()[0]
 n_p = con0.execute(f"SELECT count(*) FROM '{out}/index.parquet'").fetchone()[0]
 emb = np.random.default_rng(0).normal(size=(n_p, 384)).astype(np.float32)
 t = time.perf_counter()
-con = connect(FeaturesConfig(threads=2, memory_limit=sys.argv[3]), out / "tmp")
+con = connect(FeaturesConfig(threads=2, memory_limit=sys.argv[3], progress=False), out / "tmp")
 b, p, c = buyer_product_rows(con, inp / "events.parquet", out / "keys.parquet", out / "index.parquet")
 t1 = time.perf_counter()
 for ch in range(3):
@@ -125,7 +125,7 @@ def measure(code: str, *args: str) -> dict:
         if proc.returncode != 0:
             errf.seek(0)
             raise SystemExit(errf.read()[-3000:])
-    res = json.loads(out.strip().splitlines()[-1])
+    res = json.loads(out[out.rindex("{\"") :].strip())  # after any DuckDB progress-bar text
     res["process_s"] = time.perf_counter() - t
     res["peak_rss_gib"] = usage.ru_maxrss / 2**20
     return res

@@ -128,6 +128,7 @@ def connect(cfg: FeaturesConfig, tmp_dir: Path):
         con = ibis.duckdb.connect(threads=cfg.threads, memory_limit=cfg.memory_limit, temp_directory=str(tmp_dir))
         con.raw_sql("SET TimeZone='UTC'")
         con.raw_sql("SET preserve_insertion_order=false")
+        con.raw_sql(f"SET enable_progress_bar={'true' if cfg.progress else 'false'}")
         return con
     from pyspark.sql import SparkSession
 
