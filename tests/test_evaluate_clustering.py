@@ -83,3 +83,13 @@ def test_evaluations_end_to_end(tmp_path):
     assert pop["truth"]["n_matched"] == pop["n_buyers"]  # raw truth ids hashed with the ingest salt
     assert -1 <= pop["truth"]["ami"] <= 1 + 1e-9
     json.loads((tmp_path / "evp" / "population.json").read_text())
+    assert pop["held_out"]
+    # no held-out buyers: in-sample fallback, said so; or an error when the fallback is switched off
+    ecfg.population.splits = ["no-such-split"]
+    again = pop_mod.run(ecfg.population, tmp_path / "evp2")
+    assert not again["held_out"] and "IN-SAMPLE" in (tmp_path / "evp2" / "population.md").read_text()
+    ecfg.population.fallback_splits = []
+    from simpersona.config import ConfigError
+
+    with pytest.raises(ConfigError):
+        pop_mod.run(ecfg.population, tmp_path / "evp3")

@@ -38,6 +38,8 @@ class PopulationConfig:
     features: Path | None = None
     # buyers evaluated: these values of buyers.split (whole held-out shops by default)
     splits: list[str] = field(default_factory=lambda: ["holdout"])
+    # used instead (and the report says so) when no buyer is in `splits`; empty: that is an error
+    fallback_splits: list[str] = field(default_factory=lambda: ["train", "val", "holdout", "excluded"])
     # strata kept (the paper's App. B uses A–D)
     strata: list[str] = field(default_factory=lambda: ["A", "B", "C", "D"])
     # a shop's stratum mix counts as recovered when its JS divergence is below this
