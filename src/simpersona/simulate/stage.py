@@ -89,13 +89,14 @@ class SimulateConfig:
 
 
 def topic_name(collection: str) -> str:
-    """A collection path as a goal topic.
+    """A collection path as a goal topic, as the SFT traces name it (`traces.goals.leaf`).
 
-    >>> topic_name("apparel/women/skirts"), topic_name("electronics.smartphone"), topic_name("home/tea_kettles")
-    ('skirts', 'smartphone', 'tea kettles')
+    >>> topic_name("apparel/women/skirts"), topic_name("home/tea_kettles")
+    ('skirts', 'tea kettles')
     """
-    last = collection.replace(".", "/").rstrip("/").split("/")[-1]
-    return last.replace("_", " ").replace("-", " ").strip() or collection
+    from simpersona.traces.goals import leaf
+
+    return leaf(collection)
 
 
 def goal_text(intent: str, topic: str) -> str:
