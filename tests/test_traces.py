@@ -280,3 +280,16 @@ def test_stage_config_errors(tiny_run, tmp_path):
         stage.run(stage.TracesConfig(ingest=tiny_run / "ingest", features=tiny_run / "features", personas=tmp_path), tmp_path / "x")
     with pytest.raises(ConfigError, match="base_url"):
         stage.run(stage.TracesConfig(rewrite_goals=True), tmp_path / "x")
+
+
+def test_replay_pages_through_results_for_a_shared_title():
+    rows = [{"shop_id": "s1", "product_id": f"z{i:02d}", "title": "Plain white tee", "collection": "apparel/tees",
+             "brand": None, "price": 10.0 + i, "description": None} for i in range(20)]  # 12 per results page
+    r = Replayer(pa.Table.from_pylist(rows, schema=CATALOG_SCHEMA))
+    try:
+        s = session("D", [ev(0, "product_view", "z17", price=27.0)])
+        traj = r.replay(s)
+    finally:
+        r.close()
+    assert [st.action.get("element_id") for st in traj.steps][:3] == [None, "page-next", "product-z17"]
+    assert rule_verdict(s, traj) == (True, "ok")

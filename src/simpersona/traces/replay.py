@@ -11,7 +11,8 @@ Event → actions (page views are not replayed: the episode starts on the home p
     search            search{query}
     collection_view   click the collection link; else home, then the link (or a descendant's
                       listing and its breadcrumb)
-    product_view      click the product if its link is on the page, else search its title and click
+    product_view      click the product if its link is on the page, else search its title (and go
+                      through up to `result_pages` pages of results, for shared titles) and click
     add_to_cart       (open the product unless on its page) add_to_cart{quantity}
     remove_from_cart  view_cart (unless there) + remove_from_cart{product_id}
     checkout_start    checkout
@@ -72,7 +73,7 @@ class _Abort(Exception):
 class Replayer:
     """An in-process storefront over `catalog` and a `ShopEnv` reused for every replay."""
 
-    def __init__(self, catalog: pa.Table | Path | str, storefront=None):
+    def __init__(self, catalog: pa.Table | Path | str, storefront=None, result_pages: int = 3):
         from simpersona.storefront.app import create_app
         from simpersona.storefront.config import StorefrontConfig
         from simpersona.storefront.env import ShopEnv
@@ -84,6 +85,7 @@ class Replayer:
         self.app = create_app(cfg, catalog)
         self.store = self.app.state.store
         self.env = ShopEnv(AsgiTransport(self.app), cfg.env)
+        self.result_pages = result_pages
         self.n = 0
 
     def close(self) -> None:
@@ -158,6 +160,10 @@ class Replayer:
         if not _rendered(self.obs, link):
             title = self.shop.products[e.product_id].title
             self._act({"action": "search", "query": title[:200]}, ("find", title))
+            for _ in range(self.result_pages - 1):  # shared titles: the product may be further down
+                if _rendered(self.obs, link) or not _rendered(self.obs, "page-next"):
+                    break
+                self._act({"action": "click", "element_id": "page-next"}, ("next_page", title))
             if not _rendered(self.obs, link):
                 self.traj.skipped.append(f"{e.kind}: product not found by searching its title")
                 return False
@@ -261,6 +267,8 @@ def reasoning(reason: tuple, stage: int, goals: Goals) -> str:
         return f"My goal asks me to search for '{arg[0]}'." if s2 else f"I search for '{arg[0]}' to see what the shop has for {cat}."
     if key == "find":
         return f"I search for '{arg[0]}' to find that product."
+    if key == "next_page":
+        return f"'{arg[0]}' is not on this page of results, so I look at the next page."
     if key == "open":
         return f"I open '{arg[0]}' to look at its details" + (", as my goal says." if s2 else ".")
     if key == "home":

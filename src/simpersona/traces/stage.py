@@ -70,6 +70,8 @@ class TracesConfig:
     min_actions: int = 0
     # sessions with more non-page-view events are not candidates (they would not fit max_steps)
     max_actions: int = 12
+    # pages of search results the replay looks through to find a product by its title
+    result_pages: int = 3
     # rounds of refilling codes whose sessions the judge dropped
     refill_rounds: int = 2
     # the storefront the sessions are replayed on (its env.max_steps is the replay's step budget)
@@ -117,7 +119,8 @@ def load_sessions(cfg: TracesConfig, con, chosen: list[dict]) -> dict[str, Sessi
     collections by frequency (the category fallback). Keyed by Session.key."""
     events = _need(cfg.ingest, "events.parquet", "--ingest")
     catalog = _need(cfg.ingest, "catalog.parquet", "--ingest")
-    keys = pa.table({c: [r[c] for r in chosen] for c in ("shop_id", "buyer_id", "session_id")})
+    split = [r["ids"] for r in chosen]
+    keys = pa.table({c: [k[i] for k in split] for i, c in enumerate(("shop_id", "buyer_id", "session_id"))})
     con.register("chosen_keys", keys)
     order = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(ORDER))
     rows = con.sql(f"""
@@ -131,14 +134,14 @@ def load_sessions(cfg: TracesConfig, con, chosen: list[dict]) -> dict[str, Sessi
         LEFT JOIN cat USING (shop_id, product_id)
         ORDER BY e.shop_id, e.buyer_id, e.session_id, e.ts, CASE e.event_type {order} ELSE 99 END""").to_arrow_table()
     rows = zip(*(rows.column(c).to_pylist() for c in rows.column_names))
-    meta = {(r["shop_id"], r["buyer_id"], r["session_id"]): r for r in chosen}
+    meta = {r["ids"]: r for r in chosen}
     out: dict[str, Session] = {}
     for shop, buyer, sess, ts, kind, pid, coll_id, query, price, qty, title, coll in rows:
         key = (shop, buyer, sess)
         s = out.get(":".join(key))
         if s is None:
             m = meta[key]
-            s = out[":".join(key)] = Session(shop, buyer, sess, [], int(m["code"]), str(m["stratum"]))
+            s = out[":".join(key)] = Session(shop, buyer, sess, [], int(m["persona"]), str(m["stratum"]))
         s.events.append(Event(kind, ts, pid, coll_id, query, price, int(qty) if qty is not None else None, title, coll))
     bs = _need(cfg.features, "buyer_sessions.parquet", "--features")
     if "collections" in pq.read_schema(bs).names:
@@ -181,13 +184,16 @@ def run(cfg: TracesConfig, run_dir: Path) -> dict:
     con = duckdb.connect()
     cand = candidates(cfg, con)
     all_codes = sorted(set(pq.read_table(_need(cfg.personas, "assignments.parquet", "--personas"), columns=["code"]).column("code").to_pylist()))
-    pool = [{"session_key": ":".join((r["shop_id"], r["buyer_id"], r["session_id"])), "persona": int(r["code"]),
-             "shop_id": r["shop_id"], "stratum": r["stratum"], "buyer_id": r["buyer_id"], "session_id": r["session_id"],
-             "code": int(r["code"])} for r in cand.to_pylist()]
+    # one pseudo-record per session, in the shape `sample_sessions` reads
+    pool = [{"session_key": ":".join(k), "persona": int(c), "shop_id": k[0], "stratum": st, "ids": tuple(k)}
+            for *k, c, st in zip(*(cand.column(n).to_pylist() for n in ("shop_id", "buyer_id", "session_id", "code", "stratum")))]
+    by_code: dict[int, list[dict]] = defaultdict(list)
+    for r in pool:
+        by_code[r["persona"]].append(r)
     if not pool:
         raise ConfigError(f"no candidate sessions in {cfg.features} with {cfg.min_actions}–{cfg.max_actions} actions and a persona code")
     sc = cfg.sample
-    replayer = Replayer(_need(cfg.ingest, "catalog.parquet", "--ingest"), cfg.storefront)
+    replayer = Replayer(_need(cfg.ingest, "catalog.parquet", "--ingest"), cfg.storefront, cfg.result_pages)
     client = LLMClient(cfg.llm) if (cfg.rewrite_goals or cfg.llm_judge) else None
     counts: Counter = Counter()
     reasons: Counter = Counter()
@@ -246,13 +252,13 @@ def run(cfg: TracesConfig, run_dir: Path) -> dict:
 
     try:
         first = _pick(pool, sc.max_sessions_per_code, sc.min_sessions_per_code, sc.target_sessions, sc.seed)
-        wanted = Counter(r["code"] for r in first)
+        wanted = Counter(r["persona"] for r in first)
         process(first)
         for rnd in range(1, cfg.refill_rounds + 1):
             refill = []
             for code, n in sorted(wanted.items()):
                 deficit = n - kept_per_code[code]
-                rest = [r for r in pool if r["code"] == code and r["session_key"] not in tried]
+                rest = [r for r in by_code[code] if r["session_key"] not in tried]
                 if deficit > 0 and rest:
                     refill += _pick(rest, deficit, deficit, 0, sc.seed + rnd)
             if not refill:
@@ -290,7 +296,7 @@ def run(cfg: TracesConfig, run_dir: Path) -> dict:
         "records_total": n_written["all"],
         "steps_per_kept_session": {"mean": round(sum(steps) / len(steps), 2) if steps else 0.0, "max": max(steps, default=0)},
         "shops": {"train": sorted({r["shop_id"] for r in train}), "val": sorted({r["shop_id"] for r in val})},
-        "codes": {"with_buyers": len(all_codes), "with_candidates": len({r["code"] for r in pool}),
+        "codes": {"with_buyers": len(all_codes), "with_candidates": len(by_code),
                   "covered": len(kept_per_code), "sessions_per_code": {str(c): kept_per_code[c] for c in sorted(kept_per_code)}},
         "wall_s": round(wall, 2),
         "replay_s": round(replay_s, 2),
