@@ -3,8 +3,8 @@
     .venv/bin/python bench/bench_traces.py                          # 8 shops, 4,000 buyers, 600 sessions
     .venv/bin/python bench/bench_traces.py --shops 12 --buyers 20000 --sessions 2000
 
-Data: the synthetic generator → ingest → features (embeddings off: the replay does not use them)
-through the main job, then persona codes drawn from the hashed buyer ids (K = 16; the replay's
+Data: the synthetic generator → ingest → features (embeddings off: the replay does not use them),
+then persona codes drawn from the hashed buyer ids (K = 16; the replay's
 speed does not depend on what the codes mean). The stage then samples `--sessions` sessions
 (every code represented), builds goals, replays them on the in-process storefront (ASGI, no
 sockets), judges them and writes the JSONL. Reported in the same run: replayed sessions per
@@ -36,13 +36,22 @@ def main() -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from simpersona import pipeline
+    from simpersona.config import load_config
+    from simpersona.events import ingest
+    from simpersona.features import stage as features
+    from simpersona.synth import generate
     from simpersona.traces import stage
 
     work = args.out or Path(tempfile.mkdtemp(prefix="bench_traces_"))
     t = time.perf_counter()
-    pipeline.run("tiny", work, (f"synth.shops={args.shops}", f"synth.buyers={args.buyers}", f"synth.seed={args.seed}",
-                                "synth.products_per_shop=300", "features.embedding.enabled=false"), echo=lambda s: None)
+    sc = load_config(generate.SynthConfig, "tiny", [f"shops={args.shops}", f"buyers={args.buyers}", f"seed={args.seed}",
+                                                    "products_per_shop=300", "file_format=parquet"], section="synth")
+    generate.run(sc, work / "synth")
+    ic = load_config(ingest.IngestConfig, "tiny", ["progress=false"], section="ingest", values={
+        "format": "canonical", "input": str(work / "synth" / "events.parquet"), "catalog": str(work / "synth" / "catalog.parquet")})
+    ingest.run(ic, work / "ingest")
+    fc = load_config(features.FeaturesConfig, "tiny", ["embedding.enabled=false"], section="features", values={"input": str(work / "ingest")})
+    features.run(fc, work / "features")
     prep_s = time.perf_counter() - t
     buyers = pq.read_table(work / "features" / "buyers.parquet", columns=["shop_id", "buyer_id"])
     codes = pa.array([int(b[:8], 16) % args.k for b in buyers.column("buyer_id").to_pylist()], pa.int16())

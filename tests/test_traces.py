@@ -212,13 +212,27 @@ def test_llm_rewriter_and_judge_against_a_fake_endpoint(monkeypatch):
 
 
 # -- the stage ------------------------------------------------------------------------------------
+def generated_run(out: Path, shops: int, buyers: int, seed: int = 0) -> Path:
+    """synth → ingest → features (no embeddings: the replay does not use them) in `out`."""
+    from simpersona.config import load_config
+    from simpersona.events import ingest
+    from simpersona.features import stage as features
+    from simpersona.synth import generate
+
+    sc = load_config(generate.SynthConfig, "tiny", [f"shops={shops}", f"buyers={buyers}", f"seed={seed}", "file_format=parquet"], section="synth")
+    generate.run(sc, out / "synth")
+    ic = load_config(ingest.IngestConfig, "tiny", ["progress=false"], section="ingest", values={
+        "format": "canonical", "input": str(out / "synth" / "events.parquet"), "catalog": str(out / "synth" / "catalog.parquet")})
+    ingest.run(ic, out / "ingest")
+    fc = load_config(features.FeaturesConfig, "tiny", ["embedding.enabled=false"], section="features", values={"input": str(out / "ingest")})
+    features.run(fc, out / "features")
+    return out
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
-    """synth → ingest → features (no embeddings) on a small dataset, plus crafted assignments."""
-    from simpersona import pipeline
-
-    out = tmp_path_factory.mktemp("tiny")
-    pipeline.run("tiny", out, ("synth.buyers=160", "synth.shops=3", "features.embedding.enabled=false"), echo=lambda s: None)
+    """A small generated dataset, plus crafted persona assignments (6 codes)."""
+    out = generated_run(tmp_path_factory.mktemp("tiny"), shops=3, buyers=160)
     buyers = pq.read_table(out / "features" / "buyers.parquet", columns=["shop_id", "buyer_id"])
     codes = [int(b, 16) % 6 for b in buyers.column("buyer_id").to_pylist()]  # 6 codes from the hashed ids
     (out / "personas").mkdir()
