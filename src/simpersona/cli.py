@@ -277,3 +277,121 @@ def traces(ingest_dir, features, personas_dir, out, preset, sets) -> None:
     values = _given(ingest=ingest_dir, features=features, personas=personas_dir)
     cfg = load_config(stage.TracesConfig, preset, sets, section="traces", values=values)
     click.echo(stage.format_summary(stage.run(cfg, out or Path("runs/traces"))))
+
+
+def _sub_config(cls, preset, sets, section: str, key: str | None, values: dict):
+    """`cls` from the preset's `section` (or its `key` sub-mapping), flag `values`, then --set."""
+    import yaml
+
+    from simpersona.config import from_dict, merge, parse_overrides, preset_path
+
+    data = {}
+    if preset is not None:
+        data = (yaml.safe_load(preset_path(preset).read_text()) or {}).get(section) or {}
+        if key is not None:
+            data = data.get(key) or {}
+    return from_dict(cls, merge(merge(data, values), parse_overrides(sets)))
+
+
+@main.command()
+@click.option("--ingest", "ingest_dir", default=None, type=click.Path(path_type=Path), help="Ingest folder of the real data (catalog.parquet, events.parquet).")
+@click.option("--personas", "personas_dir", default=None, type=click.Path(path_type=Path), help="Output of `personas assign` (shop_mix.parquet …).")
+@click.option("--shop", "shops", multiple=True, help="Shop to simulate (repeatable; default: every shop).")
+@click.option("--buyers", type=int, default=None, help="Simulated buyers per shop.")
+@click.option("--agent", default=None, type=click.Choice(["policy", "llm", "endpoint"]), help="Agent: persona policy, local checkpoint, endpoint.")
+@click.option("--checkpoint", default=None, type=click.Path(path_type=Path), help="SFT checkpoint folder (agent llm).")
+@click.option("--endpoint", "endpoint_url", default=None, help="OpenAI-compatible base URL (agent endpoint).")
+@click.option("--no-persona", is_flag=True, default=False, help="The no-persona variant (no token / population-wide policy).")
+@click.option("--transport", default=None, type=click.Choice(["asgi", "http"]), help="In-process (default) or real HTTP on loopback.")
+@click.option("--out", default=None, type=click.Path(path_type=Path), help="Output folder.")
+@PRESET
+@SETS
+def simulate(ingest_dir, personas_dir, shops, buyers, agent, checkpoint, endpoint_url, no_persona, transport, out, preset, sets) -> None:
+    """Population simulation: k ~ p̂_s(k), intents from strata, episodes on the storefront; its event log."""
+    from simpersona.simulate import stage
+
+    values = _given(ingest=ingest_dir, personas=personas_dir, shops=list(shops) or None, buyers=buyers, agent=agent,
+                    transport=transport, persona=False if no_persona else None,
+                    llm=_given(checkpoint=checkpoint) or None, endpoint=_given(url=endpoint_url) or None)
+    cfg = _sub_config(stage.SimulateConfig, preset, sets, "simulate", None, values)
+    click.echo(stage.format_summary(stage.run(cfg, out or Path("runs/simulate"), echo=click.echo)))
+
+
+@evaluate.command("alignment")
+@click.option("--features", default=None, type=click.Path(path_type=Path), help="FEAT_DIR of the real data.")
+@click.option("--personas", "personas_dir", default=None, type=click.Path(path_type=Path), help="Personas folder (assignments.parquet).")
+@click.option("--simulation", default=None, type=click.Path(path_type=Path), help="Output of `simpersona simulate`.")
+@click.option("--out", default=None, type=click.Path(path_type=Path), help="Output folder.")
+@PRESET
+@SETS
+def evaluate_alignment(features, personas_dir, simulation, out, preset, sets) -> None:
+    """Table 2: Action Rate Alignment by funnel stratum (correct vs all- and random-mismatch)."""
+    from simpersona.evaluate import alignment as stage
+
+    values = _given(features=features, personas=personas_dir, simulation=simulation)
+    cfg = _sub_config(stage.AlignmentConfig, preset, sets, "evaluate", "alignment", values)
+    click.echo(stage.format_table(stage.run(cfg, out or Path("runs/evaluate/alignment"))))
+
+
+@evaluate.command("separation")
+@click.option("--simulation", default=None, type=click.Path(path_type=Path), help="Output of `simpersona simulate`.")
+@click.option("--personas", "personas_dir", default=None, type=click.Path(path_type=Path), help="Personas folder (cards.json).")
+@click.option("--out", default=None, type=click.Path(path_type=Path), help="Output folder.")
+@PRESET
+@SETS
+def evaluate_separation(simulation, personas_dir, out, preset, sets) -> None:
+    """Table 3: behavioural separation by aux-head bin (Cohen's d, Welch, Kruskal–Wallis, permutation)."""
+    from simpersona.evaluate import separation as stage
+
+    values = _given(simulation=simulation, personas=personas_dir)
+    cfg = _sub_config(stage.SeparationConfig, preset, sets, "evaluate", "separation", values)
+    click.echo(stage.format_table(stage.run(cfg, out or Path("runs/evaluate/separation"))))
+
+
+@evaluate.command("instructions")
+@click.option("--ingest", "ingest_dir", default=None, type=click.Path(path_type=Path), help="Ingest folder (catalog.parquet).")
+@click.option("--personas", "personas_dir", default=None, type=click.Path(path_type=Path), help="Personas folder (tokens drawn from p̂_s).")
+@click.option("--agent", default=None, type=click.Choice(["llm", "endpoint", "script", "policy"]), help="Agent under test.")
+@click.option("--checkpoint", default=None, type=click.Path(path_type=Path), help="SFT checkpoint folder (agent llm).")
+@click.option("--endpoint", "endpoint_url", default=None, help="OpenAI-compatible base URL (agent endpoint).")
+@click.option("--repetitions", type=int, default=None, help="Runs per task (paper: 10).")
+@click.option("--out", default=None, type=click.Path(path_type=Path), help="Output folder.")
+@PRESET
+@SETS
+def evaluate_instructions(ingest_dir, personas_dir, agent, checkpoint, endpoint_url, repetitions, out, preset, sets) -> None:
+    """Table 4: instruction following on deterministic tasks (3–27 navigation actions), judged from the event log."""
+    from simpersona.evaluate import instructions as stage
+
+    values = _given(ingest=ingest_dir, personas=personas_dir, agent=agent, repetitions=repetitions,
+                    llm=_given(checkpoint=checkpoint) or None, endpoint=_given(url=endpoint_url) or None)
+    cfg = _sub_config(stage.InstructionsConfig, preset, sets, "evaluate", "instructions", values)
+    click.echo(stage.format_table(stage.run(cfg, out or Path("runs/evaluate/instructions"))))
+
+
+@evaluate.command("ablations")
+@click.option("--ingest", "ingest_dir", default=None, type=click.Path(path_type=Path), help="Ingest folder of the real data.")
+@click.option("--personas", "personas_dir", default=None, type=click.Path(path_type=Path), help="Personas folder.")
+@click.option("--sft", "sft_dir", default=None, type=click.Path(path_type=Path), help="SFT run folder (stage2/ and single/).")
+@click.option("--out", default=None, type=click.Path(path_type=Path), help="Output folder.")
+@PRESET
+@SETS
+def evaluate_ablations(ingest_dir, personas_dir, sft_dir, out, preset, sets) -> None:
+    """Table 9 (persona token vs none, neutral intents) and Tables 7–8 (two-stage vs single-stage)."""
+    from simpersona.evaluate import ablations as stage
+
+    values = _given(sft=sft_dir, simulate=_given(ingest=ingest_dir, personas=personas_dir) or None)
+    cfg = _sub_config(stage.AblationsConfig, preset, sets, "evaluate", "ablations", values)
+    click.echo(stage.format_report(stage.run(cfg, out or Path("runs/evaluate/ablations"))))
+
+
+@main.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path), help="Run folder of the main job.")
+@click.option("--out", default=None, type=click.Path(path_type=Path), help="Output folder (default RUN/report; the page is index.html).")
+@PRESET
+@SETS
+def report(run_dir, out, preset, sets) -> None:
+    """One self-contained HTML page from whatever a run folder holds (missing parts: "not run")."""
+    from simpersona.report import build
+
+    cfg = _sub_config(build.ReportConfig, preset, sets, "report", None, _given(run=run_dir))
+    click.echo(build.format_summary(build.run(cfg, out or run_dir / "report")))

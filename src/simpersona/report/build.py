@@ -1,0 +1,338 @@
+"""Build the report page from a run folder (`simpersona report --run RUN_DIR`).
+
+Sections, each from the files its stage wrote (paths relative to the run folder, all settings):
+codebook usage and health (vqvae train_log.jsonl, code sizes), persona cards (cards.json),
+each shop's persona mix (shop_mix.parquet), real vs recovered stratum mix per shop (buyers ⋈
+assignments, code_strata), the R² chart (population.json), Tables 1–4 beside the paper's
+(clustering.json, alignment.json, separation.json, instructions.json), ablations, the simulation's
+outcomes and simulated vs real funnel rates. A part whose files are missing reads "not run"; a
+part that fails to build says why; the page is always written. No external assets: inline CSS
+and SVG only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from simpersona.config import write_meta
+from simpersona.report import svg
+
+STRATA = ("A", "B", "C", "D", "E")
+CSS = """body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222;line-height:1.4}
+h1{font-size:24px}h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
+table{border-collapse:collapse;font-size:12px;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
+h3{font-size:15px}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.notrun{color:#a00;font-style:italic}
+.row{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}.small{font-size:12px;color:#555}
+.card{border:1px solid #ddd;border-radius:6px;padding:6px 10px;font-size:12px;width:250px}"""
+
+
+@dataclass
+class ReportConfig:
+    # the run folder; every path below is relative to it
+    run: Path | None = None
+    # VQ-VAE run folder (train_log.jsonl, summary.json)
+    vqvae: str = "vqvae"
+    # personas folder (cards.json, shop_mix.parquet, code_strata.parquet, assignments.parquet)
+    personas: str = "personas"
+    # features folder (buyers.parquet)
+    features: str = "features"
+    # evaluate clustering output (clustering.json)
+    clustering: str = "evaluate/clustering"
+    # evaluate population output (population.json)
+    population: str = "evaluate/population"
+    # simulate output (summary.json, episodes.parquet)
+    simulate: str = "simulate"
+    # evaluate alignment output (alignment.json)
+    alignment: str = "evaluate/alignment"
+    # evaluate separation output (separation.json)
+    separation: str = "evaluate/separation"
+    # evaluate instructions output (instructions.json)
+    instructions: str = "evaluate/instructions"
+    # evaluate ablations output (ablations.json)
+    ablations: str = "evaluate/ablations"
+    # persona cards shown (the largest codes)
+    max_cards: int = 12
+    # shops shown in per-shop charts
+    max_shops: int = 40
+    # file name of the page inside the output folder
+    filename: str = "index.html"
+
+
+def _json(p: Path) -> Any | None:
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _notrun(what: str) -> str:
+    return f'<p class="notrun">not run: {escape(what)}</p>'
+
+
+def _num(v: Any, pct: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, str):
+        return escape(v)
+    if pct:
+        return f"{100 * v:.1f}%"
+    if isinstance(v, bool) or isinstance(v, int):
+        return str(v)
+    return f"{v:.3g}" if abs(v) < 0.01 and v != 0 else (f"{v:,.1f}" if abs(v) >= 100 else f"{v:.3f}")
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> str:
+    h = "".join(f"<th>{escape(str(x))}</th>" for x in head)
+    body = "".join("<tr>" + "".join(f"<td>{x if isinstance(x, str) and x.startswith('<') else _num(x) if not isinstance(x, str) else escape(x)}</td>" for x in r) + "</tr>" for r in rows)
+    return f"<table><tr>{h}</tr>{body}</table>"
+
+
+# -- sections -----------------------------------------------------------------------------------
+def sec_codebook(cfg: ReportConfig, run: Path) -> str:
+    log = run / cfg.vqvae / "train_log.jsonl"
+    cards = _json(run / cfg.personas / "cards.json")
+    if not log.exists() and cards is None:
+        return _notrun(f"no {cfg.vqvae}/train_log.jsonl or {cfg.personas}/cards.json")
+    out = ['<div class="row">']
+    if log.exists():
+        recs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+        out.append(svg.lines({"usage %": [(r["step"], r.get("usage_pct", 0.0)) for r in recs if "usage_pct" in r]},
+                             "Codebook usage per batch (%)", "step"))
+        out.append(svg.lines({"perplexity": [(r["step"], r.get("perplexity", 0.0)) for r in recs if "perplexity" in r]},
+                             "Code perplexity", "step"))
+        resets = sum(int(r.get("dead_reset", 0)) for r in recs)
+        summ = _json(run / cfg.vqvae / "summary.json") or {}
+        out.append(f'<p class="small">{len(recs)} steps logged; dead-code resets {resets}; '
+                   f"val codes used {summ.get('val_codes_used', '–')}; best val loss {_num(summ.get('best_val_loss'))}</p>")
+    else:
+        out.append(_notrun(f"{cfg.vqvae}/train_log.jsonl"))
+    if cards:
+        sizes = sorted((c.get("size", 0) for c in cards), reverse=True)
+        tot = sum(sizes) or 1
+        out.append(svg.lines({"share of buyers": [(i + 1, s / tot) for i, s in enumerate(sizes)]},
+                             f"Code sizes, largest first ({len(sizes)} codes used)", "rank"))
+    out.append("</div>")
+    return "".join(out)
+
+
+def sec_cards(cfg: ReportConfig, run: Path) -> str:
+    cards = _json(run / cfg.personas / "cards.json")
+    if not cards:
+        return _notrun(f"no {cfg.personas}/cards.json")
+    out = ['<div class="row">']
+    for c in sorted(cards, key=lambda c: -c.get("size", 0))[: cfg.max_cards]:
+        lab = c.get("labels", {})
+        mix = " · ".join(f"{s} {100 * p:.0f}%" for s, p in (c.get("strata") or {}).items() if p > 0)
+        top = "".join(f"<br>{escape(k)}: " + escape(", ".join(str(i[0]) for i in v[:3])) for k, v in (c.get("top") or {}).items())
+        out.append(f'<div class="card"><b>persona {c["code"]}</b> — {c.get("size", 0):,} buyers ({100 * c.get("share", 0):.1f}%)'
+                   f"<br>engage <b>{escape(str(lab.get('engage')))}</b>, explore <b>{escape(str(lab.get('explore')))}</b>, "
+                   f"purchase <b>{escape(str(lab.get('purchase')))}</b><br>strata {escape(mix)}{top}</div>")
+    return "".join(out) + "</div>"
+
+
+def sec_mix(cfg: ReportConfig, run: Path) -> str:
+    p = run / cfg.personas / "shop_mix.parquet"
+    if not p.exists():
+        return _notrun(f"no {cfg.personas}/shop_mix.parquet")
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(p).to_pydict()
+    shops = sorted(set(t["shop_id"]))[: cfg.max_shops]
+    totals: dict[int, float] = {}
+    for c, s in zip(t["code"], t["share"]):
+        totals[int(c)] = totals.get(int(c), 0.0) + s
+    top = [c for c, _ in sorted(totals.items(), key=lambda x: -x[1])[:9]]
+    rows = []
+    for s in shops:
+        sh = {int(c): v for sh_, c, v in zip(t["shop_id"], t["code"], t["share"]) if sh_ == s}
+        rows.append((s, [sh.get(c, 0.0) for c in top] + [1.0 - sum(sh.get(c, 0.0) for c in top)]))
+    return svg.stacked(rows, [f"k{c}" for c in top] + ["other"], "Persona mix p̂_s(k) per shop (9 largest codes)")
+
+
+def stratum_mixes(features: Path, personas: Path) -> dict[str, tuple[list[float], list[float]]]:
+    """shop → (real stratum shares, recovered Σ_k p̂_s(k) P(stratum | k)) over A–E."""
+    import duckdb
+
+    b, a, cs = features / "buyers.parquet", personas / "assignments.parquet", personas / "code_strata.parquet"
+    real = duckdb.sql(f"SELECT shop_id, stratum, count(*) FROM read_parquet('{b}') GROUP BY ALL").fetchall()
+    rec = duckdb.sql(f"""WITH n AS (SELECT shop_id, code, count(*) AS n FROM read_parquet('{a}') GROUP BY ALL),
+                              m AS (SELECT shop_id, code, n / sum(n) OVER (PARTITION BY shop_id) AS p FROM n)
+                         SELECT m.shop_id, c.stratum, sum(m.p * c.share) FROM m JOIN read_parquet('{cs}') c USING (code) GROUP BY ALL""").fetchall()
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    for rows, j in ((real, 0), (rec, 1)):
+        for s, st, v in rows:
+            out.setdefault(s, ([0.0] * 5, [0.0] * 5))[j][STRATA.index(st)] += float(v)
+    return {s: ([x / (sum(r) or 1) for x in r], [x / (sum(p) or 1) for x in p]) for s, (r, p) in sorted(out.items())}
+
+
+def sec_strata(cfg: ReportConfig, run: Path) -> str:
+    f, p = run / cfg.features, run / cfg.personas
+    if not (f / "buyers.parquet").exists() or not (p / "code_strata.parquet").exists():
+        return _notrun(f"needs {cfg.features}/buyers.parquet and {cfg.personas}/code_strata.parquet")
+    mixes = list(stratum_mixes(f, p).items())[: cfg.max_shops]
+    rows = []
+    for s, (real, rec) in mixes:
+        rows += [(f"{s} real", real), (f"{s} recovered", rec)]
+    pop = _json(run / cfg.population / "population.json")
+    note = ""
+    if pop:
+        js = pop["stratum_js"]
+        note = (f'<p class="small">Stratum JS divergence (population evaluation, splits {escape(", ".join(pop["splits"]))}): '
+                f"mean {_num(js['mean'])}, median {_num(js['median'])} — paper mean 0.054, median 0.045.</p>")
+    return svg.stacked(rows, list(STRATA), "Stratum mix per shop: real vs recovered from codes") + note
+
+
+def sec_r2(cfg: ReportConfig, run: Path) -> str:
+    pop = _json(run / cfg.population / "population.json")
+    if not pop:
+        return _notrun(f"no {cfg.population}/population.json")
+    r2 = pop["feature_r2"]
+    paper = (pop.get("paper") or {}).get("r2", {})
+    chart = svg.hbars([(k, v) for k, v in r2.items()], "Per-feature R² across shops (black tick: paper)", -0.2, 1.0,
+                      {k: v for k, v in paper.items() if isinstance(v, (int, float))})
+    return chart + f'<p class="small">{pop["n_buyers"]:,} buyers over {pop["n_shops"]} shops.</p>'
+
+
+def sec_table1(cfg: ReportConfig, run: Path) -> str:
+    r = _json(run / cfg.clustering / "clustering.json")
+    if not r:
+        return _notrun(f"no {cfg.clustering}/clustering.json")
+    rows = [[m, r["kmeans"][m], r["vqvae"][m], r["paper"].get(m, {}).get("kmeans"), r["paper"].get(m, {}).get("vqvae")]
+            for m in r["vqvae"]]
+    return (f'<p class="small">{r["n_buyers"]:,} buyers, K = {escape(str(r["k"]))}</p>'
+            + _table(["metric", "k-means (ours)", "VQ-VAE (ours)", "k-means (paper)", "VQ-VAE (paper)"], rows))
+
+
+def sec_table2(cfg: ReportConfig, run: Path) -> str:
+    r = _json(run / cfg.alignment / "alignment.json")
+    if not r:
+        return _notrun(f"no {cfg.alignment}/alignment.json")
+    rows = []
+    for st, row in r["table"].items():
+        p = r["paper"].get(st, {})
+        rows.append([st, row["cells"], *row["ara"], *(p.get("ara") or [None] * 3), row["atc"][0], row["pur"][0]])
+    chart = svg.grouped([(st, [row["ara"][0], row["ara"][1], row["ara"][2]]) for st, row in r["table"].items()],
+                        ["correct", "all-mismatch", "1-random"], "ARA by stratum (ours)", 1.0)
+    return (_table(["stratum", "cells", "ARA correct", "all-mis", "1-random", "paper correct", "paper all-mis", "paper 1-R",
+                    "ATC align (correct)", "PUR align (correct)"], rows) + chart
+            + f'<p class="small">{r["episodes"]:,} simulated episodes.</p>')
+
+
+def sec_table3(cfg: ReportConfig, run: Path) -> str:
+    r = _json(run / cfg.separation / "separation.json")
+    if not r:
+        return _notrun(f"no {cfg.separation}/separation.json")
+    rows = []
+    for h, x in r["heads"].items():
+        p = r["paper"][h]
+        rows.append([h, *x["means"], x["d"], x["t_p"], x["kw_p"], x["perm_p"], p["d"], str(p["perm_p"])])
+    f, pf = r["funnel"], r["paper"]["funnel"]
+    frows = [[m, *(f[m]), *(pf[m])] for m in ("atc", "checkout")]
+    return (_table(["head", "mean low", "mean med", "mean high", "Cohen's d", "Welch p", "KW p", "perm p", "paper d", "paper perm p"], rows)
+            + _table(["purchase bin → rate", "low", "medium", "high", "paper low", "paper medium", "paper high"], frows))
+
+
+def sec_table4(cfg: ReportConfig, run: Path) -> str:
+    r = _json(run / cfg.instructions / "instructions.json")
+    if not r:
+        return _notrun(f"no {cfg.instructions}/instructions.json")
+    o, t, p = r["overall"], r["types"], r["paper"]
+    rows = [["avg steps per run", o["steps"], p["steps"]],
+            ["self-reported goal reached", _num(o["self_reported"], True), _num(p["self_reported"], True)],
+            ["judged completed", _num(o["completed"], True), "–"],
+            ["cart tasks → added to cart", _num(t.get("cart", {}).get("reached_atc"), True), _num(p["cart->atc"], True)],
+            ["checkout tasks → reached checkout", _num(t.get("checkout", {}).get("reached_checkout"), True), _num(p["checkout->checkout"], True)],
+            ["purchase tasks → reached checkout", _num(t.get("purchase", {}).get("reached_checkout"), True), _num(p["purchase->checkout"], True)]]
+    return f'<p class="small">{r["tasks"]} tasks, {r["runs"]} runs, agent {escape(r["agent"])}</p>' + _table(["metric", "ours", "paper"], rows)
+
+
+def sec_ablations(cfg: ReportConfig, run: Path) -> str:
+    r = _json(run / cfg.ablations / "ablations.json")
+    if not r:
+        return _notrun(f"no {cfg.ablations}/ablations.json")
+    out = []
+    if "token" in r:
+        t, p = r["token"], r["paper"]["table9"]
+        rows = [[m, t["with"][m], t["without"][m], p["with"][m], p["without"][m]] for m in
+                ("crash_rate", "goal_reached", "atc_events", "checkout_reached", "actions", "pages", "products")]
+        out.append(f"<h3>Persona token vs none (neutral intents, agent {escape(t['agent'])})</h3>"
+                   + _table(["metric", "with token", "no token", "paper with", "paper without"], rows))
+    if "stages" in r:
+        s = r["stages"]
+        if s.get("status") != "run":
+            out.append("<h3>Two-stage vs single-stage</h3>" + _notrun(s.get("reason", "")))
+        else:
+            rows = [[k, s["two_stage"]["shares"][k], s["single_stage"]["shares"][k]] for k in s["two_stage"]["shares"]]
+            out.append("<h3>Two-stage vs single-stage</h3>" + _table(["outcome share", "two-stage", "single-stage"], rows))
+    return "".join(out) or _notrun("no ablation in ablations.json")
+
+
+def sec_simulation(cfg: ReportConfig, run: Path) -> str:
+    s = _json(run / cfg.simulate / "summary.json")
+    a = _json(run / cfg.alignment / "alignment.json")
+    if s is None and a is None:
+        return _notrun(f"no {cfg.simulate}/summary.json")
+    out = []
+    if s is not None:
+        out.append(_table(["episodes", "agent", "sessions/s", "mean steps", *s["outcomes"]],
+                          [[s["episodes"], str(s.get("agent")), s.get("sessions_per_s"), s["mean_steps"], *s["outcomes"].values()]]))
+    if a and a.get("funnel"):
+        rows = []
+        for shop, v in list(a["funnel"].items())[: cfg.max_shops]:
+            rows.append((shop, [v.get("real", {}).get("atc"), v["sim"]["atc"], v.get("real", {}).get("checkout"), v["sim"]["checkout"]]))
+        out.append(svg.grouped(rows, ["ATC real", "ATC sim", "checkout real", "checkout sim"], "Simulated vs real funnel rates per shop (per session)"))
+    else:
+        out.append(_notrun(f"no funnel rates ({cfg.alignment}/alignment.json)"))
+    return "".join(out)
+
+
+SECTIONS = (("Codebook usage and health", sec_codebook), ("Persona cards", sec_cards), ("Persona mix per shop", sec_mix),
+            ("Real vs recovered stratum mix", sec_strata), ("Feature reconstruction R²", sec_r2),
+            ("Table 1 — clustering quality", sec_table1), ("Table 2 — action rate alignment", sec_table2),
+            ("Table 3 — behavioural separation", sec_table3), ("Table 4 — instruction following", sec_table4),
+            ("Ablations (Tables 7–9)", sec_ablations), ("Simulation: outcomes, simulated vs real funnel", sec_simulation))
+
+
+def render(cfg: ReportConfig) -> tuple[str, dict[str, str]]:
+    """(html, section → "ok" / "not run" / "error: …")."""
+    run = Path(cfg.run)
+    parts, status = [], {}
+    for title, fn in SECTIONS:
+        try:
+            body = fn(cfg, run)
+            status[title] = "not run" if body.startswith('<p class="notrun">') else "ok"
+        except Exception as e:  # one broken part never breaks the page
+            body = f'<p class="notrun">could not be built: {escape(type(e).__name__)}: {escape(str(e))}</p>'
+            status[title] = f"error: {type(e).__name__}: {e}"
+        parts.append(f"<h2>{escape(title)}</h2>{body}")
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>SimPersona report</title>'
+            f"<style>{CSS}</style></head><body><h1>SimPersona report</h1>"
+            f'<p class="small">Run folder {escape(str(run))} · built {when}. Paper figures from arXiv 2605.14205.</p>'
+            + "".join(parts) + "</body></html>")
+    return page, status
+
+
+def run(cfg: ReportConfig, out_dir: Path) -> dict[str, Any]:
+    if cfg.run is None:
+        from simpersona.config import ConfigError
+
+        raise ConfigError("report needs --run RUN_DIR")
+    page, status = render(cfg)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / cfg.filename
+    path.write_text(page, encoding="utf-8")
+    summary = {"path": str(path), "bytes": len(page.encode()), "sections": status}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_meta(out_dir, "report", cfg, summary=summary)
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    ok = [k for k, v in summary["sections"].items() if v == "ok"]
+    return (f"report: {summary['path']} ({summary['bytes']:,} bytes); {len(ok)}/{len(summary['sections'])} parts built; "
+            + "; ".join(f"{k}: {v}" for k, v in summary["sections"].items() if v != "ok"))
