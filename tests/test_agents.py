@@ -198,3 +198,13 @@ def test_persona_policy_fitted_per_code(world):
                    "[product-p1] link: A skirt"})
     assert d.action is not None and d.failure is None
     assert page_type("/s/shop0/checkout?step=shipping") == "checkout"
+
+
+def test_doctests_of_the_agent_simulation_metric_modules():
+    import doctest
+    import importlib
+
+    for name in ("agents.base", "agents.policy", "simulate.stage", "evaluate.stats", "evaluate.instructions"):
+        mod = importlib.import_module(f"simpersona.{name}")
+        res = doctest.testmod(mod)
+        assert res.failed == 0 and res.attempted > 0, name
