@@ -17,7 +17,7 @@ import torch
 from simpersona.config import ConfigError, write_meta
 from simpersona.evaluate import metrics as M
 from simpersona.evaluate.config import ClusteringConfig
-from simpersona.features.layout import STRATA
+from simpersona.features.layout import SCALARS, STRATA
 from simpersona.vqvae.checkpoint import load_model
 from simpersona.vqvae.data import LABEL_COLUMNS, read_vectors
 
@@ -31,7 +31,8 @@ PAPER: dict[str, tuple[float, float]] = {
     "mean_within_cosine": (0.722, 0.774),
     "calinski_harabasz": (173.8, 206.5),
 }
-HIGHER_IS_BETTER = {"mean_stratum_purity_pct", "weighted_stratum_purity_pct", "mean_within_cosine", "calinski_harabasz"}
+HIGHER_IS_BETTER = {"mean_stratum_purity_pct", "weighted_stratum_purity_pct", "mean_within_cosine", "calinski_harabasz",
+                    "mean_within_cosine_scalars", "calinski_harabasz_scalars"}
 
 
 def partition_metrics(x: np.ndarray, codes: np.ndarray, strata: np.ndarray, labels: np.ndarray, k: int,
@@ -48,6 +49,8 @@ def partition_metrics(x: np.ndarray, codes: np.ndarray, strata: np.ndarray, labe
         out[f"nonadjacent_{name}_pct"] = M.pct_nonadjacent(bins, cfg.span_threshold)
     out["mean_within_cosine"] = M.mean_within_cosine(x, codes, k)
     out["calinski_harabasz"] = M.calinski_harabasz(x, codes)
+    out["mean_within_cosine_scalars"] = M.mean_within_cosine(x[:, SCALARS], codes, k)
+    out["calinski_harabasz_scalars"] = M.calinski_harabasz(x[:, SCALARS], codes)
     out["codes_used"] = int(np.unique(codes).size)
     return out
 
@@ -88,6 +91,7 @@ def run(cfg: ClusteringConfig, out_dir: Path) -> dict:
             "nonadjacent_*_pct": f"% buyers in codes whose low and high bins each hold ≥ {cfg.span_threshold:.0%}",
             "mean_within_cosine": "mean over codes (≥2 buyers) of the mean pairwise cosine of their 403-d vectors",
             "calinski_harabasz": "CH on the 403-d vectors (App. H)",
+            "*_scalars": "the same two on the 16 normalised behavioural scalars only (not in the paper)",
         },
         "kmeans": partition_metrics(x, km, strata, labels, k_km, cfg),
         "vqvae": partition_metrics(x, vq, strata, labels, k_vq, cfg),
