@@ -102,114 +102,143 @@ def _source(cfg: IngestConfig, path: Path, rejects: str) -> readers.Source:
     raise IngestError(f"unknown format {cfg.format!r}; one of {readers.FORMATS}")
 
 
-STAGED_DDL = """
-CREATE TABLE staged (
-    _file VARCHAR, _row BIGINT,
-    shop_id VARCHAR, buyer_id VARCHAR, session_id VARCHAR, ts TIMESTAMPTZ, event_type VARCHAR,
-    product_id VARCHAR, collection_id VARCHAR, query VARCHAR, price DOUBLE, quantity INTEGER,
-    _title VARCHAR, _collection VARCHAR, _brand VARCHAR,
-    reason VARCHAR, field VARCHAR, _raw VARCHAR
-)
+# Rows of malformed CSV lines, duplicates and catalog rejects (small tables beside the staged files).
+SIDE_DDL = """
+CREATE TABLE malformed (_file VARCHAR, _row BIGINT, reason VARCHAR, field VARCHAR, _raw VARCHAR);
+CREATE TABLE line_shift (_file VARCHAR, t BIGINT);
+CREATE TABLE dups (_file VARCHAR, _row BIGINT, reason VARCHAR, field VARCHAR, _raw VARCHAR);
+CREATE TABLE catalog_rejects (_file VARCHAR, _row BIGINT, reason VARCHAR, field VARCHAR, _raw VARCHAR);
 """
+STAGED_COLUMNS = (
+    "_file, _row, shop_id, buyer_id, session_id, ts, event_type, product_id, collection_id, query, "
+    "price, quantity, _title, _collection, _brand, reason, field, _raw"
+)
 
 
-def _stage_file(con: duckdb.DuckDBPyConnection, cfg: IngestConfig, path: Path, i: int, ts_max_sql: str) -> int:
-    """Map, validate and append one file to `staged`; malformed CSV lines too. Returns rows read."""
+def _stage_file(con: duckdb.DuckDBPyConnection, cfg: IngestConfig, path: Path, i: int, ts_max_sql: str,
+                tmp: Path) -> int:
+    """Map and validate one file into `tmp/staged_i.parquet`; malformed CSV lines go to `malformed`.
+
+    Returns the rows read from the file (parsed + malformed).
+    """
     rejects = f"rej_{i}"
     try:
         src = _source(cfg, path, rejects)
     except FormatError as e:
         raise IngestError(str(e)) from None
     chk = check_expr(ts_max_sql, check_session=not src.sessionise)
-    file_lit = "'" + str(path).replace("'", "''") + "'"
+    file_lit = _lit(path)
+    out = tmp / f"staged_{i}.parquet"
     try:
         con.execute(f"""
-        INSERT INTO staged
-        SELECT {file_lit}, _row, shop_id, buyer_id, session_id, ts, event_type,
-               nullif(product_id, ''), nullif(collection_id, ''), nullif(query, ''),
-               TRY_CAST(_price_raw AS DOUBLE), TRY_CAST(_qty_raw AS INTEGER),
-               _title, _collection, _brand,
-               split_part(_chk, ':', 1), split_part(_chk, ':', 2),
-               CASE WHEN _chk IS NOT NULL THEN _raw END
-        FROM (SELECT *, {chk} AS _chk FROM ({src.sql}))
+        COPY (
+            SELECT {file_lit} AS _file, _row, shop_id, buyer_id, session_id, ts, event_type,
+                   nullif(product_id, '') AS product_id, nullif(collection_id, '') AS collection_id,
+                   nullif(query, '') AS query,
+                   TRY_CAST(_price_raw AS DOUBLE) AS price, TRY_CAST(_qty_raw AS INTEGER) AS quantity,
+                   _title, _collection, _brand,
+                   split_part(_chk, ':', 1) AS reason, split_part(_chk, ':', 2) AS field,
+                   CASE WHEN _chk IS NOT NULL THEN to_json(_raw)::VARCHAR END AS _raw
+            FROM (SELECT *, {chk} AS _chk FROM ({src.sql}))
+        ) TO '{out}' (FORMAT parquet, COMPRESSION lz4_raw)
         """)
     except duckdb.Error as e:
         raise IngestError(f"{path}: cannot be read as {cfg.format}: {str(e).splitlines()[0]}") from None
+    n_bad = 0
     if src.csv:
         bad = con.execute(
             f"""SELECT line, arg_min(lower(replace(error_type, ' ', '_')), column_idx), any_value(csv_line)
                 FROM {rejects} GROUP BY line ORDER BY line"""  # one entry per line (DuckDB lists each missing column)
         ).fetchall()
         if bad:
-            # DuckDB numbers parsed rows without the malformed lines: shift later rows back onto
-            # their physical line numbers, then add the malformed lines themselves.
-            con.execute("CREATE OR REPLACE TEMP TABLE _thr (t BIGINT)")
-            con.executemany(
-                "INSERT INTO _thr VALUES (?)", [(line - k,) for k, (line, _, _) in enumerate(bad)]
-            )
-            con.execute(
-                f"""UPDATE staged SET _row = _row + (SELECT count(*) FROM _thr WHERE t <= staged._row)
-                    WHERE _file = {file_lit}"""
-            )
-            con.executemany(
-                f"""INSERT INTO staged (_file, _row, reason, field, _raw)
-                    VALUES ({file_lit}, ?, 'malformed_row', ?, ?)""",
-                bad,
-            )
+            # DuckDB numbers parsed rows without the malformed lines: a parsed row r sits on line
+            # r + #{k : line_k − k ≤ r}; `staged` adds that shift, `malformed` holds the lines.
+            con.executemany(f"INSERT INTO line_shift VALUES ({file_lit}, ?)",
+                            [(line - k,) for k, (line, _, _) in enumerate(bad)])
+            con.executemany(f"INSERT INTO malformed VALUES ({file_lit}, ?, 'malformed_row', ?, ?)", bad)
+            n_bad = len(bad)
         con.execute(f"DROP TABLE IF EXISTS {rejects}; DROP TABLE IF EXISTS {rejects}_scan")
-    return con.execute(f"SELECT count(*) FROM staged WHERE _file = {file_lit}").fetchone()[0]
+    return con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()[0] + n_bad
+
+
+def _lit(path: Path | str) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _create_staged_view(con: duckdb.DuckDBPyConnection, tmp: Path, n_files: int) -> None:
+    """`staged`: every parsed row of every file, on its physical line number."""
+    files = "[" + ", ".join(_lit(tmp / f"staged_{i}.parquet") for i in range(n_files)) + "]"
+    row = "_row"
+    if con.execute("SELECT count(*) FROM line_shift").fetchone()[0]:
+        row = "_row + (SELECT count(*) FROM line_shift l WHERE l._file = p._file AND l.t <= p._row)"
+    con.execute(f"""CREATE VIEW staged AS
+                    SELECT * REPLACE ({row} AS _row) FROM read_parquet({files}) p""")
 
 
 DEDUP_KEY = "shop_id, buyer_id, session_id, ts, event_type, product_id, collection_id, query, price, quantity"
 
 
-def _mark_duplicates(con: duckdb.DuckDBPyConnection) -> None:
-    """Reject exact copies of an earlier accepted event (earliest file/line kept).
+def _find_duplicates(con: duckdb.DuckDBPyConnection) -> int:
+    """Fill `dups` with exact copies of an earlier valid event (earliest file/line kept).
 
-    A hash aggregate finds the duplicated keys first (cheap, parallel); only rows with those
-    keys go through the window that picks which copy stays.
+    A hash aggregate on one 64-bit hash of the event finds candidate groups cheaply; only rows
+    in those groups go through the exact comparison (a window over the full key), so a hash
+    collision can never reject a distinct event. Returns the number of duplicates.
     """
     keys = DEDUP_KEY.split(", ")
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE _dupkeys AS
-                    SELECT {DEDUP_KEY} FROM staged WHERE reason IS NULL GROUP BY ALL HAVING count(*) > 1""")
-    if con.execute("SELECT count(*) FROM _dupkeys").fetchone()[0] == 0:
-        return
-    on = " AND ".join(f"s.{c} IS NOT DISTINCT FROM d.{c}" for c in keys)
+    h = f"hash({DEDUP_KEY})"
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE _duph AS
+                    SELECT {h} AS h FROM staged WHERE reason IS NULL GROUP BY 1 HAVING count(*) > 1""")
+    if con.execute("SELECT count(*) FROM _duph").fetchone()[0] == 0:
+        return 0
     raw = "to_json(struct_pack(" + ", ".join(f"{c} := {c}" for c in keys) + "))::VARCHAR"
     con.execute(f"""
-    UPDATE staged SET reason = 'duplicate', field = NULL, _raw = {raw}
-    WHERE rowid IN (
-        SELECT s.rowid FROM staged s JOIN _dupkeys d ON {on}
-        WHERE s.reason IS NULL
-        QUALIFY row_number() OVER (PARTITION BY {", ".join("s." + c for c in keys)} ORDER BY s._file, s._row) > 1
-    )
+    INSERT INTO dups
+    SELECT _file, _row, 'duplicate', NULL, {raw}
+    FROM staged WHERE reason IS NULL AND {h} IN (SELECT h FROM _duph)
+    QUALIFY row_number() OVER (PARTITION BY {DEDUP_KEY} ORDER BY _file, _row) > 1
     """)
+    return con.execute("SELECT count(*) FROM dups").fetchone()[0]
+
+
+def _accepted_sql(has_dups: bool) -> str:
+    """Valid, non-duplicate staged rows."""
+    if not has_dups:
+        return "SELECT * FROM staged WHERE reason IS NULL"
+    return "SELECT * FROM staged s WHERE reason IS NULL AND NOT EXISTS (SELECT 1 FROM dups d WHERE d._file = s._file AND d._row = s._row)"
+
+
+REJECTS_SQL = """
+    SELECT _file, _row, reason, nullif(field, '') AS field, _raw FROM staged WHERE reason IS NOT NULL
+    UNION ALL SELECT * FROM malformed
+    UNION ALL SELECT * FROM dups
+    UNION ALL SELECT * FROM catalog_rejects
+"""
 
 
 def _strict_error(con: duckdb.DuckDBPyConnection) -> IngestError | None:
-    row = con.execute(
-        "SELECT _file, _row, reason, field, _raw FROM staged WHERE reason IS NOT NULL ORDER BY _file, _row LIMIT 1"
-    ).fetchone()
+    row = con.execute(f"SELECT * FROM ({REJECTS_SQL}) ORDER BY _file, _row LIMIT 1").fetchone()
     if row is None:
         return None
     f, r, reason, field, raw = row
     return IngestError(f"{f}, row {r}, field {field or '-'}: {reason} (raw: {raw[:200]})")
 
 
-def _write_events(con, cfg: IngestConfig, path: Path, key: bytes, sessionise: bool) -> None:
+def _write_events(con, cfg: IngestConfig, path: Path, key: bytes, sessionise: bool, has_dups: bool) -> None:
+    accepted = _accepted_sql(has_dups)
     # One HMAC per distinct buyer, joined back: ~1/20 of the hashing of a per-row expression.
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _ids AS
                     SELECT buyer_id AS _raw_id, {hmac_sql("buyer_id", key)} AS _hashed
-                    FROM (SELECT DISTINCT buyer_id FROM staged WHERE reason IS NULL)""")
+                    FROM (SELECT DISTINCT buyer_id FROM ({accepted}))""")
     if sessionise:
         gap = f"INTERVAL {int(cfg.session_gap_minutes * 60)} SECOND"
         session = f"""'s' || sum(_new) OVER (PARTITION BY shop_id, buyer_id ORDER BY ts, _file, _row
                                            ROWS UNBOUNDED PRECEDING)::VARCHAR"""
         inner = f"""SELECT *, CASE WHEN ts - lag(ts) OVER (PARTITION BY shop_id, buyer_id ORDER BY ts, _file, _row)
                                    <= {gap} THEN 0 ELSE 1 END AS _new
-                    FROM staged WHERE reason IS NULL"""
+                    FROM ({accepted})"""
     else:
-        session, inner = "session_id", "SELECT * FROM staged WHERE reason IS NULL"
+        session, inner = "session_id", accepted
     con.execute(f"""
     COPY (
         SELECT shop_id, _hashed AS buyer_id, {session} AS session_id, ts, event_type,
@@ -253,8 +282,8 @@ def _write_catalog(con, cfg: IngestConfig, path: Path) -> int:
             QUALIFY row_number() OVER (PARTITION BY shop_id, product_id ORDER BY _row) > 1)
         """)
         con.execute(f"""
-        INSERT INTO staged (_file, _row, reason, field, _raw)
-        SELECT '{cat}', _row, reason, nullif(field, ''), _raw FROM cat WHERE reason IS NOT NULL
+        INSERT INTO catalog_rejects
+        SELECT {_lit(cat)}, _row, reason, nullif(field, ''), _raw FROM cat WHERE reason IS NOT NULL
         """)
         select = """SELECT shop_id, product_id, title, collection, brand, TRY_CAST(price AS DOUBLE) AS price,
                            description FROM cat WHERE reason IS NULL"""
@@ -283,21 +312,20 @@ def run(cfg: IngestConfig, run_dir: Path) -> dict[str, Any]:
         con.execute(f"SET memory_limit = '{cfg.memory_limit}'; SET threads = {cfg.threads}")
         con.execute(f"SET temp_directory = '{tmp}'; SET TimeZone = 'UTC'; SET preserve_insertion_order = true")
         con.execute(f"SET enable_progress_bar = {str(cfg.progress).lower()}")
-        con.execute(STAGED_DDL)
+        con.execute(SIDE_DDL)
         ts_max_sql = f"TIMESTAMPTZ '{ts_max().isoformat()}'"
-        read_per_file = {}
-        for i, path in enumerate(files):
-            read_per_file[str(path)] = _stage_file(con, cfg, path, i, ts_max_sql)
-        _mark_duplicates(con)
+        read_per_file = {str(path): _stage_file(con, cfg, path, i, ts_max_sql, tmp) for i, path in enumerate(files)}
+        _create_staged_view(con, tmp, len(files))
+        has_dups = _find_duplicates(con) > 0
         if cfg.strict and (err := _strict_error(con)) is not None:
             raise err
         n_catalog = _write_catalog(con, cfg, run_dir / "catalog.parquet")
         if cfg.strict and (err := _strict_error(con)) is not None:
             raise err
-        _write_events(con, cfg, run_dir / "events.parquet", key, sessionise=cfg.format == "taobao")
+        _write_events(con, cfg, run_dir / "events.parquet", key, sessionise=cfg.format == "taobao", has_dups=has_dups)
         con.execute(f"""
-        COPY (SELECT _file AS source_file, _row AS "row", reason, nullif(field, '') AS field, _raw AS raw
-              FROM staged WHERE reason IS NOT NULL ORDER BY _file, _row)
+        COPY (SELECT _file AS source_file, _row AS "row", reason, field, _raw AS raw
+              FROM ({REJECTS_SQL}) ORDER BY _file, _row)
         TO '{run_dir / 'rejected.parquet'}' (FORMAT parquet)
         """)
         summary = _summary(con, run_dir, files, read_per_file, n_catalog)

@@ -3,7 +3,7 @@
 Every reader returns a `Source`: the SQL that reads ONE file and yields, per source row,
 `_row` (1-based line in the file, header = line 1), the canonical columns as raw text/typed
 attempts, product text for the catalog (`_title`, `_collection`, `_brand`), and `_raw` (the
-source row as JSON, used only for rejected rows). Validation happens after, in `validate.py`,
+source row as a struct, written as JSON for rejected rows only). Validation happens after, in `validate.py`,
 the same for all formats. DuckDB streams the file; nothing here holds a file in memory.
 
 | format    | source                                  | shop_id                     | session_id              | event mapping |
@@ -62,7 +62,8 @@ def _csv(path: Path, columns: list[str], header: bool, rejects: str) -> str:
 
 
 def _raw(columns: list[str]) -> str:
-    return "to_json(struct_pack(" + ", ".join(f'"{c}" := "{c}"' for c in columns) + "))::VARCHAR"
+    """The source row as a struct; serialised to JSON only for rejected rows (it is costly)."""
+    return "struct_pack(" + ", ".join(f'"{c}" := "{c}"' for c in columns) + ")"
 
 
 def _first_line(path: Path) -> str:
@@ -311,7 +312,7 @@ def otto(path: Path, shop_name: str) -> Source:
            e.aid AS product_id, NULL::VARCHAR AS collection_id, NULL::VARCHAR AS query,
            NULL::VARCHAR AS _price_raw, CASE WHEN e.type IN ('carts', 'orders') THEN '1' END AS _qty_raw,
            'article ' || e.aid AS _title, NULL::VARCHAR AS _collection, NULL::VARCHAR AS _brand,
-           to_json(struct_pack(session := session, aid := e.aid, ts := e.ts, "type" := e.type))::VARCHAR AS _raw
+           struct_pack(session := session, aid := e.aid, ts := e.ts, "type" := e.type) AS _raw
     FROM ev
     """
     return Source(path, sql, 0, sessionise=False, csv=False)
