@@ -25,10 +25,6 @@ from collections import Counter
 from simpersona.traces.goals import Session
 from simpersona.traces.replay import Trajectory
 
-REASONS = ("steps_limit", "time_limit", "crash", "invalid_action", "ended", "purchase_missing", "purchase_extra",
-           "purchase_quantity", "checkout_missing", "cart_missing", "remove_missing", "view_missing", "llm_judge_rejected")
-
-
 def funnel(events: list[tuple[str, str | None, int | None]]) -> dict:
     """Viewed / carted / removed product sets, purchased units per product, checkout started."""
     kinds = lambda k: {p for t, p, _ in events if t == k and p is not None}  # noqa: E731
