@@ -25,6 +25,7 @@ from collections import Counter
 from simpersona.traces.goals import Session
 from simpersona.traces.replay import Trajectory
 
+
 def funnel(events: list[tuple[str, str | None, int | None]]) -> dict:
     """Viewed / carted / removed product sets, purchased units per product, checkout started."""
     kinds = lambda k: {p for t, p, _ in events if t == k and p is not None}  # noqa: E731
