@@ -1,9 +1,25 @@
-"""Benchmark: the features aggregation (Ibis → DuckDB, no text embeddings) beside a hand-written
-DuckDB SQL of the same scalar aggregation, in the same run; and the per-buyer embedding mean.
+"""Benchmark: `simpersona features` without text embeddings beside a hand-written DuckDB SQL of the
+same scalar aggregation, in the same run; and the per-buyer embedding mean (sparse product).
 
-    .venv/bin/python bench/bench_features.py --events 2000000 --out /tmp/bench_feat
+    .venv/bin/simpersona synth --shops 20 --buyers 1300000 --seed 1 --out /tmp/fs/synth20m
+    .venv/bin/simpersona ingest --format canonical --input /tmp/fs/synth20m/events.csv \\
+        --catalog /tmp/fs/synth20m/catalog.parquet --out /tmp/fs/ing20m --set progress=false
+    .venv/bin/python bench/bench_features.py --input /tmp/fs/ing20m --out /tmp/fs/bench --repeat 3
 
-Each measured job runs in its own subprocess (peak RSS = that process's ru_maxrss).
+Sides, each run in its own fresh interpreter (peak RSS = that child's own ru_maxrss), alternated
+hand / features / hand / features … so that machine load hits both alike; medians over --repeat:
+
+- hand_sql: one DuckDB query, events ⋈ catalog → sessions → the 16 scalars per (shop, buyer),
+  sorted, fetched to Arrow (it writes nothing).
+- features: `stage.run` with embedding.enabled=false: buyer_sessions.parquet, buyers.parquet,
+  strata/labels, buyer × product pairs (masks), transforms, vectors.parquet — the whole stage.
+- features_aggregate: only the stage's aggregation step (`compute_buyers`: sessions written to
+  buyer_sessions.parquet + the per-buyer scalars) — the like-for-like part of the comparison.
+- embedding_mean: buyer × product pairs from the engine + three sparse (buyer × product) ×
+  (product × 384) products with a fake embedding matrix.
+
+The machine is shared: the 1-minute load average is printed with every run; with load above the
+core count the absolute figures are unreliable and only the same-run ratio means something.
 """
 
 from __future__ import annotations
@@ -11,54 +27,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-GEN = """
-import duckdb, sys
-n, out = int(sys.argv[1]), sys.argv[2]
-n_buyers = max(1, n // 10); shops = 20; products = 5000
-con = duckdb.connect(); con.execute("SET threads=2")
-con.execute(f'''COPY (
-  WITH e AS (SELECT i, hash(i) AS h FROM range({n}) t(i))
-  SELECT 's' || ((i // 10) % {shops})::VARCHAR AS shop_id,
-         'b' || (i // 10)::VARCHAR AS buyer_id,
-         ((i % 10) // 4)::VARCHAR AS session_id,
-         TIMESTAMPTZ '2024-01-01 00:00:00+00' + to_seconds((i // 10) % 86400 * 7 + (i % 10) * 45 + ((i % 10) // 4) * 90000) AS ts,
-         CASE WHEN h % 100 < 3 THEN 'page_view' WHEN h % 100 < 10 THEN 'search' WHEN h % 100 < 15 THEN 'collection_view'
-              WHEN h % 100 < 85 THEN 'product_view' WHEN h % 100 < 93 THEN 'add_to_cart' WHEN h % 100 < 95 THEN 'remove_from_cart'
-              WHEN h % 100 < 98 THEN 'checkout_start' ELSE 'purchase' END AS event_type,
-         CASE WHEN h % 100 >= 15 AND h % 100 < 95 OR h % 100 >= 98 THEN 'p' || ((h >> 8) % {products})::VARCHAR END AS product_id,
-         CASE WHEN h % 100 >= 10 AND h % 100 < 15 THEN 'c' || ((h >> 8) % 50)::VARCHAR END AS collection_id,
-         CASE WHEN h % 100 >= 3 AND h % 100 < 10 THEN 'q' || ((h >> 8) % 500)::VARCHAR END AS query,
-         CASE WHEN h % 100 >= 85 THEN ((h >> 16) % 10000) / 100.0 END AS price,
-         CASE WHEN h % 100 >= 85 THEN 1 END::INTEGER AS quantity
-  FROM e) TO '{out}/events.parquet' (FORMAT parquet)''')
-con.execute(f'''COPY (SELECT 's' || (s)::VARCHAR AS shop_id, 'p' || p::VARCHAR AS product_id, 'title ' || p::VARCHAR AS title,
-  'col' || (p % 50)::VARCHAR AS collection, NULL::VARCHAR AS brand, (p % 100)::DOUBLE AS price, NULL::VARCHAR AS description
-  FROM range({shops}) a(s), range({products}) b(p)) TO '{out}/catalog.parquet' (FORMAT parquet)''')
-"""
-
-OURS = """
-import sys, time, json
+SETUP = """
+import sys, json, time
 from pathlib import Path
-from simpersona.features.stage import FeaturesConfig, connect, compute_buyers
-inp, out = Path(sys.argv[1]), Path(sys.argv[2]); out.mkdir(parents=True, exist_ok=True)
-cfg = FeaturesConfig(input=inp, context=False, memory_limit=sys.argv[3], threads=2, progress=False)
-t = time.perf_counter()
-con = connect(cfg, out / "tmp")
-b = compute_buyers(con, cfg, inp / "events.parquet", inp / "catalog.parquet", out)
-print(json.dumps({"wall_s": time.perf_counter() - t, "buyers": b.num_rows}))
+inp, out, mem, threads = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+out.mkdir(parents=True, exist_ok=True)
 """
 
-HAND = """
-import sys, time, json, duckdb
-inp, mem = sys.argv[1], sys.argv[3]
+HAND = SETUP + """
+import duckdb
 t = time.perf_counter()
-con = duckdb.connect(); con.execute(f"SET threads=2; SET memory_limit='{mem}'; SET TimeZone='UTC'")
+con = duckdb.connect(config={"threads": threads, "memory_limit": mem, "temp_directory": str(out / "tmp")})
+con.execute("SET TimeZone='UTC'; SET preserve_insertion_order=false; SET enable_progress_bar=false")
 q = f'''
 WITH e AS (SELECT e.*, coalesce(e.price, c.price, 0) * coalesce(e.quantity, 1) AS amount
            FROM read_parquet('{inp}/events.parquet') e LEFT JOIN read_parquet('{inp}/catalog.parquet') c USING (shop_id, product_id)),
@@ -72,12 +59,14 @@ s AS (SELECT shop_id, buyer_id, session_id,
         coalesce(sum(amount) FILTER (event_type='purchase'), 0) AS order_value
       FROM e GROUP BY ALL),
 f AS (SELECT *, pur > 0 AS h_pur, pur > 0 OR co > 0 AS h_co, pur > 0 OR co > 0 OR atc > 0 AS h_atc,
-        (pv > 0 OR cv > 0 OR se > 0) AND NOT (pur > 0 OR co > 0 OR atc > 0 OR rm > 0) AS h_bo FROM s),
+        (pv > 0 OR cv > 0 OR se > 0) AND NOT (pur > 0 OR co > 0 OR atc > 0 OR rm > 0) AS h_bo,
+        pur > 0 OR co > 0 OR atc > 0 OR rm > 0 AS h_cart FROM s),
 b AS (SELECT shop_id, buyer_id, count(*) AS n_sessions, count(DISTINCT day) AS active_days,
         count(*) FILTER (pv > 0) AS sessions_with_view, count(*) FILTER (h_atc) AS sessions_with_atc,
         count(*) FILTER (h_co) AS sessions_with_checkout, count(*) FILTER (se > 0) AS sessions_with_search,
         count(*) FILTER (cv > 0) AS sessions_with_collection, count(*) FILTER (h_pur) AS sessions_with_purchase,
-        sum(dur) AS total_duration_s, sum(pv) AS total_product_views, count(*) FILTER (h_bo) AS bo,
+        sum(dur)::BIGINT AS total_duration_s, sum(pv) AS total_product_views, count(*) FILTER (h_bo) AS bo,
+        count(*) FILTER (h_cart) AS cart_activity_sessions,
         coalesce(avg(cart_value) FILTER (atc > 0), 0) AS avg_cart_value, coalesce(avg(order_value) FILTER (pur > 0), 0) AS avg_order_value
       FROM f GROUP BY ALL)
 SELECT *, sessions_with_atc / n_sessions AS atc_rate, sessions_with_checkout / n_sessions AS checkout_rate,
@@ -89,67 +78,120 @@ tab = con.execute(q).to_arrow_table()
 print(json.dumps({"wall_s": time.perf_counter() - t, "buyers": tab.num_rows}))
 """
 
-MEANS = """
-import sys, time, json, numpy as np
-from pathlib import Path
-from simpersona.features.stage import FeaturesConfig, connect, buyer_product_rows
-from simpersona.features.embed import channel_means
-import pyarrow as pa, pyarrow.parquet as pq, duckdb
-inp, out = Path(sys.argv[1]), Path(sys.argv[2]); out.mkdir(parents=True, exist_ok=True)
-con0 = duckdb.connect()
-con0.execute(f"COPY (SELECT shop_id, buyer_id, (row_number() OVER (ORDER BY shop_id, buyer_id)) - 1 AS buyer_row FROM (SELECT DISTINCT shop_id, buyer_id FROM read_parquet('{inp}/events.parquet'))) TO '{out}/keys.parquet'")
-con0.execute(f"COPY (SELECT shop_id, product_id, (row_number() OVER (ORDER BY shop_id, product_id)) - 1 AS row FROM read_parquet('{inp}/catalog.parquet')) TO '{out}/index.parquet'")
-n_b = con0.execute(f"SELECT count(*) FROM '{out}/keys.parquet'").fetchone()[0]
-n_p = con0.execute(f"SELECT count(*) FROM '{out}/index.parquet'").fetchone()[0]
-emb = np.random.default_rng(0).normal(size=(n_p, 384)).astype(np.float32)
+FEATURES = SETUP + """
+from simpersona.features.stage import EmbeddingConfig, FeaturesConfig, run
+cfg = FeaturesConfig(input=inp, memory_limit=mem, threads=threads, progress=False, context=sys.argv[5] == "1",
+                     embedding=EmbeddingConfig(enabled=False))
 t = time.perf_counter()
-con = connect(FeaturesConfig(threads=2, memory_limit=sys.argv[3], progress=False), out / "tmp")
+s = run(cfg, out / "run")
+print(json.dumps({"wall_s": time.perf_counter() - t, "buyers": s["buyers"], "steps_s": s["timings_s"]}))
+"""
+
+AGGREGATE = SETUP + """
+from simpersona.features.stage import FeaturesConfig, compute_buyers, connect
+cfg = FeaturesConfig(input=inp, memory_limit=mem, threads=threads, progress=False, context=sys.argv[5] == "1")
+t = time.perf_counter()
+con = connect(cfg, out / "tmp")
+b = compute_buyers(con, cfg, inp / "events.parquet", inp / "catalog.parquet", out)
+print(json.dumps({"wall_s": time.perf_counter() - t, "buyers": b.num_rows}))
+"""
+
+MEANS = SETUP + """
+import duckdb, numpy as np
+from simpersona.features.embed import channel_means
+from simpersona.features.stage import FeaturesConfig, buyer_product_rows, connect
+c0 = duckdb.connect(config={"threads": threads, "memory_limit": mem})
+c0.execute(f"COPY (SELECT shop_id, buyer_id, (row_number() OVER (ORDER BY shop_id, buyer_id)) - 1 AS buyer_row FROM (SELECT DISTINCT shop_id, buyer_id FROM read_parquet('{inp}/events.parquet'))) TO '{out}/keys.parquet'")
+c0.execute(f"COPY (SELECT shop_id, product_id, (row_number() OVER (ORDER BY shop_id, product_id)) - 1 AS row FROM read_parquet('{inp}/catalog.parquet')) TO '{out}/index.parquet'")
+n_b = c0.execute(f"SELECT count(*) FROM '{out}/keys.parquet'").fetchone()[0]
+n_p = c0.execute(f"SELECT count(*) FROM '{out}/index.parquet'").fetchone()[0]
+c0.close()
+emb = np.random.default_rng(0).normal(size=(n_p, 384)).astype(np.float32)  # stands in for the cached embeddings
+t = time.perf_counter()
+con = connect(FeaturesConfig(threads=threads, memory_limit=mem, progress=False), out / "tmp")
 b, p, c = buyer_product_rows(con, inp / "events.parquet", out / "keys.parquet", out / "index.parquet")
 t1 = time.perf_counter()
 for ch in range(3):
-    m, mask = channel_means(b[c == ch], p[c == ch], n_b, emb)
-    pca_in = m  # (n_buyers × 384), the input of the PCA step
+    m, mask = channel_means(b[c == ch], p[c == ch], n_b, emb)  # (n_buyers × 384) float32
+    del m
 t2 = time.perf_counter()
-print(json.dumps({"pairs_s": t1 - t, "matmul_s": t2 - t1, "wall_s": t2 - t, "pairs": len(b), "buyers": n_b}))
+print(json.dumps({"wall_s": t2 - t, "pairs_s": t1 - t, "matmul_s": t2 - t1, "pairs": len(b), "buyers": n_b}))
 """
+
+SIDES = {"hand_sql": HAND, "features": FEATURES, "features_aggregate": AGGREGATE, "embedding_mean": MEANS}
 
 
 def measure(code: str, *args: str) -> dict:
-    """Run `code` in a fresh interpreter; wall time it reports, and that child's own peak RSS."""
+    """Run `code` in a fresh interpreter: the wall time it reports, its own peak RSS, load average."""
+    load0 = os.getloadavg()[0]
     t = time.perf_counter()
     with tempfile.TemporaryFile(mode="w+") as errf:
         proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=errf, text=True)
         out = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)  # reap it ourselves to get this child's own rusage
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
+        if os.waitstatus_to_exitcode(status) != 0:
             errf.seek(0)
             raise SystemExit(errf.read()[-3000:])
-    res = json.loads(out[out.rindex("{\"") :].strip())  # after any DuckDB progress-bar text
+    res = json.loads(out.strip().splitlines()[-1])  # the child's last line is its JSON
     res["process_s"] = time.perf_counter() - t
     res["peak_rss_gib"] = usage.ru_maxrss / 2**20
+    res["load1"] = round((load0 + os.getloadavg()[0]) / 2, 2)
     return res
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--events", type=int, default=20_000_000)
-    ap.add_argument("--out", type=Path, default=Path("/tmp/bench_features"))
-    ap.add_argument("--memory-limit", default="3GB")
-    ap.add_argument("--repeats", type=int, default=1)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--input", type=Path, required=True, help="ingest folder (events.parquet, catalog.parquet)")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/bench_features"), help="scratch folder (deleted per run)")
+    ap.add_argument("--memory-limit", default="2GB", help="DuckDB memory_limit for every side")
+    ap.add_argument("--threads", type=int, default=2, help="engine threads for every side")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per side; medians are reported")
+    ap.add_argument("--context", action="store_true", help="features sides also build the semantic list columns")
+    ap.add_argument("--sides", default=",".join(SIDES), help="comma-separated subset of " + ",".join(SIDES))
     a = ap.parse_args()
-    data = a.out / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    if not (data / "events.parquet").exists() or json.loads((a.out / "n.json").read_text() if (a.out / "n.json").exists() else "0") != a.events:
-        subprocess.run([sys.executable, "-c", GEN, str(a.events), str(data)], check=True)
-        (a.out / "n.json").write_text(json.dumps(a.events))
-    # hand first: its RSS peak is then a clean max; ours is reported as the max over both (see note)
-    res = {"events": a.events}
-    for name, code in (("hand_sql", HAND), ("features_ibis", OURS), ("embedding_mean", MEANS)):
-        runs = [measure(code, str(data), str(a.out / name), a.memory_limit) for _ in range(a.repeats)]
-        res[name] = min(runs, key=lambda r: r["wall_s"])
-    res["ratio_features_over_hand"] = res["features_ibis"]["wall_s"] / res["hand_sql"]["wall_s"]
-    res["events_per_s_features"] = a.events / res["features_ibis"]["wall_s"]
+    import pyarrow.parquet as pq
+    import shutil
+
+    n_events = pq.read_metadata(a.input / "events.parquet").num_rows
+    sides = [s.strip() for s in a.sides.split(",") if s.strip()]
+    unknown = set(sides) - set(SIDES)
+    if unknown:
+        raise SystemExit(f"--sides: unknown {sorted(unknown)}; choose from {sorted(SIDES)}")
+    runs: dict[str, list[dict]] = {s: [] for s in sides}
+    for i in range(a.repeat):
+        for side in sides:  # alternate the sides within each repeat
+            scratch = a.out / side
+            shutil.rmtree(scratch, ignore_errors=True)
+            r = measure(SIDES[side], str(a.input), str(scratch), a.memory_limit, str(a.threads), "1" if a.context else "0")
+            shutil.rmtree(scratch, ignore_errors=True)
+            runs[side].append(r)
+            print(f"# repeat {i + 1} {side}: {r['wall_s']:.2f} s, peak RSS {r['peak_rss_gib']:.2f} GiB, load {r['load1']}",
+                  file=sys.stderr, flush=True)
+    res: dict = {"events": n_events, "threads": a.threads, "memory_limit": a.memory_limit, "context": a.context,
+                 "cores": os.cpu_count(), "repeat": a.repeat}
+    for side, rs in runs.items():
+        wall = statistics.median(r["wall_s"] for r in rs)
+        res[side] = {
+            "wall_s_median": round(wall, 3),
+            "wall_s_all": [round(r["wall_s"], 3) for r in rs],
+            "events_per_s": round(n_events / wall),
+            "peak_rss_gib_max": round(max(r["peak_rss_gib"] for r in rs), 3),
+            "load1_all": [r["load1"] for r in rs],
+            **{k: v for k, v in rs[-1].items() if k not in ("wall_s", "process_s", "peak_rss_gib", "load1")},
+        }
+    if "hand_sql" in runs:
+        h = [r["wall_s"] for r in runs["hand_sql"]]
+        for side in ("features", "features_aggregate"):
+            if side in runs:  # ratio per repeat (same conditions), then the median
+                ratios = [f["wall_s"] / hh for f, hh in zip(runs[side], h, strict=True)]
+                res[f"ratio_{side}_over_hand"] = round(statistics.median(ratios), 3)
+                res[f"ratio_{side}_over_hand_all"] = [round(x, 3) for x in ratios]
+    loads = [r["load1"] for rs in runs.values() for r in rs]
+    res["load1_max"] = max(loads)
+    res["reliable"] = max(loads) <= (os.cpu_count() or 1)
+    if not res["reliable"]:
+        res["note"] = (f"load average up to {max(loads)} on {os.cpu_count()} cores: absolute times and events/s are "
+                       "inflated by other processes; the same-run ratio is the figure to read")
     print(json.dumps(res, indent=2))
 
 

@@ -1,7 +1,8 @@
 """`simpersona features`: ingest folder → buyer_sessions, buyers, vectors (403-d), transforms.
 
-Steps: (1) the enrichment pass over events ⋈ catalog → buyer_sessions.parquet (streamed in
-batches); (2) per-buyer scalars from that table, in a fixed (shop_id, buyer_id) order; (3) strata,
+Steps: (1) the enrichment pass over events ⋈ catalog → a session table kept in the engine,
+written to buyer_sessions.parquet (rows unordered); (2) per-buyer scalars from that same table,
+in a fixed (shop_id, buyer_id) order; (3) strata,
 the §1.6 sample, labels; (4) distinct (buyer, product, channel) pairs → sparse weight matrix;
 (5) product-title embeddings (cached) and per-buyer channel means; (6) transforms fitted on the
 train split; (7) vectors.parquet written block by block. Only per-buyer tables (not events) are
@@ -77,6 +78,8 @@ class FeaturesConfig:
     engine: Literal["duckdb", "pyspark"] = "duckdb"
     # DuckDB memory limit (it spills beyond it)
     memory_limit: str = "2GB"
+    # DuckDB spill cap: a query that would spill more fails with an error instead of filling the disk
+    max_temp_directory_size: str = "8GB"
     # engine threads (DuckDB threads; Spark local[N])
     threads: int = 2
     # write the semantic list columns (titles, collections, queries, brands) into buyer_sessions
@@ -125,7 +128,12 @@ def connect(cfg: FeaturesConfig, tmp_dir: Path):
 
     if cfg.engine == "duckdb":
         tmp_dir.mkdir(parents=True, exist_ok=True)
-        con = ibis.duckdb.connect(threads=cfg.threads, memory_limit=cfg.memory_limit, temp_directory=str(tmp_dir))
+        con = ibis.duckdb.connect(
+            threads=cfg.threads,
+            memory_limit=cfg.memory_limit,
+            temp_directory=str(tmp_dir),
+            max_temp_directory_size=cfg.max_temp_directory_size,
+        )
         con.raw_sql("SET TimeZone='UTC'")
         con.raw_sql("SET preserve_insertion_order=false")
         con.raw_sql(f"SET enable_progress_bar={'true' if cfg.progress else 'false'}")
@@ -168,28 +176,43 @@ def _stream_to_parquet(expr, path: Path, batch_rows: int = 500_000) -> int:
 
 
 def compute_buyers(con, cfg: FeaturesConfig, events_path: Path, catalog_path: Path, out_dir: Path) -> pa.Table:
-    """Enrichment pass → out_dir/buyer_sessions.parquet; then the raw per-buyer table (sorted)."""
+    """Enrichment pass → out_dir/buyer_sessions.parquet; then the raw per-buyer table (sorted).
+
+    The session table is computed once and kept in the engine (a DuckDB temp table, spilling
+    under memory_limit; a cached DataFrame on Spark): the Parquet file and the per-buyer scalars
+    are both read from it, so the events are aggregated once and the file is not read back."""
     events = con.read_parquet(str(events_path))
     catalog = con.read_parquet(str(catalog_path))
     sessions = agg.session_table(events, catalog, context=cfg.context)
-    sessions = sessions.order_by(list(agg.SESSION_KEYS))
-    _stream_to_parquet(sessions, out_dir / "buyer_sessions.parquet")
-    s = con.read_parquet(str(out_dir / "buyer_sessions.parquet"))
-    return agg.buyer_table(s).order_by(list(agg.KEYS)).to_pyarrow()
+    duck = con.name == "duckdb"
+    if duck:  # ibis 12's cache()/release() emits a DROP that DuckDB 2.0 rejects: own temp table
+        con.raw_sql("DROP TABLE IF EXISTS _features_sessions")
+        sessions = con.create_table("_features_sessions", sessions, temp=True)
+    else:
+        sessions = sessions.cache()
+    try:
+        # rows in engine order: sorting ~3M sessions by string keys cost ~25% of the hand-written
+        # aggregation and no reader relies on the order (they join on the keys)
+        _stream_to_parquet(sessions, out_dir / "buyer_sessions.parquet")
+        return agg.buyer_table(sessions).order_by(list(agg.KEYS)).to_pyarrow()
+    finally:
+        if duck:
+            con.raw_sql("DROP TABLE IF EXISTS _features_sessions")
 
 
 def buyer_product_rows(con, events_path: Path, buyers_keys_path: Path, index_path: Path):
-    """(buyer_row, product_row, channel) int arrays for the distinct pairs with an indexed product."""
+    """(buyer_row, product_row, channel) int arrays, one per distinct pair and channel
+    (0 viewed, 1 carted, 2 purchased), for products in the index."""
     events = con.read_parquet(str(events_path))
-    pairs = agg.buyer_product_pairs(events)
-    bk = con.read_parquet(str(buyers_keys_path))
-    pi = con.read_parquet(str(index_path))
-    j = pairs.join(bk, ["shop_id", "buyer_id"]).join(pi, ["shop_id", "product_id"])
-    t = j.select(b=j.buyer_row, p=j.row, c=j.channel).to_pyarrow()
+    pairs = agg.buyer_product_pairs(events, con.read_parquet(str(index_path)))
+    j = pairs.join(con.read_parquet(str(buyers_keys_path)), ["shop_id", "buyer_id"])
+    t = j.select(b=j.buyer_row, p=j.product_row, v=j.viewed, k=j.carted, u=j.purchased).to_pyarrow()
+    b, p = t["b"].to_numpy().astype(np.int64), t["p"].to_numpy().astype(np.int64)
+    flags = [t[c].to_numpy(zero_copy_only=False).astype(bool) for c in ("v", "k", "u")]
     return (
-        t["b"].to_numpy().astype(np.int64),
-        t["p"].to_numpy().astype(np.int64),
-        t["c"].to_numpy().astype(np.int8),
+        np.concatenate([b[f] for f in flags]),
+        np.concatenate([p[f] for f in flags]),
+        np.concatenate([np.full(int(f.sum()), c, dtype=np.int8) for c, f in enumerate(flags)]),
     )
 
 
