@@ -200,13 +200,17 @@ def compute_buyers(con, cfg: FeaturesConfig, events_path: Path, catalog_path: Pa
             con.raw_sql("DROP TABLE IF EXISTS _features_sessions")
 
 
+def buyer_product_expr(con, events_path: Path, buyers_keys_path: Path, index_path: Path):
+    """Ibis expression: (b buyer_row, p product_row, v viewed, k carted, u purchased) per distinct pair."""
+    pairs = agg.buyer_product_pairs(con.read_parquet(str(events_path)), con.read_parquet(str(index_path)))
+    j = pairs.join(con.read_parquet(str(buyers_keys_path)), ["shop_id", "buyer_id"])
+    return j.select(b=j.buyer_row, p=j.product_row, v=j.viewed, k=j.carted, u=j.purchased)
+
+
 def buyer_product_rows(con, events_path: Path, buyers_keys_path: Path, index_path: Path):
     """(buyer_row, product_row, channel) int arrays, one per distinct pair and channel
     (0 viewed, 1 carted, 2 purchased), for products in the index."""
-    events = con.read_parquet(str(events_path))
-    pairs = agg.buyer_product_pairs(events, con.read_parquet(str(index_path)))
-    j = pairs.join(con.read_parquet(str(buyers_keys_path)), ["shop_id", "buyer_id"])
-    t = j.select(b=j.buyer_row, p=j.product_row, v=j.viewed, k=j.carted, u=j.purchased).to_pyarrow()
+    t = buyer_product_expr(con, events_path, buyers_keys_path, index_path).to_pyarrow()
     b, p = t["b"].to_numpy().astype(np.int64), t["p"].to_numpy().astype(np.int64)
     flags = [t[c].to_numpy(zero_copy_only=False).astype(bool) for c in ("v", "k", "u")]
     return (
