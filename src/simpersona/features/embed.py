@@ -188,17 +188,20 @@ def embed_texts(
     return out[[where[t] for t in texts]], {"texts": len(uniq), "cache_hits": len(hit_pos), "encoded": len(misses)}
 
 
+def channel_weights(buyer_rows: np.ndarray, product_rows: np.ndarray, n_buyers: int, n_products: int):
+    """(buyer × product) CSR float32 matrix with 1/k in each of a buyer's k distinct product cells,
+    and the mask (1 where k > 0): `weights @ emb` is the per-buyer mean embedding."""
+    w = sp.csr_matrix(
+        (np.ones(len(buyer_rows), dtype=np.float32), (buyer_rows, product_rows)), shape=(n_buyers, n_products)
+    )  # duplicates are summed on construction, so k counts distinct products
+    k = np.diff(w.indptr)
+    w.data = np.repeat((1.0 / np.maximum(k, 1)).astype(np.float32), k)
+    return w, (k > 0).astype(np.float32)
+
+
 def channel_means(
     buyer_rows: np.ndarray, product_rows: np.ndarray, n_buyers: int, emb: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean embedding per buyer over distinct (buyer, product) pairs; (means, mask 0/1)."""
-    w = sp.csr_matrix(
-        (np.ones(len(buyer_rows), dtype=np.float32), (buyer_rows, product_rows)),
-        shape=(n_buyers, emb.shape[0]),
-    )
-    w.sum_duplicates()
-    w.data[:] = 1.0  # distinct products
-    k = np.asarray(w.sum(axis=1)).ravel()
-    inv = sp.diags(np.where(k > 0, 1.0 / np.maximum(k, 1), 0.0).astype(np.float32))
-    means = np.asarray((inv @ w) @ emb, dtype=np.float32)
-    return means, (k > 0).astype(np.float32)
+    w, mask = channel_weights(buyer_rows, product_rows, n_buyers, emb.shape[0])
+    return np.asarray(w @ emb, dtype=np.float32), mask

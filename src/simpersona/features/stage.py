@@ -331,6 +331,8 @@ def run(cfg: FeaturesConfig, run_dir: Path, encoder=None) -> dict:
     pq.write_table(index, run_dir / "product_index.parquet")
     b_rows, p_rows, chan = buyer_product_rows(con, events_path, keys_path, run_dir / "product_index.parquet")
     timings["pairs_s"] = time.perf_counter() - t
+    if cfg.engine == "duckdb":
+        con.disconnect()  # the engine's work is done: hand its memory back before the vectors
     _log(cfg, f"{len(b_rows):,} distinct buyer–product–channel pairs over {len(titles):,} indexed products", t0)
 
     # (5) embeddings
@@ -395,14 +397,12 @@ def run(cfg: FeaturesConfig, run_dir: Path, encoder=None) -> dict:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_meta(run_dir, STAGE, cfg, summary=summary)
     shutil.rmtree(tmp, ignore_errors=True)
-    if cfg.engine == "duckdb":
-        con.disconnect()
     return summary
 
 
 def _channels_and_vectors(cfg, run_dir, raw, col, train, emb, b_rows, p_rows, chan, enabled):
     """Fit scalar + channel transforms on train, then write vectors.parquet block by block."""
-    import scipy.sparse as sp
+    from simpersona.features.embed import channel_weights
 
     n = raw.num_rows
     raw_scalars = np.column_stack([col[name].astype(np.float64) for name in SCALAR_NAMES])
@@ -410,14 +410,8 @@ def _channels_and_vectors(cfg, run_dir, raw, col, train, emb, b_rows, p_rows, ch
     weights, masks = [], np.zeros((n, 3), dtype=np.float32)
     for c in range(3):
         sel = chan == c
-        w = sp.csr_matrix(
-            (np.ones(int(sel.sum()), dtype=np.float32), (b_rows[sel], p_rows[sel])), shape=(n, emb.shape[0])
-        )
-        w.sum_duplicates()
-        w.data[:] = 1.0
-        k = np.asarray(w.sum(axis=1)).ravel()
-        masks[:, c] = k > 0
-        weights.append(sp.diags(np.where(k > 0, 1.0 / np.maximum(k, 1), 0.0).astype(np.float32)) @ w)
+        w, masks[:, c] = channel_weights(b_rows[sel], p_rows[sel], n, emb.shape[0])
+        weights.append(w)
     pcas = []
     train_idx = np.flatnonzero(train)
     for c in range(3):
@@ -429,7 +423,8 @@ def _channels_and_vectors(cfg, run_dir, raw, col, train, emb, b_rows, p_rows, ch
     z = scalar_t.transform(raw_scalars)
     vec_type = pa.list_(pa.float32(), INPUT_DIM)
     schema = pa.schema([("shop_id", pa.string()), ("buyer_id", pa.string()), ("x", vec_type)])
-    with pq.ParquetWriter(run_dir / "vectors.parquet", schema) as wr:
+    # no dictionary for the float vectors (it doubled the write time and does not pay off)
+    with pq.ParquetWriter(run_dir / "vectors.parquet", schema, use_dictionary=["shop_id"]) as wr:
         for start in range(0, n, cfg.block_rows):
             end = min(n, start + cfg.block_rows)
             chans = []
