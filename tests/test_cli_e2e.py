@@ -42,10 +42,12 @@ def test_main_job_tiny_preset_runs_and_resumes(tmp_path):
     out = tmp_path / "run"
     first = cli("run", "--preset", "tiny", "--out", str(out))
     assert "main job finished" in first.stdout
-    for stage in ("synth", "ingest", "features", "vqvae", "personas", "evaluate"):
+    for stage in ("synth", "ingest", "features", "vqvae", "personas", "evaluate", "traces", "sft", "simulate",
+                  "behaviour", "report"):
         assert (out / stage / "meta.json").exists(), stage
+    assert (out / "report" / "index.html").stat().st_size > 10_000
     again = cli("run", "--preset", "tiny", "--out", str(out))
-    assert "ingest: done already" in again.stdout
-    # A changed setting re-runs that stage and the ones after it.
-    third = cli("run", "--preset", "tiny", "--out", str(out), "--set", "ingest.session_gap_minutes=45")
-    assert "synth: done already" in third.stdout and "[2/" in third.stdout and "ingest: done already" not in third.stdout
+    assert "ingest: done already" in again.stdout and "report: done already" in again.stdout
+    # A changed setting re-runs that stage (and any after it), nothing before it.
+    third = cli("run", "--preset", "tiny", "--out", str(out), "--set", "report.max_cards=3")
+    assert "behaviour: done already" in third.stdout and "report: done already" not in third.stdout

@@ -13,6 +13,7 @@ features.sample.per_shop=500` overrides inside a section. Paths between stages a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -26,7 +27,10 @@ from simpersona.config import ConfigError, from_dict, merge, parse_overrides, pr
 
 
 # Preset sections: every stage's name (some configure stages the main job calls indirectly).
-SECTIONS = ("synth", "ingest", "features", "vqvae", "personas", "evaluate", "storefront", "traces", "sft", "simulate")
+SECTIONS = ("synth", "ingest", "features", "vqvae", "personas", "evaluate", "storefront", "traces", "sft", "simulate",
+            "report")
+# Steps configured by another step's section.
+SECTION_OF = {"behaviour": "evaluate"}
 
 
 @dataclass
@@ -107,6 +111,7 @@ def _evaluate(generated: bool) -> Step:
     from simpersona.evaluate.config import EvaluateConfig
 
     def make(sec: dict[str, Any], rd: Path):
+        sec = {k: v for k, v in sec.items() if k in ("clustering", "population")}
         sec = merge(sec, {
             "clustering": {"model": str(rd / "vqvae"), "features": str(rd / "features")},
             "population": {"personas": str(rd / "personas"), "features": str(rd / "features"),
@@ -130,10 +135,119 @@ def _evaluate(generated: bool) -> Step:
     return Step("evaluate", make, run_both, describe)
 
 
+def _traces() -> Step:
+    from simpersona.traces import stage
+
+    def make(sec: dict[str, Any], rd: Path):
+        paths = {"ingest": str(rd / "ingest"), "features": str(rd / "features"), "personas": str(rd / "personas")}
+        return from_dict(stage.TracesConfig, {**sec, **paths})
+
+    return Step("traces", make, stage.run, stage.format_summary)
+
+
+def _sft() -> Step:
+    """Two-stage SFT on the traces; one persona token per VQ-VAE code (K read from the codebook)."""
+    from simpersona.sft import train
+
+    def make(sec: dict[str, Any], rd: Path):
+        tokens = {"k": 0, "vqvae": str(rd / "vqvae"), "cards": str(rd / "personas")}
+        return from_dict(train.SftConfig, merge(sec, {"data": str(rd / "traces"), "tokens": tokens}))
+
+    def run(cfg, stage_dir: Path) -> dict[str, Any]:
+        """Stages 1 then 2; then the single-stage model of the paper's ablation (Tables 7–8)."""
+        summary = train.run(cfg, stage_dir)
+        if cfg.stage == "both":
+            summary["single"] = train.run(dataclasses.replace(cfg, stage="single"), stage_dir)["single"]
+            write_meta(stage_dir, "sft", cfg, summary=summary)
+        return summary
+
+    return Step("sft", make, run, train.format_summary)
+
+
+def _simulate() -> Step:
+    from simpersona.simulate import stage
+
+    def make(sec: dict[str, Any], rd: Path):
+        sec = merge(sec, {"ingest": str(rd / "ingest"), "personas": str(rd / "personas")})
+        if (sec.get("agent") or "policy") == "llm":
+            sec = merge(sec, {"llm": {"checkpoint": str(rd / "sft" / "stage2")}})
+        return from_dict(stage.SimulateConfig, sec)
+
+    def run(cfg, stage_dir: Path) -> dict[str, Any]:
+        return stage.run(cfg, stage_dir, echo=lambda _: None)
+
+    return Step("simulate", make, run, stage.format_summary)
+
+
+@dataclass
+class BehaviourConfig:
+    """The simulated population against the real one (Tables 2, 3, 4, 7–9); preset keys under `evaluate:`."""
+
+    # Table 2: Action Rate Alignment by stratum
+    alignment: Any = None
+    # Table 3: separation by aux-head bin
+    separation: Any = None
+    # Table 4: instruction following
+    instructions: Any = None
+    # Tables 7–9: token and two-stage ablations
+    ablations: Any = None
+
+
+def _behaviour() -> Step:
+    from simpersona.evaluate import ablations, alignment, instructions, separation
+
+    def make(sec: dict[str, Any], rd: Path):
+        sim, per = str(rd / "simulate"), str(rd / "personas")
+        return BehaviourConfig(
+            alignment=from_dict(alignment.AlignmentConfig, merge(
+                sec.get("alignment") or {}, {"features": str(rd / "features"), "personas": per, "simulation": sim})),
+            separation=from_dict(separation.SeparationConfig, merge(
+                sec.get("separation") or {}, {"simulation": sim, "personas": per})),
+            instructions=from_dict(instructions.InstructionsConfig, merge(
+                sec.get("instructions") or {},
+                {"ingest": str(rd / "ingest"), "personas": per, "llm": {"checkpoint": str(rd / "sft" / "stage2")}})),
+            ablations=from_dict(ablations.AblationsConfig, merge(
+                sec.get("ablations") or {},
+                {"sft": str(rd / "sft"), "simulate": {"ingest": str(rd / "ingest"), "personas": per,
+                                                       "llm": {"checkpoint": str(rd / "sft" / "stage2")}}})),
+        )
+
+    def run_all(cfg: BehaviourConfig, stage_dir: Path) -> dict[str, Any]:
+        summary = {
+            "alignment": alignment.run(cfg.alignment, stage_dir / "alignment"),
+            "separation": separation.run(cfg.separation, stage_dir / "separation"),
+            "instructions": instructions.run(cfg.instructions, stage_dir / "instructions"),
+            "ablations": ablations.run(cfg.ablations, stage_dir / "ablations"),
+        }
+        (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        write_meta(stage_dir, "behaviour", cfg)
+        return summary
+
+    def describe(s: dict[str, Any]) -> str:
+        return "\n".join([
+            alignment.format_table(s["alignment"]), separation.format_table(s["separation"]),
+            instructions.format_table(s["instructions"]), ablations.format_report(s["ablations"]),
+        ])
+
+    return Step("behaviour", make, run_all, describe)
+
+
+def _report() -> Step:
+    from simpersona.report import build
+
+    def make(sec: dict[str, Any], rd: Path):
+        paths = {"run": str(rd), "alignment": "behaviour/alignment", "separation": "behaviour/separation",
+                 "instructions": "behaviour/instructions", "ablations": "behaviour/ablations"}
+        return from_dict(build.ReportConfig, merge(sec, paths))
+
+    return Step("report", make, build.run, build.format_summary)
+
+
 def steps(data: Path | None, fmt: str) -> list[Step]:
     """The stages of the main job, in order."""
     out = [] if data is not None else [_synth()]
-    out += [_ingest(data, fmt), _features(), _vqvae(), _personas(), _evaluate(generated=data is None)]
+    out += [_ingest(data, fmt), _features(), _vqvae(), _personas(), _evaluate(generated=data is None),
+            _traces(), _sft(), _simulate(), _behaviour(), _report()]
     return out
 
 
@@ -174,7 +288,7 @@ def run(preset: str | Path, run_dir: Path, overrides: tuple[str, ...] = (), data
     t_all = time.perf_counter()
     for i, step in enumerate(plan, 1):
         stage_dir = run_dir / step.name
-        cfg = step.make_config(sections.get(step.name) or {}, run_dir)
+        cfg = step.make_config(sections.get(SECTION_OF.get(step.name, step.name)) or {}, run_dir)
         if not rerun and _done(stage_dir, cfg):
             echo(f"[{i}/{len(plan)}] {step.name}: done already (same config), skipped")
             summary_file = stage_dir / "summary.json"
