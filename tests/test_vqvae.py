@@ -158,3 +158,12 @@ def test_resume_after_kill_gives_same_weights(feat, tmp_path, monkeypatch):
         assert all(torch.equal(a[k], b[k]) for k in a), f
     log = (tmp_path / "killed" / "train_log.jsonl").read_text().splitlines()
     assert len(log) == 14
+
+
+def test_resume_refuses_a_different_config(feat, tmp_path):
+    from simpersona.config import ConfigError
+
+    train_mod.run(tiny_cfg(feat, "max_steps=2"), tmp_path)
+    with pytest.raises(ConfigError, match="model"):
+        train_mod.run(tiny_cfg(feat, "max_steps=4", "model.latent_dim=8"), tmp_path)
+    assert train_mod.run(tiny_cfg(feat, "max_steps=4"), tmp_path)["resumed"]

@@ -103,6 +103,19 @@ def usage_stats(codes: torch.Tensor, usage: torch.Tensor, k: int, alpha: float) 
     }
 
 
+# fields that must match for a checkpoint to be resumed (the others: data path, limits, logging, threads)
+RESUME_KEYS: tuple[str, ...] = ("model", "loss", "seed", "batch_size", "lr")
+
+
+def _check_same_run(cfg: TrainConfig, saved: Path) -> None:
+    old = json.loads(saved.read_text()) if saved.exists() else {}
+    new = to_dict(cfg)
+    diff = [k for k in RESUME_KEYS if old.get(k) != new[k]]
+    if diff:
+        raise ConfigError(f"{saved.parent} holds a checkpoint trained with other {diff}; "
+                          "use another --out, or --set resume=false to start over")
+
+
 def run(cfg: TrainConfig, run_dir: Path) -> dict:
     """Train (or resume) into run_dir; returns the summary written to run_dir/summary.json."""
     if cfg.features is None:
@@ -125,6 +138,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> dict:
     state = {"step": 0, "best_val": math.inf, "best_step": 0, "bad_evals": 0, "stopped": False}
     resumed = cfg.resume and (ckpt_dir / "state.json").exists()
     if resumed:
+        _check_same_run(cfg, run_dir / "config.json")
         best, state = load_training_state(ckpt_dir, model, opt, gen)
     else:
         model.quantizer.init_kmeans_pp(_encode_all(model, train.x), gen, cfg.batch_size)
