@@ -209,21 +209,21 @@ class Population:
     intents: np.ndarray  # (n,) "buy" (A–C) or "browse" (D, E)
 
 
+def _groups(t: pa.Table, key: str, item: str) -> dict:
+    """{key value: (item values, shares)} from a long table with a `share` column."""
+    keys = t.column(key).to_numpy(zero_copy_only=False)
+    items = t.column(item).to_numpy(zero_copy_only=False)
+    share = t.column("share").to_numpy()
+    return {(int(k) if isinstance(k, np.integer) else k): (items[keys == k], share[keys == k]) for k in np.unique(keys)}
+
+
 class PersonaMix:
     """Per-shop token distributions and per-token stratum profiles, loaded from a personas folder."""
 
     def __init__(self, personas_dir: Path):
         d = Path(personas_dir)
-        mix = pq.read_table(d / "shop_mix.parquet").to_pydict()
-        self.mix: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for s in dict.fromkeys(mix["shop_id"]):
-            rows = [i for i, x in enumerate(mix["shop_id"]) if x == s]
-            self.mix[s] = (np.array([mix["code"][i] for i in rows]), np.array([mix["share"][i] for i in rows]))
-        cs = pq.read_table(d / "code_strata.parquet").to_pydict()
-        self.strata: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for c in dict.fromkeys(cs["code"]):
-            rows = [i for i, x in enumerate(cs["code"]) if x == c]
-            self.strata[int(c)] = (np.array([cs["stratum"][i] for i in rows]), np.array([cs["share"][i] for i in rows]))
+        self.mix = _groups(pq.read_table(d / "shop_mix.parquet"), "shop_id", "code")  # shop → (codes, p̂_s)
+        self.strata = _groups(pq.read_table(d / "code_strata.parquet"), "code", "stratum")  # k → (strata, P(·|k))
 
     def sample_population(self, shop: str, n: int, rng: np.random.Generator) -> Population:
         """n simulated buyers of `shop`: k ~ p̂_s, stratum ~ P(stratum | k), intent from the stratum."""
