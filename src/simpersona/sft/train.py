@@ -24,6 +24,7 @@ RUN_DIR/
 from __future__ import annotations
 
 import json
+import random
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,8 @@ class StageConfig:
     logging_steps: int = 10
     # evaluation batch size
     eval_batch_size: int = 4
+    # validation records scored before/after the stage (0: all; else a seeded subset — CPU runs)
+    max_eval_records: int = 0
 
 
 @dataclass
@@ -261,6 +264,8 @@ def train_stage(name: str, model, tokenizer, train: list[dict], val: list[dict],
 
     train, dropped_train = fits(train, tokenizer, hp.max_length)
     val, dropped_val = fits(val, tokenizer, hp.max_length)
+    if hp.max_eval_records and len(val) > hp.max_eval_records:
+        val = random.Random(seed).sample(val, hp.max_eval_records)
     if not train:
         raise ConfigError(f"stage {name}: no training records fit max_length={hp.max_length}")
     handle, before = None, {}
