@@ -13,7 +13,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from simpersona.events.schema import CATALOG_SCHEMA, EVENT_SCHEMA
-from simpersona.features.stage import FeaturesConfig, buyer_product_expr, buyer_product_rows, connect
+import pytest
+
+from simpersona.features.stage import (
+    EmbeddingConfig,
+    FeaturesConfig,
+    FeaturesError,
+    buyer_product_expr,
+    buyer_product_rows,
+    connect,
+    run,
+)
 
 N_BUYERS, N_PRODUCTS = 3000, 400  # one shop: a buyers × products cross product would be 1.2M rows
 
@@ -65,3 +75,11 @@ def test_duckdb_limits_set(tmp_path):
     (mem, cap), = con.raw_sql(
         "SELECT current_setting('memory_limit'), current_setting('max_temp_directory_size')").fetchall()
     assert mem.startswith("953") and cap.startswith("2.7"), (mem, cap)  # 1 GB, 3 GB in GiB
+
+
+def test_out_of_memory_names_the_fields(tmp_path):
+    _input(tmp_path / "in")
+    cfg = FeaturesConfig(input=tmp_path / "in", progress=False, memory_limit="1MB", max_temp_directory_size="1MB",
+                         embedding=EmbeddingConfig(enabled=False))
+    with pytest.raises(FeaturesError, match="memory_limit='1MB'.*max_temp_directory_size='1MB'"):
+        run(cfg, tmp_path / "out")

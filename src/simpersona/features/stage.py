@@ -154,6 +154,19 @@ def connect(cfg: FeaturesConfig, tmp_dir: Path):
     return ibis.pyspark.connect(spark)
 
 
+def _engine(cfg: FeaturesConfig, fn, *args):
+    """fn(*args); DuckDB running out of memory or spill space becomes an error naming the fields."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        if type(e).__name__ != "OutOfMemoryException":
+            raise
+        raise FeaturesError(
+            f"features: DuckDB ran out of memory or spill space (memory_limit={cfg.memory_limit!r}, "
+            f"max_temp_directory_size={cfg.max_temp_directory_size!r}; raise them with --set): {str(e).splitlines()[0]}"
+        ) from e
+
+
 def _log(cfg: FeaturesConfig, msg: str, t0: float) -> None:
     if cfg.progress:
         print(f"[features {time.perf_counter() - t0:7.1f}s] {msg}", flush=True)
@@ -273,7 +286,7 @@ def run(cfg: FeaturesConfig, run_dir: Path, encoder=None) -> dict:
 
     # (1)+(2) enrichment and raw buyer scalars
     t = time.perf_counter()
-    raw = compute_buyers(con, cfg, events_path, catalog_path, run_dir)
+    raw = _engine(cfg, compute_buyers, con, cfg, events_path, catalog_path, run_dir)
     timings["aggregate_s"] = time.perf_counter() - t
     n = raw.num_rows
     if n == 0:
@@ -335,7 +348,7 @@ def run(cfg: FeaturesConfig, run_dir: Path, encoder=None) -> dict:
     titles = cat["title_min"].to_pylist()
     index = pa.table({"shop_id": cat["shop_id"], "product_id": cat["product_id"], "row": pa.array(np.arange(len(titles)))})
     pq.write_table(index, run_dir / "product_index.parquet")
-    b_rows, p_rows, chan = buyer_product_rows(con, events_path, keys_path, run_dir / "product_index.parquet")
+    b_rows, p_rows, chan = _engine(cfg, buyer_product_rows, con, events_path, keys_path, run_dir / "product_index.parquet")
     timings["pairs_s"] = time.perf_counter() - t
     if cfg.engine == "duckdb":
         con.disconnect()  # the engine's work is done: hand its memory back before the vectors
