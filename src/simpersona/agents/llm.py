@@ -27,6 +27,9 @@ class LLMConfig:
     checkpoint: Path | None = None
     # most tokens generated per step (an action JSON with a short reasoning fits in ~80)
     max_new_tokens: int = 96
+    # text the assistant turn is forced to start with (every SFT answer starts so): a cheap
+    # constraint that keeps an under-trained model from answering in prose; "" = none
+    response_prefix: str = '{"action": "'
     # sampling temperature; 0 = greedy
     temperature: float = 0.0
     # nucleus sampling mass (temperature > 0)
@@ -144,9 +147,11 @@ class TransformersBackend:
 
         tok = self.tok
 
+        prefix = self.cfg.response_prefix
+
         class JsonClosed(StoppingCriteria):
             def __call__(self, input_ids, scores, **kw):  # (B, L) → (B,) bool
-                done = [first_object(tok.decode(row[prompt_len:], skip_special_tokens=True)) for row in input_ids]
+                done = [first_object(prefix + tok.decode(row[prompt_len:], skip_special_tokens=True)) for row in input_ids]
                 return torch.tensor([o is not None and closed for o, closed in done], device=input_ids.device)
 
         return JsonClosed()
@@ -155,7 +160,8 @@ class TransformersBackend:
         import torch
         from transformers import StoppingCriteriaList
 
-        texts = [self.tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in prompts]
+        texts = [self.tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) + self.cfg.response_prefix
+                 for m in prompts]
         out: list[str | Exception] = [""] * len(texts)
         lens = [len(self.tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
         ok = [i for i, n in enumerate(lens) if n <= self.cfg.max_prompt_tokens]
@@ -187,7 +193,7 @@ class TransformersBackend:
                         n = j + (1 if t in self.stop_ids else 0)
                         break
                 self.tokens_generated += n
-                out[i] = self.tok.decode(ids[:n], skip_special_tokens=True)
+                out[i] = self.cfg.response_prefix + self.tok.decode(ids[:n], skip_special_tokens=True)
         return out
 
 
