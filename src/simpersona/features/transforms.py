@@ -23,22 +23,10 @@ import numpy as np
 
 from simpersona.features.layout import SCALAR_NAMES
 
-LOG_Z = (
-    "n_sessions",
-    "active_days",
-    "sessions_with_view",
-    "sessions_with_atc",
-    "sessions_with_checkout",
-    "sessions_with_search",
-    "sessions_with_collection",
-    "sessions_with_purchase",
-    "total_duration_s",
-    "total_product_views",
-    "avg_cart_value",
-    "avg_order_value",
-)
 RATES = ("atc_rate", "checkout_rate", "browse_only_rate")
 INTENT = "intent_strength"
+# counts, durations and dollar values: log1p then robust z
+LOG_Z = tuple(n for n in SCALAR_NAMES if n not in RATES and n != INTENT)
 MAD_SCALE = 1.4826
 
 
