@@ -81,16 +81,18 @@ def _features() -> Step:
     return Step("features", make, stage.run, stage.format_summary)
 
 
+def _scalars_line(summary: dict[str, Any]) -> str:
+    """`k=v, …` for the summary's scalar entries (stages without a printer of their own)."""
+    return ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list)))
+
+
 def _vqvae() -> Step:
     from simpersona.vqvae import train
 
     def make(sec: dict[str, Any], rd: Path):
         return from_dict(train.TrainConfig, {**sec, "features": str(rd / "features")})
 
-    def describe(s: dict[str, Any]) -> str:
-        return ", ".join(f"{k}={v}" for k, v in s.items() if not isinstance(v, (dict, list)))
-
-    return Step("vqvae", make, train.run, describe)
+    return Step("vqvae", make, train.run, _scalars_line)
 
 
 def _personas() -> Step:
@@ -99,10 +101,7 @@ def _personas() -> Step:
     def make(sec: dict[str, Any], rd: Path):
         return from_dict(assign.PersonasConfig, {**sec, "model": str(rd / "vqvae"), "features": str(rd / "features")})
 
-    def describe(s: dict[str, Any]) -> str:
-        return ", ".join(f"{k}={v}" for k, v in s.items() if not isinstance(v, (dict, list)))
-
-    return Step("personas", make, assign.run, describe)
+    return Step("personas", make, assign.run, _scalars_line)
 
 
 def _evaluate(generated: bool) -> Step:
