@@ -1,0 +1,7 @@
+"""The contracts layer: facts every stage shares, defined once, below all stages.
+
+Each module holds one kind of fact (no re-exports here): `persona` (the persona id and its
+`<|persona_k|>` token), `labels` (event order, strata, aux heads and levels), `storefront` (the
+storefront's element ids, URL grammar, page types, checkout fields, episode outcomes). Stages
+import these modules and never each other's internals.
+"""
