@@ -8,17 +8,25 @@ Next events: the 8 canonical event types and `stop`. An event leads to the state
     add_to_cart / remove_from_cart → cart (the storefront shows the cart after both),
     checkout_start → checkout, purchase → order.
 
-Fitting (`fit_counts`, DuckDB over ingest's events.parquet ⋈ personas' assignments.parquet):
-counts n_k[s, a] of (state, next event) per code, each session's last event followed by `stop`
-(events ordered by time, ties in funnel order). Smoothing (`smooth`) with a global back-off:
+Fitting (`fit_intent_counts`, DuckDB over ingest's events.parquet ⋈ personas' assignments.parquet,
+on the training shops only when `shops` is given): counts n_{k,i}[s, a] of (state, next event) per
+code k and intent i, each session's last event followed by `stop` (events ordered by time, ties
+in funnel order, `EVENT_ORDER_SQL`). The intent is the buyer's, as simulation and SFT give it:
+"buy" when the buyer's stratum is A–C (a cart, checkout or purchase event in the shop), else
+"browse". `fit_counts` sums the intents out. Smoothing (`smooth`) with a global back-off:
     p_g(a|s) = (n_g[s,a] + α) / (n_g[s] + α·A),   p_k(a|s) = (n_k[s,a] + m·p_g(a|s)) / (n_k[s] + m)
-with n_g the counts over all codes; the no-persona policy is p_g itself (row K of `probs`).
+    p_i(a|s) = (n_i[s,a] + m·p_g(a|s)) / (n_i[s] + m)
+    p_{k,i}(a|s) = (n_{k,i}[s,a] + m·b(a|s)) / (n_{k,i}[s] + m),  b ∝ p_k·p_i / p_g (`combine`)
+with n_g the counts over all codes; the no-persona policy is p_g itself (row K of `probs`), or
+p_i when the goal states an intent. `PolicyModel.table(code, intent)` picks the table.
 
-`PolicyAgent` samples a target event from p_k(·|page type) and takes the fewest storefront
+`PolicyAgent` reads the intent from its goal ("to buy" / "to browse", `intent_of`), samples a
+target event from p_{k,i}(·|page type) and takes the fewest storefront
 actions that produce it (a product view from a page without products searches the goal's topic
 first; a purchase opens the checkout, fills the six fields and places the order), then samples
 again; `stop` ends the session (self-reported goal reached). `rollout` samples sessions from the
-page-type model alone, vectorised (no storefront): event counts per session.
+page-type model alone, vectorised (no storefront): event counts per session (`rollout_events`: the
+event sequences).
 """
 
 from __future__ import annotations
@@ -35,6 +43,9 @@ STATES: tuple[str, ...] = ("start", "home", "collection", "search", "product", "
 EVENTS: tuple[str, ...] = ("page_view", "collection_view", "search", "product_view", "add_to_cart",
                            "remove_from_cart", "checkout_start", "purchase", "stop")
 STOP = EVENTS.index("stop")
+INTENTS: tuple[str, ...] = ("buy", "browse")
+# how events of one session are ordered (time, then funnel order for ties), as a DuckDB ORDER BY
+EVENT_ORDER_SQL = "ts, CASE event_type " + " ".join(f"WHEN '{e}' THEN {i}" for i, e in enumerate(EVENTS[:-1])) + " ELSE 9 END"
 EVENT_STATE: dict[str, str] = {"page_view": "home", "collection_view": "collection", "search": "search",
                                "product_view": "product", "add_to_cart": "cart", "remove_from_cart": "cart",
                                "checkout_start": "checkout", "purchase": "order"}
@@ -58,17 +69,51 @@ def smooth(counts: np.ndarray, global_counts: np.ndarray, strength: float, alpha
     return (counts + strength * pg) / (counts.sum(-1, keepdims=True) + strength)
 
 
-class PolicyModel:
-    """codes (K,) int, counts (K, S, A); probs (K+1, S, A) with row K the population-wide policy."""
+def combine(p_code: np.ndarray, p_intent: np.ndarray, p_global: np.ndarray) -> np.ndarray:
+    """The back-off of a (code, intent) cell: p_k·p_i / p_g renormalised over the last axis (the
+    code's and the intent's effects taken as independent).
 
-    def __init__(self, codes: np.ndarray, counts: np.ndarray, strength: float = 5.0, alpha: float = 0.1):
+    >>> combine(np.array([0.5, 0.5]), np.array([0.8, 0.2]), np.array([0.5, 0.5])).tolist()
+    [0.8, 0.2]
+    """
+    b = p_code * p_intent / np.maximum(p_global, 1e-12)
+    return b / b.sum(-1, keepdims=True)
+
+
+def intent_of(goal: str) -> str | None:
+    """The intent a goal states ("buy", "browse"), or None (a neutral goal).
+
+    >>> intent_of("You are here to buy wool socks."), intent_of("You are interested in socks.")
+    ('buy', None)
+    """
+    m = re.search(r"\bto (buy|browse)\b", goal or "", re.I)
+    return m.group(1).lower() if m else None
+
+
+class PolicyModel:
+    """codes (K,) int, counts (K, S, A) or per intent (K, I, S, A) (I = len(INTENTS));
+    probs (K+1, S, A) with row K the population-wide policy; tables (K+1, I+1, S, A) with column I
+    "no intent" (= probs). Without per-intent counts every column is `probs`. `shops`: the shops
+    the counts came from (the evaluation guard checks them)."""
+
+    def __init__(self, codes: np.ndarray, counts: np.ndarray, strength: float = 5.0, alpha: float = 0.1,
+                 shops: tuple[str, ...] | list[str] = ()):
         self.codes = np.asarray(codes, dtype=np.int64)
         self.counts = np.asarray(counts, dtype=np.float64)
-        g = self.counts.sum(0)  # (S, A)
+        self.shops = tuple(sorted(str(s) for s in shops))
+        n_k = self.counts.sum(1) if self.counts.ndim == 4 else self.counts  # (K, S, A)
+        g = n_k.sum(0)  # (S, A)
         a = len(EVENTS)
         pg = (g + alpha) / np.maximum(g.sum(-1, keepdims=True) + alpha * a, 1e-12)  # (S, A)
         pg[pg.sum(-1) == 0] = 1.0 / a  # a state never seen and α = 0: uniform
-        self.probs = np.concatenate([smooth(self.counts, g, strength, alpha), pg[None]], 0)  # (K+1, S, A)
+        self.probs = np.concatenate([smooth(n_k, g, strength, alpha), pg[None]], 0)  # (K+1, S, A)
+        k, n_i = len(self.codes), len(INTENTS)
+        self.tables = np.repeat(self.probs[:, None], n_i + 1, 1)  # (K+1, I+1, S, A)
+        if self.counts.ndim == 4:
+            p_i = (self.counts.sum(0) + strength * pg) / (self.counts.sum(0).sum(-1, keepdims=True) + strength)  # (I, S, A)
+            back = combine(self.probs[:k, None], p_i[None], pg)  # (K, I, S, A)
+            self.tables[:k, :n_i] = (self.counts + strength * back) / (self.counts.sum(-1, keepdims=True) + strength)
+            self.tables[k, :n_i] = p_i
         self.strength, self.alpha = strength, alpha
         self._row = {int(c): i for i, c in enumerate(self.codes)}
 
@@ -76,44 +121,71 @@ class PolicyModel:
         """Index into `probs`: the code's row, or the population-wide row K (None or an unseen code)."""
         return self._row.get(int(code), len(self.codes)) if code is not None else len(self.codes)
 
+    def column(self, intent: str | None) -> int:
+        """Index into `tables`' intent axis: the intent's column, or I (None: no intent)."""
+        return INTENTS.index(intent) if intent in INTENTS else len(INTENTS)
+
+    def table(self, code: int | None, intent: str | None) -> np.ndarray:
+        """p(next event | page type) (S, A) of a code (None: population-wide) and an intent (None: none)."""
+        return self.tables[self.row(code), self.column(intent)]
+
     def save(self, path: Path) -> None:
         np.savez(path, codes=self.codes, counts=self.counts, strength=self.strength, alpha=self.alpha,
-                 states=np.array(STATES), events=np.array(EVENTS))
+                 states=np.array(STATES), events=np.array(EVENTS), intents=np.array(INTENTS), shops=np.array(self.shops, dtype=str))
 
     @classmethod
     def load(cls, path: Path) -> "PolicyModel":
         z = np.load(path)
         if tuple(z["states"]) != STATES or tuple(z["events"]) != EVENTS:
             raise ValueError(f"{path}: states/events differ from this version's")
-        return cls(z["codes"], z["counts"], float(z["strength"]), float(z["alpha"]))
+        if z["counts"].ndim == 4 and tuple(z["intents"]) != INTENTS:
+            raise ValueError(f"{path}: intents differ from this version's")
+        shops = tuple(z["shops"].tolist()) if "shops" in z.files else ()
+        return cls(z["codes"], z["counts"], float(z["strength"]), float(z["alpha"]), shops)
 
 
-def fit_counts(events_path: Path, assignments_path: Path, threads: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """(codes (K,), counts (K, S, A)) from real events and persona assignments."""
+def fit_intent_counts(events_path: Path, assignments_path: Path, threads: int = 2,
+                      shops: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(codes (K,), counts (K, I, S, A)) from real events and persona assignments; only the events
+    of `shops` when given (the training shops)."""
     import duckdb
 
-    rank = " ".join(f"WHEN '{e}' THEN {i}" for i, e in enumerate(EVENTS[:-1]))
     con = duckdb.connect()
     con.execute(f"SET threads={int(threads)}")
+    where = ""
+    if shops is not None:
+        con.execute("CREATE TEMP TABLE keep AS SELECT unnest($1::VARCHAR[]) AS shop_id", [list(shops)])
+        where = "WHERE shop_id IN (SELECT shop_id FROM keep)"
     rows = con.execute(f"""
-        WITH ev AS (
-          SELECT a.code, e.event_type,
+        WITH e AS (SELECT * FROM read_parquet('{events_path}') {where}),
+        buyer AS (
+          SELECT shop_id, buyer_id, CASE WHEN bool_or(event_type IN ('add_to_cart', 'remove_from_cart', 'checkout_start',
+                 'purchase')) THEN 'buy' ELSE 'browse' END AS intent FROM e GROUP BY ALL),
+        ev AS (
+          SELECT a.code, b.intent, e.event_type,
                  lag(e.event_type) OVER w AS prev, lead(e.event_type) OVER w AS nxt
-          FROM read_parquet('{events_path}') e JOIN read_parquet('{assignments_path}') a USING (shop_id, buyer_id)
-          WINDOW w AS (PARTITION BY e.shop_id, e.buyer_id, e.session_id
-                       ORDER BY e.ts, CASE e.event_type {rank} ELSE 9 END))
-        SELECT code, coalesce(prev, 'start') AS s, event_type AS a, count(*) FROM ev GROUP BY ALL
+          FROM e JOIN read_parquet('{assignments_path}') a USING (shop_id, buyer_id) JOIN buyer b USING (shop_id, buyer_id)
+          WINDOW w AS (PARTITION BY e.shop_id, e.buyer_id, e.session_id ORDER BY {EVENT_ORDER_SQL}))
+        SELECT code, intent, coalesce(prev, 'start') AS s, event_type AS a, count(*) FROM ev GROUP BY ALL
         UNION ALL
-        SELECT code, event_type AS s, 'stop' AS a, count(*) FROM ev WHERE nxt IS NULL GROUP BY ALL""").fetchall()
+        SELECT code, intent, event_type AS s, 'stop' AS a, count(*) FROM ev WHERE nxt IS NULL GROUP BY ALL""").fetchall()
+    con.close()
     codes = np.array(sorted({int(r[0]) for r in rows}), dtype=np.int64)
     at = {int(c): i for i, c in enumerate(codes)}
-    counts = np.zeros((len(codes), len(STATES), len(EVENTS)))
-    for code, s, a, n in rows:
+    counts = np.zeros((len(codes), len(INTENTS), len(STATES), len(EVENTS)))
+    for code, intent, s, a, n in rows:
         state = "start" if s == "start" else EVENT_STATE.get(s)
         if state is None or a not in EVENTS:
             continue
-        counts[at[int(code)], STATES.index(state), EVENTS.index(a)] += n
+        counts[at[int(code)], INTENTS.index(intent), STATES.index(state), EVENTS.index(a)] += n
     return codes, counts
+
+
+def fit_counts(events_path: Path, assignments_path: Path, threads: int = 2,
+               shops: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(codes (K,), counts (K, S, A)) from real events and persona assignments (intents summed out)."""
+    codes, counts = fit_intent_counts(events_path, assignments_path, threads, shops)
+    return codes, counts.sum(1)
 
 
 def page_type(url: str) -> str:
@@ -149,7 +221,7 @@ class PolicyAgent:
         self.reset("", None)
 
     def reset(self, goal: str, persona: int | None) -> None:
-        self.p = self.model.probs[self.model.row(persona)]  # (S, A)
+        self.p = self.model.table(persona, intent_of(goal))  # (S, A)
         self.topic = topic_of(goal)
         self.target: str | None = None
         self.plan_steps = 0
@@ -253,3 +325,30 @@ def rollout(probs: np.ndarray, rows: np.ndarray, max_steps: int, rng: np.random.
         alive[idx[a == STOP]] = False
         state[idx] = NEXT_STATE[a]
     return counts[:, :STOP]
+
+
+def rollout_events(probs: np.ndarray, rows: np.ndarray, max_events: int, rng: np.random.Generator) -> np.ndarray:
+    """Event sequences sampled from the page-type model alone, vectorised: probs (R, S, A), rows (n,)
+    → (n, max_events) int8 event indices, -1 after the session's end (`stop` is not written; a
+    session still going after max_events is cut there).
+
+    >>> p = np.zeros((1, len(STATES), len(EVENTS))); p[:, :, STOP] = 1; p[0, 0] = 0; p[0, 0, 3] = 1
+    >>> rollout_events(p, np.zeros(2, int), 3, np.random.default_rng(0)).tolist()
+    [[3, -1, -1], [3, -1, -1]]
+    """
+    n = len(rows)
+    cum = probs.cumsum(-1)  # (R, S, A)
+    cum[..., -1] = 1.0
+    seq = np.full((n, max_events), -1, dtype=np.int8)
+    state = np.zeros(n, dtype=np.int64)
+    alive = np.ones(n, dtype=bool)
+    for t in range(max_events):
+        idx = np.flatnonzero(alive)
+        if len(idx) == 0:
+            break
+        a = (rng.random(len(idx))[:, None] > cum[rows[idx], state[idx]]).sum(1)  # (m,)
+        go = a != STOP
+        seq[idx[go], t] = a[go]
+        alive[idx[~go]] = False
+        state[idx] = NEXT_STATE[a]
+    return seq
