@@ -204,7 +204,7 @@ def test_doctests_of_the_agent_simulation_metric_modules():
     import doctest
     import importlib
 
-    for name in ("agents.base", "agents.policy", "simulate.stage", "evaluate.stats", "evaluate.instructions"):
+    for name in ("agents.base", "agents.policy", "contracts.goals", "evaluate.stats", "evaluate.instructions"):
         mod = importlib.import_module(f"simpersona.{name}")
         res = doctest.testmod(mod)
         assert res.failed == 0 and res.attempted > 0, name

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from simpersona.contracts.goals import goal_text, parse_goal, stratum_intent
 from simpersona.events.schema import CATALOG_SCHEMA
 from simpersona.sft.records import read_records, records_from_trajectory, validate_record
 from simpersona.traces.goals import Event, Session, make_goals, navigation_template
@@ -81,13 +82,14 @@ def test_goals_keep_the_structure_and_the_strata_intent(stratum, events, intent,
     g = make_goals(session(stratum, events))
     assert g.intent == intent
     assert g.navigation == navigation
-    assert g.for_stage(2) == f"{intent} {navigation}"
+    # the record goal of stage 2 is the intent alone (paper §2.3): the plan only drives the replay
+    assert g.for_stage(2) == intent and parse_goal(intent) == (stratum_intent(stratum), g.category)
     # stage 1 is intent-neutral: the category only, no buy/browse/cart/checkout
     assert g.for_stage(1) == f"You are interested in {g.category}."
     assert not any(w in g.for_stage(1) for w in ("buy", "browse", "cart", "checkout", "order"))
 
 
-def test_goal_category_falls_back_to_history_then_query_and_bounces_leave():
+def test_goal_category_falls_back_to_history_never_to_the_query_and_bounces_leave():
     s = session("E", [ev(0, "page_view")])
     assert navigation_template(s.events) == "Look at the home page and leave."
     assert make_goals(s).neutral == "You are interested in products."
@@ -95,7 +97,17 @@ def test_goal_category_falls_back_to_history_then_query_and_bounces_leave():
     g = make_goals(s)
     assert g.neutral == "You are interested in tea kettles." and g.intent == "You are here to browse tea kettles."
     q = session("D", [ev(0, "search", query="wool socks")])
-    assert make_goals(q).category == "wool socks"
+    assert make_goals(q).category == "products"  # a goal never hands the agent its session's query
+
+
+def test_goal_text_round_trips_and_a_plan_is_not_a_goal():
+    for intent in ("neutral", "buy", "browse"):
+        assert parse_goal(goal_text(intent, "tea kettles")) == (intent, "tea kettles")
+    assert parse_goal(goal_text("buy", "U.S. maps")) == ("buy", "U S maps")
+    g = make_goals(session("A", PURCHASE))
+    assert parse_goal(f"{g.intent} {g.navigation}") is None  # the old stage-2 goal (intent + plan)
+    with pytest.raises(ValueError):
+        goal_text("shop", "skirts")
 
 
 # -- replay and judge -----------------------------------------------------------------------------
@@ -164,7 +176,7 @@ def test_step_budget_truncates_and_the_judge_drops_it():
 def test_records_validate_for_both_stages(replayer):
     s = session("A", PURCHASE)
     g = make_goals(s)
-    traj = replayer.replay(s, g.stage2)
+    traj = replayer.replay(s, g.intent)
     for stage in (1, 2):
         recs = records_from_trajectory(g.for_stage(stage), s.code, stage_steps(traj, stage, g),
                                        {"shop_id": s.shop_id, "session_key": s.key, "stratum": s.stratum, "stage": stage})
@@ -201,14 +213,14 @@ def test_llm_rewriter_and_judge_against_a_fake_endpoint(monkeypatch):
     url, auth, body = seen[0]
     assert url == "http://llm.local/v1/chat/completions" and auth == "Bearer sk-test" and body["model"] == "m"
     assert g.navigation in body["messages"][1]["content"]
-    assert make_goals(s, text).stage2 == f"{g.intent} {text}"
+    assert make_goals(s, text).navigation == text and make_goals(s, text).for_stage(2) == g.intent
     ok = LLMClient(cfg, transport=fake_endpoint('Sure: {"success": false, "reason": "no purchase"}'))
-    assert ok.judge(g.stage2, s, ["page_view"]) == (False, "no purchase")
+    assert ok.judge(g.navigation, s, ["page_view"]) == (False, "no purchase")
     for bad in (None, "", "x" * 5000):  # HTTP 500, empty answer, too long a goal
         with pytest.raises(LLMError):
             LLMClient(cfg, transport=fake_endpoint(bad)).rewrite_goal(s, g)
     with pytest.raises(LLMError):
-        LLMClient(cfg, transport=fake_endpoint("yes")).judge(g.stage2, s, [])
+        LLMClient(cfg, transport=fake_endpoint("yes")).judge(g.navigation, s, [])
 
 
 # -- the stage ------------------------------------------------------------------------------------
@@ -227,6 +239,28 @@ def generated_run(out: Path, shops: int, buyers: int, seed: int = 0) -> Path:
     fc = load_config(features.FeaturesConfig, "tiny", ["embedding.enabled=false"], section="features", values={"input": str(out / "ingest")})
     features.run(fc, out / "features")
     return out
+
+
+def assert_goals_carry_no_plan(recs: list[dict], run: Path) -> None:
+    """Paper §2.3: a record's goal is the intent alone — stage 1 "You are interested in X", stage 2
+    "You are here to buy X" (A–C) / "browse X" (D) — and never names a product title or a search
+    query of its own session (the navigation plan drives the replay only)."""
+    events = pq.read_table(run / "ingest" / "events.parquet", columns=["shop_id", "buyer_id", "session_id", "product_id", "query"])
+    cat = pq.read_table(run / "ingest" / "catalog.parquet", columns=["shop_id", "product_id", "title"]).to_pylist()
+    titles = {(c["shop_id"], c["product_id"]): c["title"] for c in cat if c["title"]}
+    mentions: dict[str, set] = {}
+    for e in events.to_pylist():
+        key = f"{e['shop_id']}:{e['buyer_id']}:{e['session_id']}"
+        mentions.setdefault(key, set()).update(
+            x.lower() for x in (titles.get((e["shop_id"], e["product_id"])), e["query"]) if x)
+    for r in recs:
+        goal = r["messages"][1]["content"].split("\n", 1)[0].removeprefix("Goal: ")
+        parsed = parse_goal(goal)
+        assert parsed is not None, goal
+        want = "neutral" if r["stage"] == 1 else ("buy" if r["stratum"] in "ABC" else "browse")
+        assert parsed[0] == want, (r["session_key"], goal)
+        leaked = [m for m in mentions[r["session_key"]] if m in goal.lower() and m != parsed[1].lower()]
+        assert not leaked, (r["session_key"], goal, leaked)
 
 
 @pytest.fixture(scope="module")
@@ -266,6 +300,7 @@ def test_stage_end_to_end_on_a_tiny_generated_dataset(tiny_run, tmp_path):
     table = pq.read_table(out / "sessions.parquet").to_pylist()
     assert sum(r["kept"] for r in table) == summary["kept"]
     assert all(r["goal_stage1"].startswith("You are interested in ") for r in table)
+    assert_goals_carry_no_plan(recs, tiny_run)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["stage"] == "traces" and meta["config"]["sample"]["target_sessions"] == 30
 

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from simpersona.agents.base import Decision
+from simpersona.contracts.goals import parse_goal
 
 STATES: tuple[str, ...] = ("start", "home", "collection", "search", "product", "cart", "checkout", "order")
 EVENTS: tuple[str, ...] = ("page_view", "collection_view", "search", "product_view", "add_to_cart",
@@ -206,7 +207,10 @@ def elements(page: str) -> dict[str, tuple[str, str]]:
 
 
 def topic_of(goal: str) -> str:
-    """The goal's object ("You are here to buy wool socks." → "wool socks")."""
+    """The goal's object ("You are here to buy wool socks." → "wool socks"); an instruction's by pattern."""
+    parsed = parse_goal(goal)
+    if parsed is not None:
+        return parsed[1]
     m = re.search(r"(?:interested in|to buy|to browse|look(?:ing)? for)\s+(.+?)[.!]?$", goal.strip(), re.I)
     return (m.group(1) if m else goal).strip() or "gift"
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from simpersona.contracts.goals import goal_text
 from simpersona.sft.records import records_from_trajectory, write_records
 
 CATEGORIES = ("running shoes", "skirts", "coffee beans", "desk lamps", "backpacks", "yoga mats", "tea kettles", "wool socks")
@@ -100,8 +101,7 @@ def fabricate(out_dir: Path, k: int, shops: int, sessions: int, seed: int, laten
         stratum = rng.choice("ABC") if buy else "D"
         category = rng.choice(CATEGORIES)
         steps = session_steps(shop, category, buy, depth, rng)
-        goals = {1: f"You are interested in {category}.",
-                 2: f"You are here to {'buy' if buy else 'browse'} {category}."}
+        goals = {1: goal_text("neutral", category), 2: goal_text("buy" if buy else "browse", category)}
         for stage, goal in goals.items():
             meta = {"shop_id": shop, "session_key": f"{shop}:s{s:05d}", "stratum": stratum, "stage": stage}
             records += records_from_trajectory(goal, code, steps, meta)

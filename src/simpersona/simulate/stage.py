@@ -2,7 +2,8 @@
 
 For each shop: n buyers draw k ~ p̂_s(k) and a stratum ~ P(stratum | k) (`personas.assign.
 PersonaMix.sample_population`); the intent follows the stratum (A–C buy, D–E browse) or is
-neutral; the goal names a topic drawn from the shop's collections (weighted by size):
+neutral; the goal (`contracts.goals.goal_text`, the sentences SFT records carry) names a topic
+drawn from the shop's collections (weighted by size):
 
     stratum intents   "You are here to buy {topic}." / "You are here to browse {topic}."   (SFT stage 2)
     neutral intents   "You are interested in {topic}."                                   (SFT stage 1)
@@ -37,6 +38,7 @@ import pyarrow.parquet as pq
 
 from simpersona.agents.llm import EndpointConfig, LLMConfig
 from simpersona.config import ConfigError, write_meta
+from simpersona.contracts.goals import goal_text, topic_name
 from simpersona.storefront.config import StorefrontConfig
 
 from simpersona.simulate.runner import OUTCOMES, EpisodeSpec, run_episodes
@@ -86,26 +88,6 @@ class SimulateConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     # the LLM agent on an endpoint
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
-
-
-def topic_name(collection: str) -> str:
-    """A collection path as a goal topic, as the SFT traces name it (`traces.goals.leaf`).
-
-    >>> topic_name("apparel/women/skirts"), topic_name("home/tea_kettles")
-    ('skirts', 'tea kettles')
-    """
-    from simpersona.traces.goals import leaf
-
-    return leaf(collection)
-
-
-def goal_text(intent: str, topic: str) -> str:
-    """The goal of an intent ("buy", "browse", "neutral") about a topic.
-
-    >>> goal_text("buy", "skirts"), goal_text("neutral", "skirts")
-    ('You are here to buy skirts.', 'You are interested in skirts.')
-    """
-    return f"You are interested in {topic}." if intent == "neutral" else f"You are here to {intent} {topic}."
 
 
 def shop_topics(shop) -> tuple[list[str], np.ndarray]:

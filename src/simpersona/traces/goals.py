@@ -1,15 +1,17 @@
-"""Goals from sessions: a session's timestamped events → natural-language navigation goals.
+"""Goals from sessions: a session's timestamped events → its goal texts (spec §5, paper §2.3).
 
-Three texts per session (spec §5, paper §2.3):
+Three texts per session; the sentences themselves are `contracts.goals`'s:
 
-    neutral     stage 1: "You are interested in speakers." (category from the session, else the
-                buyer's history), never saying whether the buyer browses, carts or buys
-    intent      stage 2 prefix from the buyer's funnel stratum: A–C "You are here to buy
+    neutral     stage-1 record goal: "You are interested in speakers." (category from the
+                session's products/collections, else the buyer's history), never saying whether
+                the buyer browses, carts or buys
+    intent      stage-2 record goal from the buyer's funnel stratum: A–C "You are here to buy
                 speakers.", D (and E) "You are here to browse speakers."
-    navigation  the session's structure, e.g. "Search for 'speaker', open two products, add the
+    navigation  the session's steps, e.g. "Search for 'speaker', open two products, add the
                 cheaper one to the cart, start checkout and leave." (deterministic template;
                 optionally rewritten by an LLM through `llm.LLMClient`, falling back to the
-                template on any failure)
+                template on any failure). It is what the replay carries out and what the LLM
+                judge checks against; it NEVER enters a record (a record's goal is the intent).
 
 Runs of the same event are merged ("open 3 products"); page views are not described (the replay
 cannot tell which page they were). Everything here is pure and deterministic.
@@ -21,7 +23,8 @@ import datetime as dt
 from collections import Counter
 from dataclasses import dataclass, field
 
-BUY_STRATA = ("A", "B", "C")
+from simpersona.contracts.goals import goal_text, stratum_intent, topic_name
+
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
 
@@ -60,26 +63,23 @@ class Session:
 @dataclass(frozen=True)
 class Goals:
     category: str
-    neutral: str  # stage 1
-    intent: str  # stage-2 prefix
-    navigation: str  # the session's structure (template or rewritten)
-
-    @property
-    def stage2(self) -> str:
-        return f"{self.intent} {self.navigation}"
+    neutral: str  # stage-1 record goal
+    intent: str  # stage-2 record goal
+    navigation: str  # the session's steps (template or rewritten): replay and judge only
+    buy: bool = False  # the stage-2 intent is "buy" (strata A–C)
 
     def for_stage(self, stage: int) -> str:
-        return self.neutral if stage == 1 else self.stage2
+        """The goal a record of `stage` carries: the intent alone, never the navigation."""
+        return self.neutral if stage == 1 else self.intent
 
 
-def leaf(path: str) -> str:
-    """`'apparel/women/skirts'` → `'skirts'` (underscores and dashes as spaces)."""
-    return path.strip("/").rsplit("/", 1)[-1].replace("_", " ").replace("-", " ").strip() or path
+leaf = topic_name
 
 
 def category(session: Session) -> str:
     """The session's category: its most frequent product/collection path (ties: first seen), else
-    the buyer's most frequent collection, else its first search query, else "products"."""
+    the buyer's most frequent collection, else "products" (never a search query: the goal must
+    not hand the agent the session's own query)."""
     paths = [e.collection or e.collection_id for e in session.events if e.kind != "search"]
     paths = [p for p in paths if p]
     if paths:
@@ -88,8 +88,7 @@ def category(session: Session) -> str:
         return leaf(best)
     if session.history:
         return leaf(session.history[0])
-    queries = [e.query for e in session.events if e.kind == "search" and e.query]
-    return queries[0] if queries else "products"
+    return "products"
 
 
 def number(n: int) -> str:
@@ -176,16 +175,12 @@ def navigation_template(events: list[Event]) -> str:
     return text[0].upper() + text[1:] + "."
 
 
-def intent_sentence(stratum: str, cat: str) -> str:
-    """Stage-2 intent from the buyer's stratum: A–C buy, D (and E) browse."""
-    return f"You are here to {'buy' if stratum in BUY_STRATA else 'browse'} {cat}."
-
-
 def make_goals(session: Session, navigation: str | None = None) -> Goals:
     """The three goal texts of `session`; `navigation` replaces the template (an LLM rewrite)."""
     cat = category(session)
-    return Goals(cat, f"You are interested in {cat}.", intent_sentence(session.stratum, cat),
-                 navigation or navigation_template(session.events))
+    intent = stratum_intent(session.stratum)
+    return Goals(cat, goal_text("neutral", cat), goal_text(intent, cat),
+                 navigation or navigation_template(session.events), intent == "buy")
 
 
 def timeline(session: Session) -> str:

@@ -257,28 +257,30 @@ class Replayer:
 
 # -- reasoning ---------------------------------------------------------------------------------
 def reasoning(reason: tuple, stage: int, goals: Goals) -> str:
-    """One short sentence for a step: neutral in stage 1 (the goal names only a category), tied to
-    the goal's intent and steps in stage 2."""
+    """One short sentence for a step, from what the buyer sees and its record goal: neutral in stage
+    1 (the goal names only a category), tied to the buy/browse intent in stage 2. Never a reference
+    to the navigation plan, which the record does not carry."""
     key, *arg = reason
     cat = goals.category
-    buy = goals.intent.startswith("You are here to buy")
     s2 = stage == 2
+    want = ("to buy" if goals.buy else "to browse") if s2 else "to look at"
     if key == "search":
-        return f"My goal asks me to search for '{arg[0]}'." if s2 else f"I search for '{arg[0]}' to see what the shop has for {cat}."
+        return f"I search for '{arg[0]}' to find {cat} {want}."
     if key == "find":
         return f"I search for '{arg[0]}' to find that product."
     if key == "next_page":
         return f"'{arg[0]}' is not on this page of results, so I look at the next page."
     if key == "open":
-        return f"I open '{arg[0]}' to look at its details" + (", as my goal says." if s2 else ".")
+        return f"I open '{arg[0]}' to look at its details."
     if key == "home":
         return f"I go to the home page to find the {arg[0]} collection."
     if key == "collection":
-        return f"I browse the {arg[0]} collection" + (" as my goal says." if s2 else f" to look at {cat}.")
+        return f"I browse the {arg[0]} collection to find {cat} {want}."
     if key == "add":
         n = f" ({arg[1]} units)" if arg[1] > 1 else ""
-        return (f"'{arg[0]}' is what I {'want to buy' if buy else 'was looking at'}, so I add it to the cart{n}." if s2
-                else f"I like '{arg[0]}', so I add it to the cart{n}.")
+        if s2 and goals.buy:
+            return f"'{arg[0]}' is what I want to buy, so I add it to the cart{n}."
+        return f"I like '{arg[0]}', so I add it to the cart{n}."
     if key == "cart":
         return "I open the cart to check what is in it."
     if key == "remove":
@@ -288,7 +290,7 @@ def reasoning(reason: tuple, stage: int, goals: Goals) -> str:
     if key == "update":
         return f"I update the cart line of '{arg[0]}'."
     if key == "checkout":
-        return "My goal says to start checkout." if s2 else "I go to the checkout."
+        return "I start checkout to buy what is in my cart." if s2 and goals.buy else "I go to the checkout."
     if key == "fill":
         return f"I fill in the {arg[0]} field of the checkout form."
     if key == "continue":
@@ -297,8 +299,8 @@ def reasoning(reason: tuple, stage: int, goals: Goals) -> str:
         return "Everything is filled in, so I place the order."
     if key == "end":
         if arg[0] == "bought":
-            return "I placed my order, so I am done." if not s2 else "I bought what I came for, so my goal is done."
-        return "I have done what my goal asked, so I leave." if s2 else f"I have seen enough {cat} for now, so I leave."
+            return "I bought what I came for, so I am done." if s2 else "I placed my order, so I am done."
+        return f"I have seen enough {cat} for now, so I leave."
     raise ValueError(f"unknown reason key {key!r}")
 
 

@@ -6,7 +6,8 @@ Steps: (1) candidate sessions from FEAT_DIR/buyer_sessions.parquet with the buye
 (buyers.parquet) and persona code (PERSONAS_DIR/assignments.parquet); (2) `sft.records.
 sample_sessions` picks whole sessions so every code is represented and the corpus stays small;
 (3) their events (INGEST_DIR/events.parquet ⋈ catalog.parquet) are rebuilt in time order and
-turned into goals (stage 1 neutral, stage 2 intent + navigation); (4) each is replayed on an
+turned into goals (record goals: stage 1 neutral, stage 2 buy/browse intent; the navigation plan
+only for the replay and the judge); (4) each is replayed on an
 in-process storefront of INGEST_DIR/catalog.parquet and judged from the storefront's own log;
 codes that lost sessions to the judge are refilled from their unused sessions (`refill_rounds`);
 (5) kept trajectories become records (`records_from_trajectory`, persona = the buyer's code),
@@ -17,7 +18,8 @@ TRACES_DIR/
                           sft samples and splits by shop again with the same functions)
   stage1/train.jsonl, stage1/val.jsonl   intent-neutral records, split by shop
   stage2/train.jsonl, stage2/val.jsonl   intent-bearing records, same shops on each side
-  sessions.parquet        per tried session: key, code, stratum, goals, steps, kept, reason
+  sessions.parquet        per tried session: key, code, stratum, record goals, navigation plan, steps,
+                          kept, reason
   summary.json, meta.json
 """
 
@@ -222,14 +224,14 @@ def run(cfg: TracesConfig, run_dir: Path) -> dict:
                 except LLMError:
                     counts["rewrite_fallbacks"] += 1
             t = time.perf_counter()
-            traj = replayer.replay(s, goals.stage2, persona_token(s.code))
+            traj = replayer.replay(s, goals.intent, persona_token(s.code))
             replay_s += time.perf_counter() - t
             counts["replayed"] += 1
             skipped.update(traj.skipped)
             kept, reason = rule_verdict(s, traj)
             if kept and cfg.llm_judge:
                 try:
-                    ok, _why = client.judge(goals.stage2, s, logged_lines(traj))
+                    ok, _why = client.judge(f"{goals.intent} {goals.navigation}", s, logged_lines(traj))
                     counts["llm_judged"] += 1
                     if not ok:
                         kept, reason = False, "llm_judge_rejected"
@@ -237,7 +239,8 @@ def run(cfg: TracesConfig, run_dir: Path) -> dict:
                     counts["llm_judge_failures"] += 1
             report.append({"session_key": s.key, "shop_id": s.shop_id, "code": s.code, "stratum": s.stratum,
                            "events": len(s.events), "steps": len(traj.steps), "kept": kept, "reason": reason,
-                           "goal_stage1": goals.neutral, "goal_stage2": goals.stage2})
+                           "goal_stage1": goals.neutral, "goal_stage2": goals.intent,
+                           "navigation": goals.navigation})
             if not kept:
                 counts["dropped"] += 1
                 reasons[reason] += 1
@@ -278,7 +281,8 @@ def run(cfg: TracesConfig, run_dir: Path) -> dict:
     pq.write_table(pa.Table.from_pylist(report, schema=pa.schema([
         ("session_key", pa.string()), ("shop_id", pa.string()), ("code", pa.int32()), ("stratum", pa.string()),
         ("events", pa.int32()), ("steps", pa.int32()), ("kept", pa.bool_()), ("reason", pa.string()),
-        ("goal_stage1", pa.string()), ("goal_stage2", pa.string())])), run_dir / "sessions.parquet")
+        ("goal_stage1", pa.string()), ("goal_stage2", pa.string()), ("navigation", pa.string())])),
+        run_dir / "sessions.parquet")
     wall = time.perf_counter() - t0
     steps = [r["steps"] for r in report if r["kept"]]
     summary = {
