@@ -6,7 +6,8 @@ policy, and HTTP requests/s under a loopback load generator beside a bare FastAP
 
 Catalog: the synthetic generator's catalogs (4 shops × 300 products). In-process: the env over
 httpx's ASGITransport on a private loop (what `AsgiTransport` uses), and for comparison the
-same episodes over starlette's TestClient. HTTP: each app runs alone in a child process
+same episodes over starlette's TestClient, and with the event log writing to a folder (each event
+journaled, a Parquet part per second: what `simulate` and `serve` do) against keeping it in memory. HTTP: each app runs alone in a child process
 (uvicorn, 127.0.0.1 only); an httpx async client sends a fixed number of GETs (a mix of home,
 collection, search and product pages; `/` for hello-world) with a time cap, counting non-200s
 and exceptions as errors; or, where installed (`apt-get install wrk`), `wrk` for 10 s (`--load`).
@@ -18,9 +19,12 @@ import argparse
 import asyncio
 import random
 import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -62,7 +66,7 @@ def policy_episode(env, rng: random.Random, shop: str) -> int:
     return steps
 
 
-def bench_env(catalog: pa.Table, episodes: int) -> None:
+def bench_env(catalog: pa.Table, episodes: int, rounds: int = 3) -> None:
     from fastapi.testclient import TestClient
 
     from simpersona.storefront.app import create_app
@@ -81,19 +85,48 @@ def bench_env(catalog: pa.Table, episodes: int) -> None:
             self._client.close()
 
     shops = sorted(set(catalog.column("shop_id").to_pylist()))
-    for name, make in (("ASGITransport (AsgiTransport)", AsgiTransport), ("starlette TestClient", TestClientTransport)):
-        app = create_app(StorefrontConfig(), catalog)
-        env = ShopEnv(make(app))
-        rng = random.Random(0)
-        policy_episode(env, rng, shops[0])  # warm-up
-        t0 = time.perf_counter()
-        steps = sum(policy_episode(env, rng, shops[i % len(shops)]) for i in range(episodes))
-        wall = time.perf_counter() - t0
-        events = app.state.store.log.events()
-        purchases = sum(1 for t in events.column("event_type").to_pylist() if t == "purchase")
-        print(f"in-process {name:30s}: {episodes} episodes, {steps} steps in {wall:.2f}s = "
-              f"{steps / wall:,.0f} steps/s, {episodes / wall:,.1f} episodes/s ({events.num_rows} events, {purchases} purchases)")
-        env.close()
+    memory, durable = "AsgiTransport (in-memory log)", "AsgiTransport (durable log folder)"
+    results: dict[str, list[float]] = {memory: [], durable: [], "starlette TestClient": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        # memory and durable alternate, `rounds` times each, so drift on a shared machine hits both alike
+        runs = [r for i in range(rounds) for r in ((memory, AsgiTransport, None), (durable, AsgiTransport, Path(tmp) / f"ev{i}"))]
+        for name, make, events_out in [*runs, ("starlette TestClient", TestClientTransport, None)]:
+            app = create_app(StorefrontConfig(events_out=events_out), catalog)
+            env = ShopEnv(make(app))
+            rng = random.Random(0)
+            policy_episode(env, rng, shops[0])  # warm-up
+            t0 = time.perf_counter()
+            steps = sum(policy_episode(env, rng, shops[i % len(shops)]) for i in range(episodes))
+            wall = time.perf_counter() - t0
+            events = app.state.store.log.events()
+            purchases = sum(1 for t in events.column("event_type").to_pylist() if t == "purchase")
+            results[name].append(steps / wall)
+            print(f"in-process {name:36s}: {episodes} episodes, {steps} steps in {wall:.2f}s = "
+                  f"{steps / wall:,.0f} steps/s, {episodes / wall:,.1f} episodes/s ({events.num_rows} events, {purchases} purchases)")
+            env.close()
+    ratio = statistics.median(results[durable]) / statistics.median(results[memory])
+    print(f"durable log folder (each event journaled, a Parquet part per second) / in-memory log, median of {rounds}: "
+          f"{ratio:.3f}x steps/s")
+
+
+def bench_log(n: int) -> None:
+    """µs per logged event: in memory vs a durable folder (journal write per event, parts per second)."""
+    import datetime as dt
+
+    from simpersona.storefront.eventlog import EventLog
+
+    ts = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+    per = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, out in (("in-memory", None), ("durable folder", Path(tmp)), ("in-memory", None), ("durable folder", Path(tmp) / "b")):
+            log = EventLog(out, flush_rows=50_000, flush_interval_s=1.0)
+            t0 = time.perf_counter()
+            for i in range(n):
+                log.event("shop0", "buyer-0001", "session-0001", ts, "product_view", product_id=f"p{i % 300}", price=19.99)
+            log.close()
+            per[name] = min(per.get(name, 1e9), (time.perf_counter() - t0) / n * 1e6)
+    print(f"event log: {per['in-memory']:.1f} µs/event in memory, {per['durable folder']:.1f} µs/event to a durable folder "
+          f"(best of 2, {n:,} events, parts included)")
 
 
 def _serve(kind: str, port: int) -> None:
@@ -208,6 +241,7 @@ def bench_http(catalog: pa.Table, n: int, concurrency: int, time_cap_s: float, l
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--episodes", type=int, default=100, help="scripted episodes per in-process transport")
+    ap.add_argument("--rounds", type=int, default=3, help="in-memory vs durable-log rounds (alternating)")
     ap.add_argument("--requests", type=int, default=3000, help="HTTP requests per server")
     ap.add_argument("--concurrency", type=int, default=16, help="concurrent HTTP clients")
     ap.add_argument("--time-cap", type=float, default=10.0, help="seconds per HTTP load run (wrk: its duration)")
@@ -222,7 +256,8 @@ def main() -> None:
     catalog = bench_catalog()
     print(f"catalog: {catalog.num_rows} products in {len(set(catalog.column('shop_id').to_pylist()))} shops")
     if a.only in (None, "env"):
-        bench_env(catalog, a.episodes)
+        bench_log(50_000)
+        bench_env(catalog, a.episodes, a.rounds)
     if a.only in (None, "http"):
         import shutil
 

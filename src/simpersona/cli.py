@@ -23,10 +23,11 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context):  # noqa: D401
         from simpersona.events.validate import IngestError
+        from simpersona.storefront.config import StorefrontError
 
         try:
             return super().invoke(ctx)
-        except (ConfigError, IngestError, FileNotFoundError) as e:
+        except (ConfigError, IngestError, StorefrontError, FileNotFoundError) as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
 
@@ -218,7 +219,7 @@ def storefront() -> None:
 @click.option("--catalog", default=None, type=click.Path(path_type=Path), help="Canonical catalog.parquet.")
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", default=None, type=int, help="Port (default 8000).")
-@click.option("--events-out", default=None, type=click.Path(path_type=Path), help="Folder for events/ and sessions/ Parquet.")
+@click.option("--events-out", default=None, type=click.Path(path_type=Path), help="Folder for events/ and sessions/ Parquet (default ./storefront-events).")
 @PRESET
 @SETS
 def storefront_serve(catalog, host, port, events_out, preset, sets) -> None:

@@ -1,7 +1,9 @@
 """The agent's action space: typed JSON actions, parsed in one place (`parse_action`).
 
 One JSON object per step, `{"action": NAME, ...fields}`; an optional `"reasoning"` string is
-accepted and ignored. `ACTION_SCHEMA` is the JSON schema to put in a prompt.
+accepted and ignored. `ACTION_SCHEMA` is the JSON schema to put in a prompt. Whatever arrives
+(any JSON value in any field, text that is not JSON, lone surrogates, deep nesting, huge text)
+either parses or raises `ActionError` with a reason at most `MAX_ERROR_CHARS` long; nothing else.
 
 | action            | fields                                  | does                                          |
 |-------------------|-----------------------------------------|-----------------------------------------------|
@@ -20,15 +22,46 @@ accepted and ignored. `ACTION_SCHEMA` is the JSON schema to put in a prompt.
 from __future__ import annotations
 
 import json
+import reprlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
 MAX_TEXT = 200
 MAX_QUANTITY = 99
+# Longest action text parsed (longer is an error without parsing).
+MAX_ACTION_CHARS = 50_000
+# Longest error message (the env echoes it into the next observation).
+MAX_ERROR_CHARS = 500
 
 
 class ActionError(ValueError):
-    """An action that cannot be parsed or executed; the environment reports it and goes on."""
+    """An action that cannot be parsed or executed; the environment reports it and goes on.
+    The message is cut to MAX_ERROR_CHARS."""
+
+    def __init__(self, message: str):
+        super().__init__(bounded(message))
+
+
+def bounded(message: str) -> str:
+    """`message` cut to MAX_ERROR_CHARS characters (an ellipsis marks the cut)."""
+    return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 2] + " …"
+
+
+def short(value: Any) -> str:
+    """A bounded repr of any value (deep nesting and huge strings are elided)."""
+    r = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+    r.maxlevel, r.maxstring, r.maxother, r.maxlong = 2, 60, 60, 40
+    r.maxlist = r.maxdict = r.maxtuple = r.maxset = 4
+    return r.repr(value)
+
+
+def _valid_text(v: str) -> bool:
+    """Encodable as UTF-8 (no lone surrogates), so it can travel in a URL or a form."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -124,13 +157,15 @@ ACTION_SCHEMA: dict[str, Any] = {
 }
 
 
-def parse_action(raw: str | dict | Action) -> Action:
+def parse_action(raw: Any) -> Action:
     """An action from JSON text (a ```json fence is tolerated), a dict or an action object;
-    raises ActionError naming what is wrong."""
+    raises ActionError naming what is wrong, for any input whatsoever."""
     if isinstance(raw, tuple(NAMES.values())):
         raw = action_to_dict(raw)  # re-checked below: dataclasses do not validate their fields
     if isinstance(raw, (str, bytes)):
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        if len(text) > MAX_ACTION_CHARS:
+            raise ActionError(f"action text longer than {MAX_ACTION_CHARS} characters")
         text = text.strip()
         if text.startswith("```"):
             text = text.strip("`").strip()
@@ -143,12 +178,12 @@ def parse_action(raw: str | dict | Action) -> Action:
     if not isinstance(raw, dict):
         raise ActionError(f"an action is a JSON object with an \"action\" field, got {type(raw).__name__}")
     name = raw.get("action")
-    if name not in NAMES:
-        raise ActionError(f"unknown action {name!r}; one of {list(NAMES)}")
+    if not isinstance(name, str) or name not in NAMES:
+        raise ActionError(f"unknown action {short(name)}; one of {list(NAMES)}")
     fields = FIELDS[name]
-    unknown = sorted(set(raw) - set(fields) - {"action", "reasoning"})
+    unknown = [k for k in raw if k not in fields and k not in ("action", "reasoning")]
     if unknown:
-        raise ActionError(f"{name}: unknown field(s) {unknown}; allowed: {sorted(fields)}")
+        raise ActionError(f"{name}: unknown field(s) {short(unknown)}; allowed: {sorted(fields)}")
     if "reasoning" in raw and not isinstance(raw["reasoning"], str):
         raise ActionError(f"{name}: reasoning must be a string")
     kwargs: dict[str, Any] = {}
@@ -160,14 +195,16 @@ def parse_action(raw: str | dict | Action) -> Action:
         v = raw[f]
         if t == "string":
             if not isinstance(v, str):
-                raise ActionError(f"{name}: {f} must be a string, got {v!r}")
+                raise ActionError(f"{name}: {f} must be a string, got {short(v)}")
             if len(v) > MAX_TEXT or (not v.strip() and f != "value"):
                 raise ActionError(f"{name}: {f} must be 1 to {MAX_TEXT} characters")
+            if not _valid_text(v):
+                raise ActionError(f"{name}: {f} holds characters that are not valid Unicode (a lone surrogate)")
         elif t == "integer":
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_QUANTITY:
-                raise ActionError(f"{name}: {f} must be a whole number from 1 to {MAX_QUANTITY}, got {v!r}")
+                raise ActionError(f"{name}: {f} must be a whole number from 1 to {MAX_QUANTITY}, got {short(v)}")
         elif t == "boolean" and not isinstance(v, bool):
-            raise ActionError(f"{name}: {f} must be true or false, got {v!r}")
+            raise ActionError(f"{name}: {f} must be true or false, got {short(v)}")
         kwargs[f] = v
     return NAMES[name](**kwargs)
 

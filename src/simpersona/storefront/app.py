@@ -46,7 +46,7 @@ from jinja2 import Environment, FileSystemLoader
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from simpersona.storefront.catalog import Product, Shop, load_catalog
-from simpersona.storefront.config import StorefrontConfig
+from simpersona.storefront.config import DEFAULT_EVENTS_OUT, StorefrontConfig, StorefrontError
 from simpersona.storefront.eventlog import EventLog
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -86,7 +86,7 @@ class Store:
         self.config = config
         self.shops = shops
         self.clock = clock
-        self.log = EventLog(config.events_out, config.flush_rows)
+        self.log = EventLog(config.events_out, config.flush_rows, config.flush_interval_s)
         self.sessions: OrderedDict[tuple[str, str, str], Session] = OrderedDict()
         self.lock = threading.Lock()
         self.templates = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True)
@@ -257,7 +257,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
-        store.log.flush()
+        store.log.close()
 
     app = FastAPI(title="SimPersona storefront", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.store = store
@@ -478,18 +478,35 @@ def create_app(
     return app
 
 
-def serve(config: StorefrontConfig) -> None:
-    """Run the storefront with uvicorn until interrupted; events are flushed on shutdown."""
+def serve(config: StorefrontConfig, echo: Callable[[str], None] | None = None) -> None:
+    """Run the storefront with uvicorn until interrupted. Events go to `config.events_out`
+    (default DEFAULT_EVENTS_OUT, announced), journaled per request and flushed every
+    `flush_interval_s` and on shutdown. Operator errors raise StorefrontError, one line each."""
+    import dataclasses
+
     import uvicorn
 
     from simpersona.config import write_meta
 
+    echo = echo or (lambda line: print(line, flush=True))
     if config.catalog is None:
-        raise FileNotFoundError("no catalog given (--catalog PATH or storefront.catalog)")
-    if not Path(config.catalog).exists():
-        raise FileNotFoundError(f"catalog {config.catalog} does not exist")
-    app = create_app(config, config.catalog)
-    if config.events_out is not None:
-        write_meta(config.events_out, "storefront", config, shops=list(app.state.store.shops))
-    print(f"storefront: {len(app.state.store.shops)} shop(s) on http://{config.host}:{config.port}/", flush=True)
+        raise StorefrontError("no catalog given (--catalog PATH or storefront.catalog)")
+    if not config.flush_interval_s > 0:
+        raise StorefrontError(f"storefront.flush_interval_s must be > 0, got {config.flush_interval_s}")
+    events_out = Path(config.events_out or DEFAULT_EVENTS_OUT)
+    config = dataclasses.replace(config, events_out=events_out)
+    try:
+        app = create_app(config, config.catalog)
+        if not app.state.store.shops:
+            raise StorefrontError(f"catalog {config.catalog} holds no products (every row lacks shop_id or product_id)")
+        write_meta(events_out, "storefront", config, shops=list(app.state.store.shops))
+    except OSError as e:
+        raise StorefrontError(f"events folder {events_out}: cannot write there ({e.strerror or e})") from None
+    log = app.state.store.log
+    if log.recovered or log.torn:
+        echo(f"storefront: recovered {log.recovered:,} logged row(s) an earlier run left in {events_out / 'journal'}"
+             + (f" ({log.torn} torn line(s) skipped)" if log.torn else ""))
+    echo(f"storefront: {len(app.state.store.shops)} shop(s) on http://{config.host}:{config.port}/")
+    echo(f"storefront: events → {events_out.resolve()} (each request journaled; Parquet parts every "
+         f"{config.flush_interval_s:g} s and on exit)")
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -10,9 +11,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from simpersona.events.schema import CATALOG_COLUMNS
+from simpersona.events.schema import CATALOG_COLUMNS, CATALOG_SCHEMA
+from simpersona.storefront.config import StorefrontError
 
 _WORD = re.compile(r"\w+")
+# Columns a catalog must have.
+REQUIRED = ("shop_id", "product_id", "title")
 
 
 def words(text: str | None) -> list[str]:
@@ -87,22 +91,46 @@ class Shop:
         return [self.products[pid] for pid in ranked]
 
 
+def read_catalog(path: Path | str) -> pa.Table:
+    """The catalog table at `path`, or a StorefrontError naming the path and the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise StorefrontError(f"catalog {path} does not exist")
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        hint = " (a CSV? run `simpersona ingest` to build catalog.parquet)" if path.suffix.lower() in (".csv", ".tsv", ".txt") else ""
+        raise StorefrontError(f"catalog {path} is not a readable Parquet file{hint}: {str(e).splitlines()[0][:200]}") from None
+
+
 def load_catalog(catalog: pa.Table | Path | str) -> dict[str, Shop]:
-    """Shops by id from a canonical catalog table or Parquet file (CATALOG_SCHEMA columns)."""
-    table = catalog if isinstance(catalog, pa.Table) else pq.read_table(catalog)
-    missing = [c for c in ("shop_id", "product_id", "title") if c not in table.column_names]
+    """Shops by id from a canonical catalog table or Parquet file (CATALOG_SCHEMA columns;
+    shop_id, product_id and title required). Problems raise StorefrontError naming the catalog
+    and the column. A price that is not a finite number ≥ 0 shows as "price on request"."""
+    where = "catalog" if isinstance(catalog, pa.Table) else f"catalog {catalog}"
+    table = catalog if isinstance(catalog, pa.Table) else read_catalog(catalog)
+    missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
-        raise ValueError(f"catalog lacks column(s) {missing}; expected {list(CATALOG_COLUMNS)}")
-    cols = {c: (table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows) for c in CATALOG_COLUMNS}
+        raise StorefrontError(f"{where} lacks column(s) {missing}; expected {list(CATALOG_COLUMNS)}")
+    cols = {}
+    for f in CATALOG_SCHEMA:
+        if f.name not in table.column_names:
+            cols[f.name] = [None] * table.num_rows
+            continue
+        try:
+            cols[f.name] = table.column(f.name).cast(f.type).to_pylist()
+        except (pa.ArrowException, ValueError) as e:
+            raise StorefrontError(f"{where}: column {f.name} holds {table.schema.field(f.name).type}, "
+                                  f"not {f.type} ({str(e).splitlines()[0][:120]})") from None
     by_shop: dict[str, list[Product]] = defaultdict(list)
     for i in range(table.num_rows):
         shop, pid, title = cols["shop_id"][i], cols["product_id"][i], cols["title"][i]
         if shop is None or pid is None:
             continue
         price = cols["price"][i]
-        if price is not None and not (price >= 0):  # drops NaN and negatives
+        if price is not None and not (math.isfinite(price) and price >= 0):  # NaN, ±inf, negatives
             price = None
-        by_shop[str(shop)].append(
-            Product(str(pid), str(title or pid), cols["collection"][i] or None, cols["brand"][i] or None, price, cols["description"][i])
+        by_shop[shop].append(
+            Product(pid, title or pid, cols["collection"][i] or None, cols["brand"][i] or None, price, cols["description"][i])
         )
     return {s: Shop(s, ps) for s, ps in sorted(by_shop.items())}

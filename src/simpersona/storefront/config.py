@@ -6,6 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+# Where `storefront serve` logs when no events folder is given (relative to the working directory).
+DEFAULT_EVENTS_OUT = Path("storefront-events")
+
+
+class StorefrontError(ValueError):
+    """A storefront input or setting the operator must fix (bad catalog, unwritable events folder,
+    bad cookie key); the command line prints it as one line and exits with code 2."""
+
 
 @dataclass
 class VariantConfig:
@@ -53,7 +61,8 @@ class StorefrontConfig:
     host: str = "127.0.0.1"
     # Port to listen on.
     port: int = 8000
-    # Folder for events/ and sessions/ Parquet parts plus meta.json; None keeps events in memory.
+    # Folder for events/ and sessions/ Parquet parts plus meta.json; None keeps events in memory
+    # (in-process apps) or, for `serve`, uses DEFAULT_EVENTS_OUT (announced at start).
     events_out: Path | None = None
     # Products per collection or search-results page.
     page_size: int = 12
@@ -75,6 +84,8 @@ class StorefrontConfig:
     max_sessions: int = 100_000
     # Buffered events written as one Parquet part once this many are waiting.
     flush_rows: int = 50_000
+    # ... or at most this many seconds after the first of them arrived (each row is journaled at once).
+    flush_interval_s: float = 1.0
     # Flat shipping fee shown at checkout (variant B with free shipping charges none).
     shipping_fee: float = 4.95
     # Currency symbol shown before prices.

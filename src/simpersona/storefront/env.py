@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 from simpersona.storefront.actions import (
     Action, ActionError, AddToCart, Back, Checkout, Click, EndSession, Fill, RemoveFromCart, Search, Submit,
-    ViewCart, action_to_dict, parse_action,
+    ViewCart, action_to_dict, bounded, parse_action,
 )
 from simpersona.storefront.config import EnvConfig
 from simpersona.storefront.snapshot import Snapshot, parse
@@ -37,9 +37,10 @@ class ShopEnv:
         schema in `actions.ACTION_SCHEMA`: search{query}, click{element_id}, add_to_cart{quantity},
         remove_from_cart{product_id}, view_cart, checkout, fill{element_id, value},
         submit{element_id?}, back, end_session{goal_reached}. An unparseable or non-executable
-        action (bad JSON, unknown element id, add_to_cart off a product page …) does not crash:
-        it uses a step, leaves the page as it was, is counted in `info["invalid_actions"]` and
-        described in `info["error"]` and `obs["error"]`.
+        action (bad JSON, any JSON value of the wrong type in any field, unknown element id,
+        add_to_cart off a product page …) does not crash: it uses a step, leaves the page as it
+        was, is counted in `info["invalid_actions"]` and described in `info["error"]` and
+        `obs["error"]` (at most `actions.MAX_ERROR_CHARS`, 500, characters).
 
     Observation
         A dict: `url` (path?query), `page` (the compact DOM snapshot: URL, title, visible text
@@ -124,7 +125,7 @@ class ShopEnv:
             error = str(e)
             self.invalid += 1
         except Exception as e:  # transport or browser failure: the episode crashes, the env does not
-            error = f"crash: {type(e).__name__}: {e}"
+            error = bounded(f"crash: {type(e).__name__}: {e}")
             self.truncated, self.outcome = True, "crash"
         if not (self.terminated or self.truncated):
             if self.steps >= self.config.max_steps:
