@@ -334,6 +334,26 @@ def evaluate_alignment(features, personas_dir, simulation, out, preset, sets) ->
     click.echo(stage.format_table(stage.run(cfg, out or Path("runs/evaluate/alignment"))))
 
 
+@evaluate.command("fidelity")
+@click.option("--ingest", "ingest_dir", default=None, type=click.Path(path_type=Path), help="Ingest folder of the real data (events.parquet).")
+@click.option("--features", default=None, type=click.Path(path_type=Path), help="FEAT_DIR of the real data (buyers.parquet).")
+@click.option("--personas", "personas_dir", default=None, type=click.Path(path_type=Path), help="Personas folder.")
+@click.option("--simulation", default=None, type=click.Path(path_type=Path), help="A `simpersona simulate` run to compare too (optional).")
+@click.option("--eval-shop", "eval_shops", multiple=True, help="Evaluation shop (repeatable; default: FEAT_DIR's held-out shops).")
+@click.option("--max-sessions", type=int, default=None, help="Real sessions evaluated (0: all).")
+@click.option("--out", default=None, type=click.Path(path_type=Path), help="Output folder.")
+@PRESET
+@SETS
+def evaluate_fidelity(ingest_dir, features, personas_dir, simulation, eval_shops, max_sessions, out, preset, sets) -> None:
+    """Fidelity on evaluation shops: next-action prediction, session distributions, per persona."""
+    from simpersona.evaluate import fidelity as stage
+
+    values = _given(ingest=ingest_dir, features=features, personas=personas_dir, simulation=simulation,
+                    eval_shops=list(eval_shops) or None, max_sessions=max_sessions)
+    cfg = _sub_config(stage.FidelityConfig, preset, sets, "evaluate", "fidelity", values)
+    click.echo(stage.format_report(stage.run(cfg, out or Path("runs/evaluate/fidelity"))))
+
+
 @evaluate.command("separation")
 @click.option("--simulation", default=None, type=click.Path(path_type=Path), help="Output of `simpersona simulate`.")
 @click.option("--personas", "personas_dir", default=None, type=click.Path(path_type=Path), help="Personas folder (cards.json).")

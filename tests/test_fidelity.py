@@ -1,0 +1,169 @@
+"""`evaluate fidelity`: each metric prefers a population that matches over one that does not; the
+stage on a toy world (policy fitted on one shop, scored on the other) with the persona agent
+ahead of its baselines; "n too small" instead of a crash or a NaN; the train/eval guard."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from simpersona.agents.policy import EVENTS, STATES, STOP, PolicyModel
+from simpersona.config import ConfigError
+from simpersona.evaluate import fidelity as F
+
+PV, ATC, PUR, HOME = (EVENTS.index(e) for e in ("product_view", "add_to_cart", "purchase", "page_view"))
+
+
+def _sessions(seqs: list[list[int]], products: list[int] | None = None, code: int = 0) -> F.Sessions:
+    n = len(seqs)
+    lengths = np.array([len(s) for s in seqs])
+    return F.Sessions(np.full(n, "s"), np.full(n, code), np.full(n, "D"), np.full(n, ""), np.r_[0, np.cumsum(lengths)],
+                      np.array([e for s in seqs for e in s], dtype=np.int64),
+                      np.array(products if products is not None else [sum(e == PV for e in s) for s in seqs]),
+                      np.array([f"b{i}" for i in range(n)]))
+
+
+@pytest.fixture(scope="module")
+def populations():
+    """A 'real' population, a simulated one drawn from the same process, and one from another."""
+    rng = np.random.default_rng(0)
+
+    def draw(n, p_buy, depth):
+        seqs = []
+        for _ in range(n):
+            s = [HOME] + [PV] * int(rng.integers(1, depth + 1))
+            if rng.random() < p_buy:
+                s += [ATC, PUR]
+            seqs.append(s)
+        return _sessions(seqs)
+
+    return draw(300, 0.3, 3), draw(300, 0.3, 3), draw(300, 0.9, 8)
+
+
+def test_doctests_of_the_fidelity_metrics():
+    import doctest
+
+    res = doctest.testmod(F)
+    assert res.failed == 0 and res.attempted >= 12
+
+
+def test_every_distribution_metric_scores_a_matching_population_better(populations):
+    real, same, other = populations
+    b = {k: F.bigram_counts(s.offsets, s.events).sum(0)[None] for k, s in (("r", real), ("s", same), ("o", other))}
+    assert F.js_rows(b["r"], b["s"])[0] < F.js_rows(b["r"], b["o"])[0]
+    assert F.wasserstein(real.lengths(), same.lengths()) < F.wasserstein(real.lengths(), other.lengths())
+    assert F.wasserstein(real.products, same.products) < F.wasserstein(real.products, other.products)
+    x = F.session_features(real)
+    auc_same = F.auc(*np.split(F.classifier_scores(x, F.session_features(same), 5, 0), [len(real)]))
+    auc_other = F.auc(*np.split(F.classifier_scores(x, F.session_features(other), 5, 0), [len(real)]))
+    assert auc_same < 0.6 < 0.85 < auc_other
+    gap = lambda s: np.abs(real.flags().mean(0) - s.flags().mean(0)).max()  # noqa: E731
+    assert gap(same) < gap(other)
+
+
+def test_next_action_and_outcome_metrics_prefer_the_matching_predictor():
+    truth = np.array([PV, PV, ATC, STOP, PV, STOP])
+    assert F.macro_f1(truth, truth) == 1.0 > F.macro_f1(truth, np.full(6, PV))
+    # a chain that buys from every page predicts "purchase"; one that stops at once predicts "none"
+    buy = np.zeros((len(STATES), len(EVENTS)))
+    buy[:, PUR], buy[STATES.index("order"), PUR], buy[STATES.index("order"), STOP] = 1.0, 0.0, 1.0
+    stop = np.zeros((len(STATES), len(EVENTS)))
+    stop[:, STOP] = 1.0
+    assert F.outcome_probs(buy).argmax() == F.OUTCOMES.index("purchase")
+    assert F.outcome_probs(stop).argmax() == F.OUTCOMES.index("none")
+    assert np.allclose(F.outcome_probs(np.stack([buy, stop])).sum(-1), 1.0)
+
+
+def test_steps_and_targets_follow_the_policy_executor():
+    s = _sessions([[PV, ATC]])
+    s.targets = np.array(["p1", "p1"], dtype=object)
+    st = F.steps_of(s)
+    assert st["true"].tolist() == [PV, ATC, STOP]
+    assert st["state"].tolist() == [0, STATES.index("product"), STATES.index("cart")]
+    # add_to_cart on a product page names the product on screen; a product view names none
+    assert F.predict_targets(np.array([PV, ATC, ATC]), st).tolist() == [None, "p1", None]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from simpersona.simulate.toy import make_toy_world
+
+    return make_toy_world(tmp_path_factory.mktemp("toy"), shops=3, codes=4, buyers=150, seed=1)  # shop2 has every code
+
+
+def _cfg(world, **kw):
+    base = dict(ingest=world["ingest"], features=world["features"], personas=world["personas"], eval_shops=["shop2"],
+                n_boot=200, min_buyers=5, seed=0)
+    return F.FidelityConfig(**{**base, **kw})
+
+
+def test_fidelity_on_a_held_out_shop_ranks_the_persona_agent_first(world, tmp_path):
+    r = F.run(_cfg(world), tmp_path / "fid")
+    assert r["data"]["eval_shops"] == ["shop2"] and r["data"]["train_shops"] == ["shop0", "shop1"]
+    assert PolicyModel.load(tmp_path / "fid" / "policy.npz").shops == ("shop0", "shop1")  # fitted without the evaluation shop
+    nap = r["next_action"]
+    # the toy codes differ in purchase propensity and depth, the same in every shop: a persona helps
+    for b in ("no_persona", "random_persona", "population", "majority"):
+        assert nap["persona_minus"][b]["type_accuracy"]["diff"] >= 0, b
+        assert nap["persona_minus"][b]["outcome_f1"]["diff"] >= 0, b
+    assert nap["persona_minus"]["population"]["outcome_f1"]["ci"][0] > 0
+    per = r["per_persona"]
+    assert per["codes"] >= 3
+    assert per["code_js"]["persona"]["value"] < per["code_js"]["population"]["value"]
+    assert per["correlation"]["persona"]["purchase"]["value"] > 0.8
+    assert r["distributions"]["overall"]["persona"]["auc"]["value"] < r["distributions"]["overall"]["population"]["auc"]["value"]
+    text = (tmp_path / "fid" / "fidelity.json").read_text()
+    assert "NaN" not in text and json.loads(text)["data"]["generated"] is False
+    assert "Next-action prediction" in (tmp_path / "fid" / "fidelity.md").read_text()
+
+
+def test_a_shop_with_too_few_sessions_says_n_too_small(world, tmp_path):
+    r = F.run(_cfg(world, max_sessions=12, min_sessions=20, n_boot=50), tmp_path / "few")
+    o = r["distributions"]["overall"]["persona"]
+    for m in ("js_bigram", "w_length", "w_products", "auc"):
+        assert o[m]["value"] is None and o[m]["note"].startswith("n too small"), m
+    assert o["funnel"]["real"]["atc"]["note"].startswith("n too small")
+    assert r["next_action"]["by_shop"]["shop2"]["persona"]["note"].startswith("n too small")
+    assert "NaN" not in (tmp_path / "few" / "fidelity.json").read_text()
+
+
+def test_training_and_evaluation_shops_never_mix(world, tmp_path):
+    with pytest.raises(ConfigError, match="every shop"):
+        F.run(_cfg(world, eval_shops=["shop0", "shop1", "shop2"]), tmp_path / "a")
+    with pytest.raises(ConfigError, match="not shops"):
+        F.run(_cfg(world, eval_shops=["nope"]), tmp_path / "b")
+    with pytest.raises(ConfigError, match="holdout"):  # no eval shops given and none held out
+        F.run(_cfg(world, eval_shops=[]), tmp_path / "c")
+    # a simulation whose policy saw the evaluation shop is refused
+    sim = tmp_path / "sim"
+    sim.mkdir()
+    PolicyModel(np.array([0]), np.ones((1, len(STATES), len(EVENTS))), shops=["shop2"]).save(sim / "policy.npz")
+    with pytest.raises(ConfigError, match="must not mix"):
+        F.storefront_sessions(sim, ["shop2"], _cfg(world))
+
+
+def test_policy_conditions_on_intent_and_backs_off():
+    counts = np.zeros((2, 2, len(STATES), len(EVENTS)))
+    counts[0, 0, 0, ATC] = 50  # code 0, buy: adds to cart from the start
+    counts[0, 1, 0, PV] = 50  # code 0, browse: views a product
+    counts[1, 1, 0, PV] = 50  # code 1 never seen with a buy intent
+    m = PolicyModel(np.array([0, 1]), counts, strength=5.0, alpha=0.1)
+    assert m.table(0, "buy")[0].argmax() == ATC and m.table(0, "browse")[0].argmax() == PV
+    assert np.allclose(m.tables.sum(-1), 1.0) and (m.tables > 0).all()
+    assert np.allclose(m.table(None, None), m.probs[-1]) and np.allclose(m.table(1, None), m.probs[m.row(1)])
+    # code 1 with a buy intent backs off towards the buy intent's table, not only its own
+    assert m.table(1, "buy")[0, ATC] > m.table(1, "browse")[0, ATC]
+
+
+def test_cli_evaluate_fidelity(world, tmp_path):
+    from click.testing import CliRunner
+
+    from simpersona.cli import main
+
+    res = CliRunner().invoke(main, ["evaluate", "fidelity", "--ingest", str(world["ingest"]), "--features", str(world["features"]),
+                                    "--personas", str(world["personas"]), "--eval-shop", "shop2", "--out", str(tmp_path / "o"),
+                                    "--set", "n_boot=50", "--set", "min_buyers=5"])
+    assert res.exit_code == 0, res.output
+    assert "persona − baseline" in res.output and (tmp_path / "o" / "fidelity.json").exists()
