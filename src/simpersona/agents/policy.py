@@ -82,13 +82,14 @@ def combine(p_code: np.ndarray, p_intent: np.ndarray, p_global: np.ndarray) -> n
 
 
 def intent_of(goal: str) -> str | None:
-    """The intent a goal states ("buy", "browse"), or None (a neutral goal).
+    """The intent of a goal sentence (`contracts.goals.parse_goal`): "buy", "browse", or None (a
+    neutral goal, or an instruction).
 
     >>> intent_of("You are here to buy wool socks."), intent_of("You are interested in socks.")
     ('buy', None)
     """
-    m = re.search(r"\bto (buy|browse)\b", goal or "", re.I)
-    return m.group(1).lower() if m else None
+    parsed = parse_goal(goal or "")
+    return parsed[0] if parsed is not None and parsed[0] in INTENTS else None
 
 
 class PolicyModel:

@@ -65,7 +65,7 @@ import numpy as np
 
 from simpersona.agents.policy import EVENT_ORDER_SQL, EVENTS, INTENTS, NEXT_STATE, STATES, STOP, PolicyModel, fit_intent_counts, rollout_events
 from simpersona.config import ConfigError, write_meta
-from simpersona.traces.goals import BUY_STRATA
+from simpersona.contracts.labels import BUY_STRATA
 
 N_TYPES = STOP  # the 8 event types (EVENTS without stop)
 START_TOKEN, STOP_TOKEN = N_TYPES, N_TYPES + 1  # bigram alphabet: events, start, stop
