@@ -91,15 +91,16 @@ def main() -> None:
     import torch
 
     from simpersona.sft.fabricate import fabricate
-    from simpersona.sft.prompt import CHAT_TEMPLATE
-    from simpersona.sft.records import read_records, split_by_shop
+    from simpersona.contracts.prompt import CHAT_TEMPLATE
+    from simpersona.contracts.records import read_trace_split
     from simpersona.sft.tokens import add_persona_tokens, load_cards, load_codebook
     from simpersona.sft.train import ModelConfig, StageConfig, load_base, train_stage
 
     torch.set_num_threads(a.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench_sft_"))
     fab = fabricate(tmp / "traces", k=a.k, shops=6, sessions=a.sessions, seed=0)
-    records = read_records(tmp / "traces")
+    train, val = read_trace_split(tmp / "traces")
+    records = train + val
     t0 = time.perf_counter()
     base, base_tok = load_base(ModelConfig(preset="smollm2"), [], seed=0)
     base_tok.chat_template = CHAT_TEMPLATE
@@ -127,7 +128,6 @@ def main() -> None:
         result["step_time"] = timing
         del model
 
-    train, val = split_by_shop(records, 0.2, seed=0)
     train1 = [r for r in train if r["stage"] == 1]
     val1 = [r for r in val if r["stage"] == 1][: a.val_records]
     codebook, cards = load_codebook(tmp / "traces" / "vqvae"), load_cards(tmp / "traces" / "cards.json")

@@ -64,7 +64,7 @@ def main() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from simpersona.agents.llm import LLMAgent, LLMConfig, TransformersBackend
-    from simpersona.sft.prompt import CHAT_TEMPLATE, SYSTEM_PROMPT
+    from simpersona.contracts.prompt import CHAT_TEMPLATE, SYSTEM_PROMPT
     from simpersona.sft.train import train_tiny_tokenizer
     from simpersona.storefront.app import create_app
     from simpersona.storefront.config import StorefrontConfig

@@ -13,7 +13,7 @@ import pytest
 from simpersona.agents.base import FAILURES, act_batch, parse_output
 from simpersona.agents.llm import EndpointBackend, EndpointConfig, LLMAgent, LLMConfig, TransformersBackend
 from simpersona.agents.policy import EVENTS, STATES, PolicyAgent, PolicyModel, fit_counts, page_type
-from simpersona.sft.records import records_from_trajectory
+from simpersona.contracts.records import records_from_trajectory
 from simpersona.storefront.app import create_app
 from simpersona.storefront.config import StorefrontConfig
 from simpersona.storefront.env import ShopEnv
@@ -119,7 +119,7 @@ def test_tiny_transformers_backend_batched(world):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from simpersona.sft.prompt import CHAT_TEMPLATE, SYSTEM_PROMPT
+    from simpersona.contracts.prompt import CHAT_TEMPLATE, SYSTEM_PROMPT
     from simpersona.sft.train import train_tiny_tokenizer
 
     tok = train_tiny_tokenizer([SYSTEM_PROMPT, '{"action": "view_cart", "reasoning": "x"}'] * 3, 400)

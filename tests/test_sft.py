@@ -14,10 +14,12 @@ pytest.importorskip("trl")
 
 from simpersona.config import ConfigError, from_dict  # noqa: E402
 from simpersona.sft.fabricate import fabricate  # noqa: E402
-from simpersona.sft.prompt import CHAT_TEMPLATE, SYSTEM_PROMPT, messages, persona_token  # noqa: E402
-from simpersona.sft.records import (  # noqa: E402
-    RecordError, read_records, records_from_trajectory, sample_sessions, split_by_shop, validate_record, write_records,
+from simpersona.contracts.persona import persona_token  # noqa: E402
+from simpersona.contracts.prompt import CHAT_TEMPLATE, SYSTEM_PROMPT, messages  # noqa: E402
+from simpersona.contracts.records import (  # noqa: E402
+    RecordError, check_budget, read_records, records_from_trajectory, validate_record, write_records,
 )
+from simpersona.contracts.split import ShopSplit, SplitLeakError, sample_sessions, validation_shops  # noqa: E402
 from simpersona.sft.tokens import add_persona_tokens, fit_projection, load_cards, load_codebook  # noqa: E402
 from simpersona.sft.train import (  # noqa: E402
     ModelConfig, SftConfig, StageConfig, load_base, load_checkpoint, load_sft_config, make_trainer, save_checkpoint,
@@ -59,7 +61,10 @@ def test_fabricated_records_validate_and_round_trip(traces, records, tmp_path):
     assert {r["stage"] for r in records} == {1, 2}
     first = records[0]
     assert [m["role"] for m in first["messages"]] == ["system", "user", "assistant"]
-    assert first["messages"][0]["content"] == SYSTEM_PROMPT and '"oneOf"' in SYSTEM_PROMPT
+    assert first["messages"][0]["content"] == SYSTEM_PROMPT
+    # a compact action list, not the JSON schema (~1,000 tokens): every action and field is named
+    assert '"oneOf"' not in SYSTEM_PROMPT and len(SYSTEM_PROMPT) < 1200
+    assert all(w in SYSTEM_PROMPT for w in ("search(query)", "fill(element_id, value)", "add_to_cart(quantity?)", "end_session(goal_reached)"))
     assert f"Buyer profile: {persona_token(first['persona'])}" in first["messages"][1]["content"]
     answer = json.loads(first["messages"][2]["content"])
     assert answer["action"] and answer["reasoning"]
@@ -95,8 +100,8 @@ def test_records_from_trajectory_builds_the_progress_log():
     assert [r["step"] for r in recs] == [0, 1, 2]
     users = [r["messages"][1]["content"] for r in recs]
     assert "(nothing yet)" in users[0]
-    assert "1. search(query='socks') — Find socks. → now at /s/a/search?q=socks" in users[1]
-    assert "2. click(element_id='x') — Open it. → failed: no element 'y'" in users[2]
+    assert "1. search(query='socks') → /search?q=socks" in users[1]
+    assert "2. click(element_id='x') → failed: no element 'y'" in users[2]
     assert "Last action failed: no element 'y'" in users[2]
     assert messages("g", None, [], obs("/"))[1]["content"].count("Buyer profile: none") == 1
 
@@ -114,11 +119,40 @@ def test_sampling_represents_every_code_and_keeps_sessions_whole(records):
     assert sample_sessions(records, 2, 1, 0, seed=0) == capped
 
 
-def test_split_by_shop_has_no_shop_on_both_sides(records):
-    train, val = split_by_shop(records, val_fraction=0.25, seed=1)
-    assert train and val and len(train) + len(val) == len(records)
-    assert not {r["shop_id"] for r in train} & {r["shop_id"] for r in val}
-    assert split_by_shop(records, 0.25, seed=1) == (train, val)
+def test_sampling_is_keyed_by_session_ids_not_positions(records):
+    """A session's fate depends on its key only: shuffling or adding other codes' sessions does
+    not change which sessions of a code are kept."""
+    picked = sample_sessions(records, 2, 1, 0, seed=0)
+    shuffled = sample_sessions(list(reversed(records)), 2, 1, 0, seed=0)
+    assert {r["session_key"] for r in picked} == {r["session_key"] for r in shuffled}
+    other = [r for r in records if r["persona"] != 0]
+    assert ({r["session_key"] for r in sample_sessions(other, 2, 1, 0, seed=0)}
+            == {r["session_key"] for r in picked if r["persona"] != 0})
+
+
+def test_validation_shops_are_stable_and_a_proper_subset():
+    shops = [f"store-{i}" for i in range(8)]
+    val = validation_shops(shops, 0.25, seed=0)
+    assert len(val) == 2 and val < set(shops)
+    assert validation_shops(reversed(shops), 0.25, seed=0) == val
+    assert validation_shops(["a"], 0.5, 0) == set() and validation_shops(["a", "b"], 0.9, 0) != {"a", "b"}
+
+
+def test_traces_dir_is_split_by_shop(traces):
+    from simpersona.contracts.records import read_trace_split
+
+    train, val = read_trace_split(traces, num_personas=K)
+    assert train and val and not {r["shop_id"] for r in train} & {r["shop_id"] for r in val}
+    assert {r["stage"] for r in train} == {r["stage"] for r in val} == {1, 2}
+
+
+def test_a_record_over_the_token_budget_is_an_error_naming_it(base, records):
+    _, tok, _ = base
+    lengths = check_budget(records, tok, 1 << 30)
+    assert lengths["records"] == len(records) and lengths["median"] <= lengths["p95"] <= lengths["max"]
+    longest = max(records, key=lambda r: len(r["messages"][1]["content"]))
+    with pytest.raises(RecordError, match=f"record {longest['session_key']} step {longest['step']}"):
+        check_budget([longest], tok, lengths["max"] - 1)
 
 
 # -- tokens ------------------------------------------------------------------------------------
@@ -240,6 +274,20 @@ def test_cli_both_stages_then_stage2_alone(traces, tmp_path):
                                     "--set", f"tokens.k={K}", "--set", "stage2.max_steps=1"])
     assert res.exit_code == 0, res.output
     assert json.loads((out / "meta.json").read_text())["summary"]["persona_init"]["from"].endswith("stage1")
+
+
+def test_sft_refuses_records_over_the_model_budget_or_of_evaluation_shops(traces, tmp_path):
+    from simpersona.sft.train import run
+
+    cfg = load_sft_config("tiny", (f"tokens.k={K}", "model.max_record_tokens=64"), {"data": traces})
+    with pytest.raises(RecordError, match="over the model's budget max_record_tokens=64"):
+        run(cfg, tmp_path / "a")
+    assert not (tmp_path / "a" / "stage1").exists()  # before any training
+    shop = sorted({r["shop_id"] for r in read_records(traces)})[0]
+    ShopSplit(("other",), (shop,)).save(tmp_path / "split" / "shops.json")
+    cfg = load_sft_config("tiny", (f"tokens.k={K}", f"split={tmp_path / 'split'}"), {"data": traces})
+    with pytest.raises(SplitLeakError, match=f"sft .*{shop}"):
+        run(cfg, tmp_path / "b")
 
 
 def test_single_stage_ablation_trains_everything(traces, tmp_path):

@@ -15,7 +15,7 @@ import pytest
 
 from simpersona.contracts.goals import goal_text, parse_goal, stratum_intent
 from simpersona.events.schema import CATALOG_SCHEMA
-from simpersona.sft.records import read_records, records_from_trajectory, validate_record
+from simpersona.contracts.records import read_records, records_from_trajectory, validate_record
 from simpersona.traces.goals import Event, Session, make_goals, navigation_template
 from simpersona.traces.judge import rule_verdict
 from simpersona.traces.llm import LLMClient, LLMConfig, LLMError

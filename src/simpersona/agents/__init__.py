@@ -1,6 +1,6 @@
 """Shopping agents behind one interface: `agent.reset(goal, persona)`, `agent.act(observation) -> Decision`.
 
-- `llm.LLMAgent`: the SFT prompt format (`sft.prompt.messages` / `log_entry`), a local
+- `llm.LLMAgent`: the SFT prompt format (`contracts.prompt.messages` / `log_entry`), a local
   transformers checkpoint (batched generation) or an OpenAI-compatible endpoint; the model's text
   is repaired and validated by `base.parse_output`, every failure classified (`base.FAILURES`).
 - `policy.PolicyAgent`: the fast persona policy — per code, the real clickstream's next-event and

@@ -1,4 +1,4 @@
-"""The LLM agent: THE SFT prompt (`sft.prompt.messages` + `log_entry`), a model backend, repaired JSON.
+"""The LLM agent: THE SFT prompt (`contracts.prompt.messages` + `log_entry`), a model backend, repaired JSON.
 
 Backends (`generate(list of chat messages) -> list of str | Exception`, one entry per prompt):
 - `TransformersBackend`: a local checkpoint (an SFT stage folder: model + tokenizer with the
@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from simpersona.agents.base import Decision, first_object, parse_output
-from simpersona.sft.prompt import log_entry, messages, persona_token
+from simpersona.contracts.persona import persona_token
+from simpersona.contracts.prompt import log_entry, messages
 
 
 @dataclass
@@ -85,10 +86,10 @@ class LLMAgent:
 
     def prompt(self, observation: dict[str, Any]) -> list[dict[str, str]]:
         """This step's chat messages; the previous action's log line is written now, from the
-        observation it led to (its URL or its error), exactly as `sft.records` does."""
+        observation it led to (its URL or its error), exactly as `contracts.records` does."""
         if self._pending is not None:
             a = self._pending
-            self.log.append(log_entry(self.steps, a.action, a.reasoning, observation.get("url"), observation.get("error")))
+            self.log.append(log_entry(self.steps, a.action, observation.get("url"), observation.get("error")))
             self._pending = None
         token = persona_token(self.persona) if self.persona is not None else None
         return messages(self.goal, token, list(self.log), observation)

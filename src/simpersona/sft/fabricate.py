@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from simpersona.contracts.goals import goal_text
-from simpersona.sft.records import records_from_trajectory, write_records
+from simpersona.contracts.records import records_from_trajectory, write_trace_split
+from simpersona.contracts.split import validation_shops
 
 CATEGORIES = ("running shoes", "skirts", "coffee beans", "desk lamps", "backpacks", "yoga mats", "tea kettles", "wool socks")
 ADJ = ("blue", "classic", "light", "premium", "compact", "organic", "soft", "sturdy")
@@ -84,9 +85,11 @@ def session_steps(shop: str, category: str, buy: bool, depth: int, rng: random.R
     return steps
 
 
-def fabricate(out_dir: Path, k: int, shops: int, sessions: int, seed: int, latent_dim: int = 96) -> dict[str, Any]:
-    """Write out_dir/traces.jsonl (both stages per session), out_dir/cards.json and a fake VQ-VAE
-    folder out_dir/vqvae/model.safetensors holding `quantizer.codebook` (K, latent_dim)."""
+def fabricate(out_dir: Path, k: int, shops: int, sessions: int, seed: int, latent_dim: int = 96,
+              val_fraction: float = 0.25) -> dict[str, Any]:
+    """Write a TRACES_DIR (traces.jsonl and stage{1,2}/{train,val}.jsonl, both stages per session,
+    `val_fraction` of the shops validating), out_dir/cards.json and a fake VQ-VAE folder
+    out_dir/vqvae/model.safetensors holding `quantizer.codebook` (K, latent_dim)."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
@@ -105,7 +108,8 @@ def fabricate(out_dir: Path, k: int, shops: int, sessions: int, seed: int, laten
         for stage, goal in goals.items():
             meta = {"shop_id": shop, "session_key": f"{shop}:s{s:05d}", "stratum": stratum, "stage": stage}
             records += records_from_trajectory(goal, code, steps, meta)
-    n = write_records(out_dir / "traces.jsonl", records)
+    val = validation_shops({r["shop_id"] for r in records}, val_fraction, seed)
+    n = write_trace_split(out_dir, [r for r in records if r["shop_id"] not in val], [r for r in records if r["shop_id"] in val])["all"]
     (out_dir / "cards.json").write_text(json.dumps(fake_cards(traits), indent=2) + "\n")
     (out_dir / "vqvae").mkdir(parents=True, exist_ok=True)
     save_file({"quantizer.codebook": codebook}, str(out_dir / "vqvae" / "model.safetensors"))

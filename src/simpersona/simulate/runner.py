@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from simpersona.agents.base import Decision, act_batch
-from simpersona.sft.prompt import persona_token
+from simpersona.contracts.persona import persona_token
 
 OUTCOMES: tuple[str, ...] = ("goal_reached", "ended", "steps_limit", "time_limit", "malformed", "crash")
 CRASH_FAILURES = frozenset({"backend_error", "context_length"})

@@ -3,21 +3,22 @@
     simpersona traces --ingest INGEST_DIR --features FEAT_DIR --personas PERSONAS_DIR --out TRACES_DIR
 
 Steps: (1) candidate sessions from FEAT_DIR/buyer_sessions.parquet with the buyer's stratum
-(buyers.parquet) and persona code (PERSONAS_DIR/assignments.parquet); (2) `sft.records.
-sample_sessions` picks whole sessions so every code is represented and the corpus stays small;
+(buyers.parquet) and persona code (PERSONAS_DIR/assignments.parquet), of the run's TRAINING shops
+only (`split`: the main job's split/shops.json); (2) `contracts.split.sample_sessions` picks whole
+sessions so every code is represented and the corpus stays small;
 (3) their events (INGEST_DIR/events.parquet ⋈ catalog.parquet) are rebuilt in time order and
 turned into goals (record goals: stage 1 neutral, stage 2 buy/browse intent; the navigation plan
 only for the replay and the judge); (4) each is replayed on an
 in-process storefront of INGEST_DIR/catalog.parquet and judged from the storefront's own log;
 codes that lost sessions to the judge are refilled from their unused sessions (`refill_rounds`);
-(5) kept trajectories become records (`records_from_trajectory`, persona = the buyer's code),
-split by shop (`split_by_shop`).
+(5) kept trajectories become records (`contracts.records.records_from_trajectory`, persona = the
+buyer's code), split into SFT train/validation by shop (`contracts.split.validation_shops`).
 
 TRACES_DIR/
-  traces.jsonl            every record, both stages (what `simpersona sft --data TRACES_DIR` reads;
-                          sft samples and splits by shop again with the same functions)
-  stage1/train.jsonl, stage1/val.jsonl   intent-neutral records, split by shop
-  stage2/train.jsonl, stage2/val.jsonl   intent-bearing records, same shops on each side
+  traces.jsonl            every record, both stages
+  stage1/train.jsonl, stage1/val.jsonl   intent-neutral records, split by shop (what `simpersona
+                          sft --data TRACES_DIR` trains and validates on)
+  stage2/train.jsonl, stage2/val.jsonl   buy/browse records, same shops on each side
   sessions.parquet        per tried session: key, code, stratum, record goals, navigation plan, steps,
                           kept, reason
   summary.json, meta.json
@@ -35,13 +36,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from simpersona.config import ConfigError, write_meta
+from simpersona.contracts.labels import EVENT_TYPES
+from simpersona.contracts.split import load_split, sample_sessions, validation_shops
 from simpersona.storefront.config import StorefrontConfig
 from simpersona.traces.goals import Event, Session, make_goals
 from simpersona.traces.llm import LLMConfig
 
 # Funnel order: ties on the timestamp are broken by it (a purchase logged in the same instant as
 # its checkout start comes after it).
-ORDER = ("page_view", "collection_view", "search", "product_view", "add_to_cart", "remove_from_cart", "checkout_start", "purchase")
+ORDER = EVENT_TYPES
 
 
 @dataclass
@@ -52,7 +55,7 @@ class TraceSampleConfig:
     min_sessions_per_code: int = 5
     # total session budget (0: every session under the per-code cap)
     target_sessions: int = 400
-    # share of SHOPS held out for validation
+    # share of the training SHOPS whose records validate SFT (never the run's evaluation shops)
     val_fraction: float = 0.15
     # seed of the sampling, the refills and the shop split
     seed: int = 0
@@ -66,6 +69,8 @@ class TracesConfig:
     features: Path | None = None
     # personas folder: assignments.parquet (shop_id, buyer_id, code)
     personas: Path | None = None
+    # the run's shop split (split/shops.json): only training shops' sessions become traces (None: every shop)
+    split: Path | None = None
     # session sampling (per persona code) and the train/validation split by shop
     sample: TraceSampleConfig = field(default_factory=TraceSampleConfig)
     # sessions with fewer non-page-view events are not candidates (0 keeps bounces)
@@ -163,8 +168,6 @@ def load_sessions(cfg: TracesConfig, con, chosen: list[dict]) -> dict[str, Sessi
 
 def _pick(pool: list[dict], max_per_code: int, min_per_code: int, target: int, seed: int) -> list[dict]:
     """`sample_sessions` over one pseudo-record per session (it keeps whole sessions by key)."""
-    from simpersona.sft.records import sample_sessions
-
     return sample_sessions(pool, max_per_code, min_per_code, target, seed)
 
 
@@ -172,8 +175,8 @@ def run(cfg: TracesConfig, run_dir: Path) -> dict:
     """Sample, build goals, replay, judge, write records; returns the summary."""
     import duckdb
 
-    from simpersona.sft.prompt import persona_token
-    from simpersona.sft.records import records_from_trajectory, split_by_shop, write_records
+    from simpersona.contracts.persona import persona_token
+    from simpersona.contracts.records import records_from_trajectory, write_trace_split
     from simpersona.traces.judge import logged_lines, rule_verdict
     from simpersona.traces.llm import LLMClient, LLMError
     from simpersona.traces.replay import Replayer, stage_steps
@@ -185,6 +188,9 @@ def run(cfg: TracesConfig, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect()
     cand = candidates(cfg, con)
+    split = load_split(cfg.split)
+    if split is not None:  # evaluation shops' sessions never become traces
+        cand = cand.filter(pa.array([s not in set(split.eval) for s in cand.column("shop_id").to_pylist()], pa.bool_()))
     all_codes = sorted(set(pq.read_table(_need(cfg.personas, "assignments.parquet", "--personas"), columns=["code"]).column("code").to_pylist()))
     # one pseudo-record per session, in the shape `sample_sessions` reads
     pool = [{"session_key": ":".join(k), "persona": int(c), "shop_id": k[0], "stratum": st, "ids": tuple(k)}
@@ -273,11 +279,12 @@ def run(cfg: TracesConfig, run_dir: Path) -> dict:
         if client is not None:
             client.close()
 
-    train, val = split_by_shop(records, sc.val_fraction, sc.seed)
-    n_written = {"all": write_records(run_dir / "traces.jsonl", records)}
-    for stage in (1, 2):
-        for side, rs in (("train", train), ("val", val)):
-            n_written[f"stage{stage}_{side}"] = write_records(run_dir / f"stage{stage}" / f"{side}.jsonl", [r for r in rs if r["stage"] == stage])
+    if split is not None:
+        split.check_training({r["shop_id"] for r in records}, "traces")
+    val_shops = validation_shops({r["shop_id"] for r in records}, sc.val_fraction, sc.seed)
+    train = [r for r in records if r["shop_id"] not in val_shops]
+    val = [r for r in records if r["shop_id"] in val_shops]
+    n_written = write_trace_split(run_dir, train, val)
     pq.write_table(pa.Table.from_pylist(report, schema=pa.schema([
         ("session_key", pa.string()), ("shop_id", pa.string()), ("code", pa.int32()), ("stratum", pa.string()),
         ("events", pa.int32()), ("steps", pa.int32()), ("kept", pa.bool_()), ("reason", pa.string()),

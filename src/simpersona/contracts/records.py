@@ -1,27 +1,26 @@
-"""SFT records: JSONL, one agent step per line, in the chat `messages` format trl reads.
+"""THE SFT record format: JSONL, one agent step per line, in the chat `messages` format trl reads.
 
     {"messages": [system, user, assistant], "shop_id": str, "session_key": str,
      "persona": k, "stratum": "A".."E", "step": 0-based int, "stage": 1 | 2}
 
-Stage 1 records carry intent-neutral goals, stage 2 records intent-bearing goals (spec §5);
-the same replayed session usually yields both. The replay calls `records_from_trajectory`
-and `write_records`; `simpersona sft` reads a TRACES_DIR of `*.jsonl` with `read_records`,
-then `sample_sessions` (every codebook entry represented, corpus small) and `split_by_shop`.
+Stage 1 records carry the intent-neutral goal, stage 2 records the buy/browse goal
+(`contracts.goals`; spec §5); the same replayed session usually yields both. The replay
+(`traces`) calls `records_from_trajectory` and `write_records`; `sft` reads them with
+`read_records` and checks them against the model's token budget with `check_budget` before any
+training step.
 """
 
 from __future__ import annotations
 
 import json
-import random
-from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from simpersona.sft.prompt import log_entry, messages, persona_token
+from simpersona.contracts.labels import STRATA
+from simpersona.contracts.persona import persona_token
+from simpersona.contracts.prompt import log_entry, messages, record_tokens
 from simpersona.storefront.actions import ActionError, parse_action
-
-STRATA = ("A", "B", "C", "D", "E")
 
 # JSON-schema-style description of one record (checked by `validate_record`, no dependency).
 RECORD_SCHEMA: dict[str, Any] = {
@@ -109,7 +108,8 @@ def records_from_trajectory(goal: str, persona: int, steps: list[dict[str, Any]]
     order (the observation is the page the action was taken on); `meta`: `shop_id`,
     `session_key`, `stratum`, `stage` (1: intent-neutral goal, 2: intent-bearing goal).
     The progress log of step t holds `log_entry` lines of steps 0..t-1, with the URL (or the
-    error) that the next observation shows. Every record is validated.
+    error) that the next observation shows (the reasoning stays in each step's answer). Every
+    record is validated.
     """
     token = persona_token(persona)
     out, log = [], []
@@ -121,7 +121,7 @@ def records_from_trajectory(goal: str, persona: int, steps: list[dict[str, Any]]
         validate_record(rec)
         out.append(rec)
         nxt = steps[t + 1]["observation"] if t + 1 < len(steps) else None
-        log.append(log_entry(t + 1, action, s["reasoning"], nxt["url"] if nxt else None, nxt.get("error") if nxt else None))
+        log.append(log_entry(t + 1, action, nxt["url"] if nxt else None, nxt.get("error") if nxt else None))
     return out
 
 
@@ -159,52 +159,54 @@ def read_records(path: Path, num_personas: int | None = None) -> list[dict[str, 
     return out
 
 
-def sample_sessions(
-    records: list[dict[str, Any]], max_per_code: int, min_per_code: int, target_sessions: int, seed: int
-) -> list[dict[str, Any]]:
-    """Keep whole sessions so that every persona code is represented and the corpus stays small.
-
-    Each code first gets min(available, `min_per_code`) sessions; the rest of the
-    `target_sessions` budget (0 = no budget) goes round-robin over codes, never past
-    `max_per_code` per code. Within a code, sessions are drawn round-robin over its shops and
-    strata (seeded shuffle), so no shop or stratum dominates a code. A session's records (its
-    steps, of both stages) stay together.
-    """
-    rng = random.Random(seed)
-    by_session: dict[str, list[dict]] = defaultdict(list)
-    for r in records:
-        by_session[r["session_key"]].append(r)
-    by_code: dict[int, dict[tuple, list[str]]] = defaultdict(lambda: defaultdict(list))
-    for key in sorted(by_session):
-        r = by_session[key][0]
-        by_code[r["persona"]][(r["shop_id"], r["stratum"])].append(key)
-    queues: dict[int, list[str]] = {}
-    for code, groups in sorted(by_code.items()):
-        for g in groups.values():
-            rng.shuffle(g)
-        order = sorted(groups)
-        rng.shuffle(order)
-        queue, depth = [], 0
-        while len(queue) < sum(map(len, groups.values())):
-            queue += [groups[g][depth] for g in order if depth < len(groups[g])]
-            depth += 1
-        queues[code] = queue[:max_per_code] if max_per_code > 0 else queue
-    take = {c: min(len(q), min_per_code) for c, q in queues.items()}
-    budget = (target_sessions - sum(take.values())) if target_sessions > 0 else sum(map(len, queues.values()))
-    while budget > 0 and any(take[c] < len(q) for c, q in queues.items()):
-        for c, q in queues.items():
-            if budget > 0 and take[c] < len(q):
-                take[c] += 1
-                budget -= 1
-    kept = {key for c, q in queues.items() for key in q[: take[c]]}
-    return [r for r in records if r["session_key"] in kept]
+def record_name(rec: dict[str, Any]) -> str:
+    """How an error names a record: `shop:buyer:session step 3 (stage 2)`."""
+    return f"{rec['session_key']} step {rec['step']} (stage {rec['stage']})"
 
 
-def split_by_shop(records: list[dict[str, Any]], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train, validation): a seeded share `val_fraction` of the SHOPS (at least one when there
-    are two or more shops and val_fraction > 0) goes to validation, so no shop is on both sides."""
-    shops = sorted({r["shop_id"] for r in records})
-    random.Random(seed).shuffle(shops)
-    n_val = min(len(shops) - 1, max(1, round(val_fraction * len(shops)))) if val_fraction > 0 and len(shops) > 1 else 0
-    val_shops = set(shops[:n_val])
-    return [r for r in records if r["shop_id"] not in val_shops], [r for r in records if r["shop_id"] in val_shops]
+def check_budget(records: list[dict[str, Any]], tokenizer: Any, max_tokens: int, where: str = "") -> dict[str, float]:
+    """Every record's length in `tokenizer`'s tokens (its chat template applied); raises
+    RecordError naming the first record over `max_tokens` (and how many are), else returns the
+    length distribution {records, median, p95, max}."""
+    import numpy as np
+
+    n = np.array([record_tokens(r["messages"], tokenizer) for r in records], dtype=np.int64)
+    over = np.flatnonzero(n > max_tokens)
+    if over.size:
+        first = records[int(over[0])]
+        raise RecordError(f"{where + ': ' if where else ''}record {record_name(first)} is {int(n[over[0]])} tokens, over the "
+                          f"model's budget max_record_tokens={max_tokens} ({over.size} of {len(records)} records are); "
+                          "lower storefront.env.obs_token_budget for the traces or raise the budget")
+    if n.size == 0:
+        return {"records": 0, "median": 0.0, "p95": 0.0, "max": 0}
+    return {"records": int(n.size), "median": float(np.median(n)), "p95": float(np.percentile(n, 95)), "max": int(n.max())}
+
+
+# -- TRACES_DIR ----------------------------------------------------------------------------------
+# traces.jsonl holds every record; stage{1,2}/{train,val}.jsonl the SFT split by shop.
+SIDES = ("train", "val")
+
+
+def write_trace_split(out_dir: Path, train: list[dict[str, Any]], val: list[dict[str, Any]]) -> dict[str, int]:
+    """Write a TRACES_DIR: traces.jsonl (all) and stage{1,2}/{train,val}.jsonl; returns the counts
+    ("all", "stage1_train", …). A shop is on one side only."""
+    both = {r["shop_id"] for r in train} & {r["shop_id"] for r in val}
+    if both:
+        raise RecordError(f"shop(s) {sorted(both)[:5]} are on both the train and the validation side")
+    out_dir = Path(out_dir)
+    n = {"all": write_records(out_dir / "traces.jsonl", train + val)}
+    for stage in (1, 2):
+        for side, rs in zip(SIDES, (train, val)):
+            n[f"stage{stage}_{side}"] = write_records(out_dir / f"stage{stage}" / f"{side}.jsonl", [r for r in rs if r["stage"] == stage])
+    return n
+
+
+def read_trace_split(traces_dir: Path, num_personas: int | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, val) records of a TRACES_DIR written by `write_trace_split`, both stages, validated."""
+    traces_dir = Path(traces_dir)
+    files = {(s, side): traces_dir / f"stage{s}" / f"{side}.jsonl" for s in (1, 2) for side in SIDES}
+    missing = [str(f) for f in files.values() if not f.exists()]
+    if missing:
+        raise FileNotFoundError(f"{traces_dir} is not a TRACES_DIR (missing {missing[0]}); write one with "
+                                "`simpersona traces` or `simpersona sft fabricate`")
+    return tuple([r for s in (1, 2) for r in read_records(files[(s, side)], num_personas)] for side in SIDES)
