@@ -891,8 +891,8 @@ def _v(m: dict[str, Any] | None, digits: int = 3) -> str:
     return s + (f" [{m['ci'][0]:.{digits}f}, {m['ci'][1]:.{digits}f}]" if "ci" in m else "")
 
 
-def _d(m: dict[str, Any]) -> str:
-    return f"{m['diff']:+.3f} [{m['ci'][0]:+.3f}, {m['ci'][1]:+.3f}]"
+def _d(m: dict[str, Any], digits: int = 3) -> str:
+    return f"{m['diff']:+.{digits}f} [{m['ci'][0]:+.{digits}f}, {m['ci'][1]:+.{digits}f}]"
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -914,17 +914,17 @@ def format_report(r: dict[str, Any]) -> str:
               "|---|---|---|---|---|---|---|"]
     for a, m in dist["overall"].items():
         f = m["funnel"]
-        lines.append(f"| {a} | {_v(m['js_bigram'])} | {_v(m['w_length'], 2)} | {_v(m['w_products'], 2)} | {_v(m['auc'])} | "
+        lines.append(f"| {a} | {_v(m['js_bigram'], 4)} | {_v(m['w_length'], 2)} | {_v(m['w_products'], 2)} | {_v(m['auc'])} | "
                      f"{_v(f['real']['atc'])} / {_v(f['sim']['atc'])} | {_v(f['real']['purchase'])} / {_v(f['sim']['purchase'])} |")
     if dist["baseline_minus_persona"]:
         lines += ["", "baseline − persona (paired CI; positive: the persona agent is closer): bigram JS / AUC", ""]
         for b, m in dist["baseline_minus_persona"].items():
-            lines.append(f"- {b}: {_d(m['js_bigram'])} / {_d(m['auc'])}")
+            lines.append(f"- {b}: {_d(m['js_bigram'], 4)} / {_d(m['auc'])}")
     for key in ("by_shop", "by_stratum"):
         lines += ["", f"{key.replace('_', ' ')}: bigram JS / classifier AUC per agent", "",
                   "| " + key[3:] + " | " + " | ".join(dist["overall"]) + " |", "|---" * (len(dist["overall"]) + 1) + "|"]
         for g, per in dist[key].items():
-            lines.append(f"| {g} | " + " | ".join(f"{_v(per[a]['js_bigram'])} / {_v(per[a]['auc'])}" if a in per else "–"
+            lines.append(f"| {g} | " + " | ".join(f"{_v(per[a]['js_bigram'], 4)} / {_v(per[a]['auc'])}" if a in per else "–"
                                                   for a in dist["overall"]) + " |")
     pp = r["per_persona"]
     lines += ["", f"Per persona ({pp['codes']} codes with ≥ {pp['min_buyers']} real buyers): Pearson r | mean absolute "
@@ -945,5 +945,5 @@ def format_summary(r: dict[str, Any]) -> str:
     return (f"fidelity on {len(r['data']['eval_shops'])} evaluation shops, {r['data']['real_sessions']:,} sessions"
             f"{' (generated data)' if r['data']['generated'] else ''}: next-action type accuracy persona {_v(a['persona']['type_accuracy'])} "
             f"vs no persona {_v(a['no_persona']['type_accuracy'])}\n"
-            f"bigram JS persona {_v(o['persona']['js_bigram'])} vs no persona {_v(o['no_persona']['js_bigram'])}; "
+            f"bigram JS persona {_v(o['persona']['js_bigram'], 4)} vs no persona {_v(o['no_persona']['js_bigram'], 4)}; "
             f"classifier AUC persona {_v(o['persona']['auc'])} vs no persona {_v(o['no_persona']['auc'])}")

@@ -106,3 +106,25 @@ def lines(series: dict[str, list[tuple[float, float]]], title: str, ylabel: str 
         body.append(f'<polyline fill="none" stroke="{PALETTE[j % 10]}" stroke-width="1.5" points="{d}"/>')
         body.append(f'<text x="{w - 150}" y="{40 + 13 * j}" fill="{PALETTE[j % 10]}">{escape(name)}</text>')
     return _svg(w, h, body, title)
+
+
+def scatter(points: list[tuple[float, float, str]], title: str, xlabel: str, ylabel: str) -> str:
+    """Scatter of (x, y, label) in [0, max] on both axes, with the y = x diagonal."""
+    w = h = 260
+    l, b = 40, 34
+    body = [f'<text x="4" y="14" font-weight="bold">{escape(title)}</text>']
+    if not points:
+        return _svg(w, 40, body + ['<text x="4" y="32">no data</text>'], title)
+    top = max(max(p[0] for p in points), max(p[1] for p in points)) or 1.0
+    sx = lambda x: l + (w - l - 10) * x / top  # noqa: E731
+    sy = lambda y: h - b - (h - b - 24) * y / top  # noqa: E731
+    body.append(f'<line x1="{l}" x2="{w - 10}" y1="{h - b}" y2="{h - b}" stroke="#444"/><line x1="{l}" x2="{l}" y1="24" y2="{h - b}" stroke="#444"/>')
+    body.append(f'<line x1="{sx(0):.1f}" y1="{sy(0):.1f}" x2="{sx(top):.1f}" y2="{sy(top):.1f}" stroke="#bbb" stroke-dasharray="4 3"/>')
+    body.append(f'<text x="{l - 4}" y="28" text-anchor="end">{top:.2g}</text><text x="{l - 4}" y="{h - b}" text-anchor="end">0</text>')
+    body.append(f'<text x="{w - 10}" y="{h - b + 12}" text-anchor="end">{top:.2g}</text>')
+    body.append(f'<text x="{(l + w) / 2}" y="{h - 6}" text-anchor="middle">{escape(xlabel)}</text>')
+    body.append(f'<text x="10" y="{(h - b) / 2 + 12}" transform="rotate(-90 10 {(h - b) / 2 + 12})" text-anchor="middle">{escape(ylabel)}</text>')
+    for x, y, label in points:
+        body.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{PALETTE[0]}" fill-opacity="0.7">'
+                    f'<title>{escape(f"{label}: {x:.3f} / {y:.3f}")}</title></circle>')
+    return _svg(w, h, body, title)
