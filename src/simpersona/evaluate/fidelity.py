@@ -1,10 +1,11 @@
 """`simpersona evaluate fidelity`: do simulated buyers behave like a shop's real buyers, on shops
 the agent never saw?
 
-Evaluation shops: `eval_shops`, or (empty) the shops FEAT_DIR holds out whole (buyers.split
-"holdout"). The fast policy (`agents.policy`, per code and intent) is fitted here on the OTHER
-shops' events only; the run fails if no training shop is left or a supplied policy saw an
-evaluation shop. Agents compared (one fitted model, different conditioning):
+Evaluation shops: `eval_shops`, else the run's shop split (`contracts.split`, its "eval" list),
+else the shops FEAT_DIR holds out whole (buyers.split "holdout"). The fast policy
+(`agents.policy`, per code and intent) is fitted here on the training shops' events only (the
+split's "train" list, else every other shop); the run fails if no training shop is left, or the
+split, or a supplied simulation's policy, has an evaluation shop on the training side. Agents compared (one fitted model, different conditioning):
 
     persona          p_{k,i}: the buyer's persona code and intent (the agent under test)
     no_persona       p_i: the intent only
@@ -90,8 +91,10 @@ class FidelityConfig:
     personas: Path | None = None
     # a `simpersona simulate` run whose storefront sessions on the evaluation shops are compared too (None: skip)
     simulation: Path | None = None
-    # evaluation shops ([] = the shops FEAT_DIR holds out whole, split "holdout"); the policy is fitted on the rest
+    # evaluation shops ([] = the run's split's, else the shops FEAT_DIR holds out whole); the policy is fitted on the rest
     eval_shops: list[str] = field(default_factory=list)
+    # the run's shop split (split/shops.json or its folder; None: none): its evaluation shops, its training shops
+    split: Path | None = None
     # stratum: buyers get their intent (A–C buy, else browse), as in simulation; neutral: no intent
     intent: Literal["stratum", "neutral"] = "stratum"
     # real sessions evaluated, drawn by a seeded hash of their ids (0 = every session of the evaluation shops)
@@ -771,7 +774,10 @@ def resolve_shops(cfg: FidelityConfig, all_shops: list[str]) -> tuple[list[str],
     """(evaluation shops, training shops); errors name the setting."""
     import duckdb
 
-    evals = list(cfg.eval_shops)
+    from simpersona.contracts.split import load_split
+
+    split = load_split(cfg.split)
+    evals = list(cfg.eval_shops) or (list(split.eval) if split is not None else [])
     if not evals:
         buyers = Path(cfg.features) / "buyers.parquet"
         evals = [r[0] for r in duckdb.sql(f"""SELECT shop_id FROM read_parquet('{buyers}') GROUP BY 1
@@ -784,6 +790,9 @@ def resolve_shops(cfg: FidelityConfig, all_shops: list[str]) -> tuple[list[str],
         raise ConfigError(f"evaluate.fidelity.eval_shops {unknown} are not shops of {cfg.ingest}/events.parquet "
                           f"(shops: {all_shops[:8]}{'…' if len(all_shops) > 8 else ''})")
     train = sorted(set(all_shops) - set(evals))
+    if split is not None:
+        split.check_training(train, "evaluate fidelity (policy fit)")
+        train = [s for s in train if s in set(split.train)]
     if not train:
         raise ConfigError("evaluate.fidelity.eval_shops names every shop: the policy needs at least one training shop")
     return sorted(evals), train
