@@ -46,6 +46,11 @@ def test_main_job_tiny_preset_runs_and_resumes(tmp_path):
                   "behaviour", "report"):
         assert (out / stage / "meta.json").exists(), stage
     assert (out / "report" / "index.html").stat().st_size > 10_000
+    # Regression: `simpersona report --run RUN` on its own finds every part where the main job wrote it
+    # (it looked under evaluate/alignment while the main job writes behaviour/alignment).
+    cli("report", "--run", str(out), "--out", str(tmp_path / "report"))
+    sections = json.loads((tmp_path / "report" / "summary.json").read_text())["sections"]
+    assert set(sections.values()) == {"ok"}, sections
     again = cli("run", "--preset", "tiny", "--out", str(out))
     assert "ingest: done already" in again.stdout and "report: done already" in again.stdout
     # A changed setting re-runs that stage (and any after it), nothing before it.

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from simpersona.layout import RunLayout
 from simpersona.report import build
 
 
@@ -25,13 +26,22 @@ def toy_run(tmp_path_factory):
     from simpersona.simulate.toy import make_toy_world
 
     root = tmp_path_factory.mktemp("run")
-    w = make_toy_world(root, shops=3, codes=4, buyers=60)
-    stage.run(stage.SimulateConfig(ingest=w["ingest"], personas=w["personas"], buyers=30), root / "simulate")
-    alignment.run(alignment.AlignmentConfig(features=w["features"], personas=w["personas"], simulation=root / "simulate",
-                                            min_real_buyers=2, min_sim_sessions=2), root / "evaluate" / "alignment")
-    separation.run(separation.SeparationConfig(simulation=root / "simulate", personas=w["personas"], n_resamples=199),
-                   root / "evaluate" / "separation")
+    lay = RunLayout(root)
+    w = make_toy_world(root, shops=3, codes=4, buyers=60)  # ingest/, personas/, features/ as in a run
+    stage.run(stage.SimulateConfig(ingest=w["ingest"], personas=w["personas"], buyers=30), lay.simulate)
+    alignment.run(alignment.AlignmentConfig(features=w["features"], personas=w["personas"], simulation=lay.simulate,
+                                            min_real_buyers=2, min_sim_sessions=2), lay.alignment)
+    separation.run(separation.SeparationConfig(simulation=lay.simulate, personas=w["personas"], n_resamples=199),
+                   lay.separation)
     return root
+
+
+def test_report_finds_the_parts_where_the_main_job_writes_them(toy_run, tmp_path):
+    """Regression: the report looked under evaluate/alignment while the main job writes behaviour/alignment."""
+    s = build.run(build.ReportConfig(run=toy_run), tmp_path / "report")
+    assert s["sections"]["Table 2 — action rate alignment"] == "ok"
+    assert s["sections"]["Table 3 — behavioural separation"] == "ok"
+    assert s["sections"]["Simulation: outcomes, simulated vs real funnel"] == "ok"
 
 
 def test_report_renders_in_chromium(toy_run, tmp_path):

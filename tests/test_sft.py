@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
-from simpersona.config import ConfigError, from_dict  # noqa: E402
+from simpersona.config import ConfigError, from_dict, load_config  # noqa: E402
 from simpersona.sft.fabricate import fabricate  # noqa: E402
 from simpersona.contracts.persona import persona_token  # noqa: E402
 from simpersona.contracts.prompt import CHAT_TEMPLATE, SYSTEM_PROMPT, messages  # noqa: E402
@@ -22,7 +22,7 @@ from simpersona.contracts.records import (  # noqa: E402
 from simpersona.contracts.split import ShopSplit, SplitLeakError, sample_sessions, validation_shops  # noqa: E402
 from simpersona.sft.tokens import add_persona_tokens, fit_projection, load_cards, load_codebook  # noqa: E402
 from simpersona.sft.train import (  # noqa: E402
-    ModelConfig, SftConfig, StageConfig, load_base, load_checkpoint, load_sft_config, make_trainer, save_checkpoint,
+    ModelConfig, SftConfig, StageConfig, load_base, load_checkpoint, make_trainer, save_checkpoint,
     train_stage,
 )
 
@@ -293,7 +293,7 @@ def test_sft_refuses_records_over_the_model_budget_or_of_evaluation_shops(traces
 def test_single_stage_ablation_trains_everything(traces, tmp_path):
     from simpersona.sft.train import run
 
-    cfg = load_sft_config("tiny", (f"tokens.k={K}", "stage2.max_steps=1", "stage=single"), {"data": traces})
+    cfg = load_config(SftConfig, "tiny", (f"tokens.k={K}", "stage2.max_steps=1", "stage=single"), "sft", {"data": traces})
     s = run(cfg, tmp_path)
     assert s["single"]["train_records"] == sum(s["split"]["records"]["train"].values())
     assert s["single"]["trainable_params"] > s["single"]["train_records"] and "stage1" not in s
@@ -303,6 +303,6 @@ def test_config_errors():
     with pytest.raises(ConfigError, match="unknown config key"):
         from_dict(SftConfig, {"stage1": {"lr": 1}})
     with pytest.raises(ConfigError):
-        load_sft_config("tiny", ("stage=3",), {})
-    assert load_sft_config("qwen3", (), {}).model.dtype == "bfloat16"
-    assert load_sft_config("smollm2", (), {}).model.preset == "smollm2"
+        load_config(SftConfig, "tiny", ("stage=3",), "sft")
+    assert load_config(SftConfig, "qwen3", section="sft").model.dtype == "bfloat16"
+    assert load_config(SftConfig, "smollm2", section="sft").model.preset == "smollm2"

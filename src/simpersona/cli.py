@@ -12,23 +12,45 @@ from pathlib import Path
 
 import click
 
-from simpersona.config import ConfigError, load_config
+from simpersona.config import ConfigError, InputError, load_config
+from simpersona.layout import RunLayout
+from simpersona.stagedir import run_atomic
+
+# Where a stage command writes when no --out is given: the main job's layout under runs/.
+RUNS = RunLayout(Path("runs"))
 
 PRESET = click.option("--preset", default=None, help="YAML preset: a file or a name in simpersona/presets.")
 SETS = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable).")
 
 
+def operator_error(e: BaseException) -> str | None:
+    """The one line an operator error prints (None: a bug, which keeps its traceback). Config and
+    input errors name the key or path; an OS error (read-only or full disk, permission, missing
+    file) names its path and the system's reason."""
+    from simpersona.events.validate import IngestError
+    from simpersona.storefront.config import StorefrontError
+
+    if isinstance(e, (ConfigError, InputError, IngestError, StorefrontError)):
+        return str(e)
+    if isinstance(e, OSError) and not isinstance(e, (ConnectionError, TimeoutError)):
+        if e.filename is not None:
+            where = f"{e.filename} → {e.filename2}" if e.filename2 is not None else str(e.filename)
+            return f"{where}: {e.strerror or e}"
+        return str(e)
+    return None
+
+
 class _Group(click.Group):
-    """Turns config and input errors into one clear line and exit code 2, not a traceback."""
+    """Turns config, input and disk errors into one clear line and exit code 2, not a traceback."""
 
     def invoke(self, ctx: click.Context):  # noqa: D401
-        from simpersona.events.validate import IngestError
-        from simpersona.storefront.config import StorefrontError
-
         try:
             return super().invoke(ctx)
-        except (ConfigError, IngestError, StorefrontError, FileNotFoundError) as e:
-            click.echo(f"error: {e}", err=True)
+        except (ConfigError, InputError, OSError, ValueError) as e:
+            line = operator_error(e)
+            if line is None:
+                raise
+            click.echo(f"error: {line}", err=True)
             sys.exit(2)
 
 
@@ -69,8 +91,7 @@ def ingest(fmt, input_path, catalog, out, strict, salt, preset, sets) -> None:
 
     values = {"format": fmt, "input": input_path, "catalog": catalog, "strict": strict, "salt": salt}
     cfg = load_config(stage.IngestConfig, preset, sets, section="ingest", values=values)
-    run_dir = out or Path("runs/ingest")
-    summary = stage.run(cfg, run_dir)
+    summary = run_atomic(out or RUNS.ingest, "ingest", cfg, stage.run)
     click.echo(stage.format_summary(summary))
 
 
@@ -88,8 +109,7 @@ def synth(shops, buyers, seed, out, file_format, preset, sets) -> None:
 
     values = {"shops": shops, "buyers": buyers, "seed": seed, "file_format": file_format}
     cfg = load_config(stage.SynthConfig, preset, sets, section="synth", values=values)
-    run_dir = out or Path("runs/synth")
-    summary = stage.run(cfg, run_dir)
+    summary = run_atomic(out or RUNS.synth, "synth", cfg, stage.run)
     click.echo(stage.format_summary(summary))
 
 
@@ -113,7 +133,7 @@ def vqvae_train(features, out, preset, sets) -> None:
     from simpersona.vqvae import train as stage
 
     cfg = load_config(stage.TrainConfig, preset, sets, section="vqvae", values=_given(features=features))
-    summary = stage.run(cfg, out or Path("runs/vqvae"))
+    summary = run_atomic(out or RUNS.vqvae, "vqvae", cfg, stage.run, resume=True)
     click.echo(", ".join(f"{k}={v}" for k, v in summary.items()))
 
 
@@ -134,7 +154,7 @@ def personas_assign(model, features, out, preset, sets) -> None:
 
     values = _given(model=model, features=features)
     cfg = load_config(stage.PersonasConfig, preset, sets, section="personas", values=values)
-    summary = stage.run(cfg, out or Path("runs/personas"))
+    summary = run_atomic(out or RUNS.personas, "personas", cfg, stage.run)
     click.echo(", ".join(f"{k}={v}" for k, v in summary.items()))
 
 
@@ -156,7 +176,7 @@ def evaluate_clustering(model, features, out, preset, sets) -> None:
 
     values = {"clustering": _given(model=model, features=features)}
     cfg = load_config(EvaluateConfig, preset, sets, section="evaluate", values=values)
-    report = stage.run(cfg.clustering, out or Path("runs/evaluate/clustering"))
+    report = run_atomic(out or RUNS.clustering, "evaluate.clustering", cfg.clustering, stage.run)
     click.echo(stage.format_table(report))
 
 
@@ -175,7 +195,7 @@ def evaluate_population(personas_dir, features, truth, ingest_dir, out, preset, 
 
     given = _given(personas=personas_dir, features=features, truth=truth, ingest=ingest_dir)
     cfg = load_config(EvaluateConfig, preset, sets, section="evaluate", values={"population": given})
-    report = stage.run(cfg.population, out or Path("runs/evaluate/population"))
+    report = run_atomic(out or RUNS.population, "evaluate.population", cfg.population, stage.run)
     click.echo(stage.format_report(report))
 
 
@@ -195,7 +215,7 @@ def features(ctx, input_path, out, engine, no_embeddings, preset, sets) -> None:
 
     values = {"input": input_path, "engine": engine, "embedding": {"enabled": False} if no_embeddings else None}
     cfg = load_config(stage.FeaturesConfig, preset, sets, section="features", values=values)
-    summary = stage.run(cfg, out or Path("runs/features"))
+    summary = run_atomic(out or RUNS.features, "features", cfg, stage.run)
     click.echo(stage.format_summary(summary))
 
 
@@ -247,8 +267,8 @@ def sft(ctx, stage, data, out, model, init, preset, sets) -> None:
     from simpersona.sft import train as stage_mod
 
     values = _given(stage=stage, data=data, model=_given(preset=model) or None, tokens=_given(init=init) or None)
-    cfg = stage_mod.load_sft_config(preset, tuple(sets), values)
-    click.echo(stage_mod.format_summary(stage_mod.run(cfg, out or Path("runs/sft"))))
+    cfg = load_config(stage_mod.SftConfig, preset, sets, section="sft", values=values)
+    click.echo(stage_mod.format_summary(stage_mod.run(cfg, out or RUNS.sft)))
 
 
 @sft.command("fabricate")
@@ -277,21 +297,7 @@ def traces(ingest_dir, features, personas_dir, out, preset, sets) -> None:
 
     values = _given(ingest=ingest_dir, features=features, personas=personas_dir)
     cfg = load_config(stage.TracesConfig, preset, sets, section="traces", values=values)
-    click.echo(stage.format_summary(stage.run(cfg, out or Path("runs/traces"))))
-
-
-def _sub_config(cls, preset, sets, section: str, key: str | None, values: dict):
-    """`cls` from the preset's `section` (or its `key` sub-mapping), flag `values`, then --set."""
-    import yaml
-
-    from simpersona.config import from_dict, merge, parse_overrides, preset_path
-
-    data = {}
-    if preset is not None:
-        data = (yaml.safe_load(preset_path(preset).read_text()) or {}).get(section) or {}
-        if key is not None:
-            data = data.get(key) or {}
-    return from_dict(cls, merge(merge(data, values), parse_overrides(sets)))
+    click.echo(stage.format_summary(run_atomic(out or RUNS.traces, "traces", cfg, stage.run)))
 
 
 @main.command()
@@ -314,8 +320,8 @@ def simulate(ingest_dir, personas_dir, shops, buyers, agent, checkpoint, endpoin
     values = _given(ingest=ingest_dir, personas=personas_dir, shops=list(shops) or None, buyers=buyers, agent=agent,
                     transport=transport, persona=False if no_persona else None,
                     llm=_given(checkpoint=checkpoint) or None, endpoint=_given(url=endpoint_url) or None)
-    cfg = _sub_config(stage.SimulateConfig, preset, sets, "simulate", None, values)
-    click.echo(stage.format_summary(stage.run(cfg, out or Path("runs/simulate"), echo=click.echo)))
+    cfg = load_config(stage.SimulateConfig, preset, sets, section="simulate", values=values)
+    click.echo(stage.format_summary(run_atomic(out or RUNS.simulate, "simulate", cfg, lambda c, d: stage.run(c, d, echo=click.echo))))
 
 
 @evaluate.command("alignment")
@@ -330,8 +336,8 @@ def evaluate_alignment(features, personas_dir, simulation, out, preset, sets) ->
     from simpersona.evaluate import alignment as stage
 
     values = _given(features=features, personas=personas_dir, simulation=simulation)
-    cfg = _sub_config(stage.AlignmentConfig, preset, sets, "evaluate", "alignment", values)
-    click.echo(stage.format_table(stage.run(cfg, out or Path("runs/evaluate/alignment"))))
+    cfg = load_config(stage.AlignmentConfig, preset, sets, section="evaluate.alignment", values=values)
+    click.echo(stage.format_table(run_atomic(out or RUNS.alignment, "evaluate.alignment", cfg, stage.run)))
 
 
 @evaluate.command("fidelity")
@@ -350,8 +356,8 @@ def evaluate_fidelity(ingest_dir, features, personas_dir, simulation, eval_shops
 
     values = _given(ingest=ingest_dir, features=features, personas=personas_dir, simulation=simulation,
                     eval_shops=list(eval_shops) or None, max_sessions=max_sessions)
-    cfg = _sub_config(stage.FidelityConfig, preset, sets, "evaluate", "fidelity", values)
-    click.echo(stage.format_report(stage.run(cfg, out or Path("runs/evaluate/fidelity"))))
+    cfg = load_config(stage.FidelityConfig, preset, sets, section="evaluate.fidelity", values=values)
+    click.echo(stage.format_report(run_atomic(out or RUNS.fidelity, "evaluate.fidelity", cfg, stage.run)))
 
 
 @evaluate.command("separation")
@@ -365,8 +371,8 @@ def evaluate_separation(simulation, personas_dir, out, preset, sets) -> None:
     from simpersona.evaluate import separation as stage
 
     values = _given(simulation=simulation, personas=personas_dir)
-    cfg = _sub_config(stage.SeparationConfig, preset, sets, "evaluate", "separation", values)
-    click.echo(stage.format_table(stage.run(cfg, out or Path("runs/evaluate/separation"))))
+    cfg = load_config(stage.SeparationConfig, preset, sets, section="evaluate.separation", values=values)
+    click.echo(stage.format_table(run_atomic(out or RUNS.separation, "evaluate.separation", cfg, stage.run)))
 
 
 @evaluate.command("instructions")
@@ -385,8 +391,8 @@ def evaluate_instructions(ingest_dir, personas_dir, agent, checkpoint, endpoint_
 
     values = _given(ingest=ingest_dir, personas=personas_dir, agent=agent, repetitions=repetitions,
                     llm=_given(checkpoint=checkpoint) or None, endpoint=_given(url=endpoint_url) or None)
-    cfg = _sub_config(stage.InstructionsConfig, preset, sets, "evaluate", "instructions", values)
-    click.echo(stage.format_table(stage.run(cfg, out or Path("runs/evaluate/instructions"))))
+    cfg = load_config(stage.InstructionsConfig, preset, sets, section="evaluate.instructions", values=values)
+    click.echo(stage.format_table(run_atomic(out or RUNS.instructions, "evaluate.instructions", cfg, stage.run)))
 
 
 @evaluate.command("ablations")
@@ -401,8 +407,8 @@ def evaluate_ablations(ingest_dir, personas_dir, sft_dir, out, preset, sets) -> 
     from simpersona.evaluate import ablations as stage
 
     values = _given(sft=sft_dir, simulate=_given(ingest=ingest_dir, personas=personas_dir) or None)
-    cfg = _sub_config(stage.AblationsConfig, preset, sets, "evaluate", "ablations", values)
-    click.echo(stage.format_report(stage.run(cfg, out or Path("runs/evaluate/ablations"))))
+    cfg = load_config(stage.AblationsConfig, preset, sets, section="evaluate.ablations", values=values)
+    click.echo(stage.format_report(run_atomic(out or RUNS.ablations, "evaluate.ablations", cfg, stage.run)))
 
 
 @main.command()
@@ -414,5 +420,5 @@ def report(run_dir, out, preset, sets) -> None:
     """One self-contained HTML page from whatever a run folder holds (missing parts: "not run")."""
     from simpersona.report import build
 
-    cfg = _sub_config(build.ReportConfig, preset, sets, "report", None, _given(run=run_dir))
-    click.echo(build.format_summary(build.run(cfg, out or run_dir / "report")))
+    cfg = load_config(build.ReportConfig, preset, sets, section="report", values={"run": run_dir})
+    click.echo(build.format_summary(run_atomic(out or RunLayout(run_dir).report, "report", cfg, build.run)))

@@ -1,12 +1,15 @@
 """Typed configuration: dataclasses with defaults, YAML presets, `--set a.b=c` overrides.
 
 Every stage has one config dataclass; every hyperparameter is a field with a default and a
-one-line docstring (written as a comment above the field). Resolution order, later wins:
+one-line docstring (written as a comment above the field; `field_help` reads it back for the
+CLI's --help). One loader (`resolve`; `load_config` for a stage command), later wins:
 
-    dataclass defaults  <  YAML preset (a file, or a name under simpersona/presets/)  <  --set
+    dataclass defaults  <  shared section (`storefront:`)  <  the stage's preset section
+                        <  flags  <  --set
 
-Unknown keys are errors that name the key and the valid choices. The resolved config is written
-beside every output in `meta.json` (see `write_meta`).
+Presets are YAML files, or names under simpersona/presets/. Unknown keys are errors that name the
+key and the valid choices. The resolved config is written beside every output in `meta.json` (see
+`write_meta`, which also records the library versions).
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ PRESET_DIR = Path(__file__).parent / "presets"
 
 class ConfigError(ValueError):
     """A config key or value that does not fit its dataclass."""
+
+
+class InputError(ValueError):
+    """An input or output path that cannot be used as it is (corrupt, incomplete, not a folder …);
+    the message names the path and the problem, and the CLI prints it as one line (exit code 2)."""
 
 
 def preset_path(name_or_path: str | Path) -> Path:
@@ -149,6 +157,75 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def read_preset(preset: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The preset's sections (`{}` without a preset), with `--set section.key=value` merged on top."""
+    data: dict[str, Any] = {}
+    if preset is not None:
+        path = preset_path(preset)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"preset {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"preset {path}: top level must be a mapping of sections")
+    return merge(data, parse_overrides(overrides))
+
+
+def section_of(sections: dict[str, Any], section: str | None) -> dict[str, Any]:
+    """The mapping at a dotted `section` path (`evaluate.alignment`); `{}` where the preset has none."""
+    data: Any = sections
+    for part in (section.split(".") if section else []):
+        data = (data or {}).get(part) if isinstance(data, dict) else None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset section {section!r} must be a mapping, got {data!r}")
+    return data
+
+
+# Preset sections that configure a part several stages build: a field of this name (at any depth of
+# a stage's config) starts from the section, and the stage's own keys for it win. One `storefront:`
+# section so reaches traces, simulate, evaluate.instructions and evaluate.ablations.simulate.
+SHARED_SECTIONS = ("storefront",)
+
+
+def _shared_base(cls: type, sections: dict[str, Any]) -> dict[str, Any]:
+    """`{field: shared section}` for every field of `cls`'s dataclass tree named in SHARED_SECTIONS."""
+    out: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if not (isinstance(tp, type) and dataclasses.is_dataclass(tp)):
+            continue
+        if f.name in SHARED_SECTIONS and sections.get(f.name):
+            out[f.name] = section_of(sections, f.name)
+        else:
+            inner = _shared_base(tp, sections)
+            if inner:
+                out[f.name] = inner
+    return out
+
+
+def resolve(cls: type[T], sections: dict[str, Any], section: str | None, values: dict[str, Any] | None = None) -> T:
+    """THE config loader: `cls` from its defaults, the shared sections (`storefront:`), the preset's
+    `section` (dotted path), then `values` (flags and --set, or the paths the pipeline sets).
+    Unknown keys and ill-typed values are errors naming the key."""
+    data = merge(_shared_base(cls, sections) if section not in SHARED_SECTIONS else {}, section_of(sections, section))
+    data = merge(data, values or {})
+    return from_dict(cls, data, prefix=f"{section}." if section else "")
+
+
+def _given(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` without the None entries (at any depth): the flags that were given."""
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            v = _given(v) or None
+        if v is not None:
+            out[k] = v
+    return out
+
+
 def load_config(
     cls: type[T],
     preset: str | Path | None = None,
@@ -156,23 +233,15 @@ def load_config(
     section: str | None = None,
     values: dict[str, Any] | None = None,
 ) -> T:
-    """Build `cls` from defaults, an optional preset, CLI flag `values` and `--set` overrides.
+    """A stage command's config: defaults < preset (its `section`, dotted) < flag `values` < `--set`
+    (keys relative to the section, as the command's flags are).
 
-    A preset may hold several stages' sections (`ingest:`, `synth:` …); `section` picks one.
-    A section missing from the preset leaves the defaults.
+    A preset may hold several stages' sections (`ingest:`, `synth:` …); a section missing from the
+    preset leaves the defaults. Shared sections (`storefront:`) reach every field of that name.
     """
-    data: dict[str, Any] = {}
-    if preset is not None:
-        text = preset_path(preset).read_text()
-        loaded = yaml.safe_load(text) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"preset {preset}: top level must be a mapping")
-        if section is not None:
-            loaded = loaded.get(section, {}) or {}
-        data = loaded
-    data = merge(data, {k: v for k, v in (values or {}).items() if v is not None})
-    data = merge(data, parse_overrides(overrides))
-    return from_dict(cls, data)
+    sections = read_preset(preset)
+    values = merge(_given(values or {}), parse_overrides(overrides))
+    return resolve(cls, sections, section, values)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -190,8 +259,47 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return conv(dataclasses.asdict(cfg))
 
 
+# Distributions whose versions every meta.json records (a difference between two runs can be traced
+# to a library); read from the installed metadata, nothing is imported.
+LIBRARIES = ("torch", "numpy", "duckdb", "pyarrow", "ibis-framework", "scipy", "scikit-learn", "safetensors",
+             "transformers", "tokenizers", "trl", "accelerate", "datasets", "sentence-transformers", "pyspark")
+
+
+def library_versions() -> dict[str, str | None]:
+    """`{distribution: version}` of LIBRARIES (None: not installed)."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """`{field: its one-line comment docstring}` of a config dataclass (the comment lines right
+    above each field), for --help."""
+    import inspect
+
+    out: dict[str, str] = {}
+    comment: list[str] = []
+    for line in inspect.getsource(cls).splitlines()[1:]:
+        text = line.strip()
+        if text.startswith("#"):
+            comment.append(text.lstrip("#").strip())
+        elif ":" in text and text.split(":", 1)[0].isidentifier():
+            out.setdefault(text.split(":", 1)[0], " ".join(comment))
+            comment = []
+        else:
+            comment = []
+    return out
+
+
 def write_meta(run_dir: Path, stage: str, cfg: Any, **extra: Any) -> Path:
-    """Write `run_dir/meta.json`: stage name, resolved config, versions, time, extra facts."""
+    """Write `run_dir/meta.json`: stage name, resolved config, versions (Python, libraries), time,
+    extra facts."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     from simpersona import __version__
@@ -201,6 +309,7 @@ def write_meta(run_dir: Path, stage: str, cfg: Any, **extra: Any) -> Path:
         "simpersona_version": __version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "libraries": library_versions(),
         "written_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "config": to_dict(cfg),
         **extra,

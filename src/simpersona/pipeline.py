@@ -3,34 +3,39 @@
     simpersona run --preset demo --out runs/demo                       # generated multi-shop data
     simpersona run --data 2019-Oct.csv --format rees46 --out runs/r   # a real log
 
-Each stage writes into `run_dir/<stage>/` and finishes by writing its `meta.json`; a stage whose
-`meta.json` holds the same resolved config as now is skipped, so a killed run resumes where it
-stopped and a changed setting re-runs that stage and every stage after it.
+Each stage writes into `run_dir/.partial/<stage>/`; when it returns, the pipeline (and only the
+pipeline) writes the completion marker `meta.json` — resolved config, library versions, every
+output file's size and SHA-256, its inputs' content digests — and renames the folder to
+`run_dir/<stage>/` (`simpersona.stagedir`). A killed stage so leaves the previous result or none.
+A stage whose marker holds the same resolved config and input digests as now is skipped; a
+killed run resumes at the stage it was in (the VQ-VAE from its last checkpoint), and a changed
+setting re-runs that stage and every stage after it. Each stage checks that the stages it reads
+are complete before it starts. Folders: `simpersona.layout.RunLayout`.
 
-The preset holds one section per stage (`synth:`, `ingest:`, `features:` …); `--set
-features.sample.per_shop=500` overrides inside a section. Paths between stages are set here.
+The preset holds one section per stage (`synth:`, `ingest:`, `features:` …) plus the shared
+`storefront:` section; `--set features.sample.per_shop=500` overrides inside a section. Paths
+between stages are set here, from the layout.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
+from simpersona import stagedir
+from simpersona.config import ConfigError, read_preset, resolve, to_dict
+from simpersona.layout import RunLayout
 
-from simpersona.config import ConfigError, from_dict, merge, parse_overrides, preset_path, to_dict, write_meta
-
-
-# Preset sections: every stage's name (some configure stages the main job calls indirectly).
+# Preset sections: every stage's name, and the shared `storefront:` section.
 SECTIONS = ("synth", "ingest", "features", "vqvae", "personas", "evaluate", "storefront", "traces", "sft", "simulate",
             "report")
-# Steps configured by another step's section.
-SECTION_OF = {"behaviour": "evaluate"}
+# The `evaluate:` section's parts: Table 1 / App. B (stage evaluate), Tables 2–4, 7–9 (stage behaviour),
+# fidelity (the `evaluate fidelity` command).
+EVALUATE_PARTS = ("clustering", "population", "alignment", "separation", "instructions", "ablations", "fidelity")
 
 
 @dataclass
@@ -38,47 +43,50 @@ class Step:
     """One stage of the main job."""
 
     name: str
-    # builds the stage's config from its preset section and the run folder
-    make_config: Callable[[dict[str, Any], Path], Any]
-    # runs it: (config, stage_dir) -> summary dict
+    # the stages whose outputs it reads: checked complete first, their digests go into its marker
+    inputs: tuple[str, ...]
+    # builds the stage's config from the preset's sections and the run folder's layout
+    make_config: Callable[[dict[str, Any], RunLayout], Any]
+    # runs it: (config, folder to write) -> summary dict
     run: Callable[[Any, Path], dict[str, Any]]
     # one-line summary for the console
     describe: Callable[[dict[str, Any]], str]
+    # a killed attempt's files are kept (same config) and the stage resumes from them
+    resumes: bool = False
 
 
 def _synth() -> Step:
     from simpersona.synth import generate
 
-    return Step("synth", lambda sec, rd: from_dict(generate.SynthConfig, sec), generate.run, generate.format_summary)
+    return Step("synth", (), lambda sec, lay: resolve(generate.SynthConfig, sec, "synth"), generate.run,
+                generate.format_summary)
 
 
 def _ingest(data: Path | None, fmt: str) -> Step:
     from simpersona.events import ingest
 
-    def make(sec: dict[str, Any], rd: Path):
-        sec = dict(sec)
+    def make(sec: dict[str, Any], lay: RunLayout):
         if data is None:  # the generator's output, in the canonical format
-            synth_dir = rd / "synth"
-            events = synth_dir / "events.csv"
-            sec.update(format="canonical", input=str(events if events.exists() else synth_dir / "events.parquet"),
-                       catalog=str(synth_dir / "catalog.parquet"))
+            paths = {"format": "canonical", "input": str(lay.synth_events), "catalog": str(lay.synth_catalog)}
         else:
-            sec.update(format=fmt, input=str(data))
-        sec.setdefault("progress", False)
-        return from_dict(ingest.IngestConfig, sec)
+            paths = {"format": fmt, "input": str(data)}
+        return resolve(ingest.IngestConfig, merge_default(sec, "ingest", {"progress": False}), "ingest", paths)
 
-    return Step("ingest", make, ingest.run, ingest.format_summary)
+    return Step("ingest", () if data is not None else ("synth",), make, ingest.run, ingest.format_summary)
+
+
+def merge_default(sections: dict[str, Any], section: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    """`sections` with `defaults` under `section` where the preset does not set them."""
+    return {**sections, section: {**defaults, **(sections.get(section) or {})}}
 
 
 def _features() -> Step:
     from simpersona.features import stage
 
-    def make(sec: dict[str, Any], rd: Path):
-        sec = dict(sec)
-        sec["input"] = str(rd / "ingest")
-        return from_dict(stage.FeaturesConfig, sec)
+    def make(sec: dict[str, Any], lay: RunLayout):
+        return resolve(stage.FeaturesConfig, sec, "features", {"input": str(lay.ingest)})
 
-    return Step("features", make, stage.run, stage.format_summary)
+    return Step("features", ("ingest",), make, stage.run, stage.format_summary)
 
 
 def _scalars_line(summary: dict[str, Any]) -> str:
@@ -89,19 +97,19 @@ def _scalars_line(summary: dict[str, Any]) -> str:
 def _vqvae() -> Step:
     from simpersona.vqvae import train
 
-    def make(sec: dict[str, Any], rd: Path):
-        return from_dict(train.TrainConfig, {**sec, "features": str(rd / "features")})
+    def make(sec: dict[str, Any], lay: RunLayout):
+        return resolve(train.TrainConfig, sec, "vqvae", {"features": str(lay.features)})
 
-    return Step("vqvae", make, train.run, _scalars_line)
+    return Step("vqvae", ("features",), make, train.run, _scalars_line, resumes=True)
 
 
 def _personas() -> Step:
     from simpersona.personas import assign
 
-    def make(sec: dict[str, Any], rd: Path):
-        return from_dict(assign.PersonasConfig, {**sec, "model": str(rd / "vqvae"), "features": str(rd / "features")})
+    def make(sec: dict[str, Any], lay: RunLayout):
+        return resolve(assign.PersonasConfig, sec, "personas", {"model": str(lay.vqvae), "features": str(lay.features)})
 
-    return Step("personas", make, assign.run, _scalars_line)
+    return Step("personas", ("features", "vqvae"), make, assign.run, _scalars_line)
 
 
 def _evaluate(generated: bool) -> Step:
@@ -109,73 +117,72 @@ def _evaluate(generated: bool) -> Step:
     from simpersona.evaluate import clustering, population
     from simpersona.evaluate.config import EvaluateConfig
 
-    def make(sec: dict[str, Any], rd: Path):
-        sec = {k: v for k, v in sec.items() if k in ("clustering", "population")}
-        sec = merge(sec, {
-            "clustering": {"model": str(rd / "vqvae"), "features": str(rd / "features")},
-            "population": {"personas": str(rd / "personas"), "features": str(rd / "features"),
-                           "ingest": str(rd / "ingest"),
-                           "truth": str(rd / "synth" / "truth" / "buyers.parquet") if generated else None},
-        })
-        return from_dict(EvaluateConfig, sec)
+    def make(sec: dict[str, Any], lay: RunLayout):
+        return EvaluateConfig(
+            clustering=resolve(clustering.ClusteringConfig, sec, "evaluate.clustering",
+                               {"model": str(lay.vqvae), "features": str(lay.features)}),
+            population=resolve(population.PopulationConfig, sec, "evaluate.population", {
+                "personas": str(lay.personas), "features": str(lay.features), "ingest": str(lay.ingest),
+                "truth": str(lay.truth) if generated else None}),
+        )
 
     def run_both(cfg, stage_dir: Path) -> dict[str, Any]:
+        part = RunLayout(stage_dir.parent)  # the partial run folder the stage writes into
         summary = {
-            "clustering": clustering.run(cfg.clustering, stage_dir / "clustering"),
-            "population": population.run(cfg.population, stage_dir / "population"),
+            "clustering": clustering.run(cfg.clustering, part.clustering),
+            "population": population.run(cfg.population, part.population),
         }
         (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        write_meta(stage_dir, "evaluate", cfg)
         return summary
 
     def describe(s: dict[str, Any]) -> str:
         return clustering.format_table(s["clustering"]) + "\n" + population.format_report(s["population"])
 
-    return Step("evaluate", make, run_both, describe)
+    inputs = ("features", "vqvae", "personas", "ingest") + (("synth",) if generated else ())
+    return Step("evaluate", inputs, make, run_both, describe)
 
 
 def _traces() -> Step:
     from simpersona.traces import stage
 
-    def make(sec: dict[str, Any], rd: Path):
-        paths = {"ingest": str(rd / "ingest"), "features": str(rd / "features"), "personas": str(rd / "personas")}
-        return from_dict(stage.TracesConfig, {**sec, **paths})
+    def make(sec: dict[str, Any], lay: RunLayout):
+        paths = {"ingest": str(lay.ingest), "features": str(lay.features), "personas": str(lay.personas)}
+        return resolve(stage.TracesConfig, sec, "traces", paths)
 
-    return Step("traces", make, stage.run, stage.format_summary)
+    return Step("traces", ("ingest", "features", "personas"), make, stage.run, stage.format_summary)
 
 
 def _sft() -> Step:
     """Two-stage SFT on the traces; one persona token per VQ-VAE code (K read from the codebook)."""
     from simpersona.sft import train
 
-    def make(sec: dict[str, Any], rd: Path):
-        tokens = {"k": 0, "vqvae": str(rd / "vqvae"), "cards": str(rd / "personas")}
-        return from_dict(train.SftConfig, merge(sec, {"data": str(rd / "traces"), "tokens": tokens}))
+    def make(sec: dict[str, Any], lay: RunLayout):
+        tokens = {"k": 0, "vqvae": str(lay.vqvae), "cards": str(lay.personas)}
+        return resolve(train.SftConfig, sec, "sft", {"data": str(lay.traces), "tokens": tokens})
 
     def run(cfg, stage_dir: Path) -> dict[str, Any]:
         """Stages 1 then 2; then the single-stage model of the paper's ablation (Tables 7–8)."""
         summary = train.run(cfg, stage_dir)
         if cfg.stage == "both":
             summary["single"] = train.run(dataclasses.replace(cfg, stage="single"), stage_dir)["single"]
-            write_meta(stage_dir, "sft", cfg, summary=summary)
         return summary
 
-    return Step("sft", make, run, train.format_summary)
+    return Step("sft", ("traces", "vqvae", "personas"), make, run, train.format_summary)
 
 
 def _simulate() -> Step:
     from simpersona.simulate import stage
 
-    def make(sec: dict[str, Any], rd: Path):
-        sec = merge(sec, {"ingest": str(rd / "ingest"), "personas": str(rd / "personas")})
-        if (sec.get("agent") or "policy") == "llm":
-            sec = merge(sec, {"llm": {"checkpoint": str(rd / "sft" / "stage2")}})
-        return from_dict(stage.SimulateConfig, sec)
+    def make(sec: dict[str, Any], lay: RunLayout):
+        paths: dict[str, Any] = {"ingest": str(lay.ingest), "personas": str(lay.personas)}
+        if ((sec.get("simulate") or {}).get("agent") or "policy") == "llm":
+            paths["llm"] = {"checkpoint": str(lay.stage2)}
+        return resolve(stage.SimulateConfig, sec, "simulate", paths)
 
     def run(cfg, stage_dir: Path) -> dict[str, Any]:
         return stage.run(cfg, stage_dir, echo=lambda _: None)
 
-    return Step("simulate", make, run, stage.format_summary)
+    return Step("simulate", ("ingest", "personas", "sft"), make, run, stage.format_summary)
 
 
 @dataclass
@@ -195,31 +202,28 @@ class BehaviourConfig:
 def _behaviour() -> Step:
     from simpersona.evaluate import ablations, alignment, instructions, separation
 
-    def make(sec: dict[str, Any], rd: Path):
-        sim, per = str(rd / "simulate"), str(rd / "personas")
+    def make(sec: dict[str, Any], lay: RunLayout):
+        sim, per, ing, agent = str(lay.simulate), str(lay.personas), str(lay.ingest), str(lay.stage2)
         return BehaviourConfig(
-            alignment=from_dict(alignment.AlignmentConfig, merge(
-                sec.get("alignment") or {}, {"features": str(rd / "features"), "personas": per, "simulation": sim})),
-            separation=from_dict(separation.SeparationConfig, merge(
-                sec.get("separation") or {}, {"simulation": sim, "personas": per})),
-            instructions=from_dict(instructions.InstructionsConfig, merge(
-                sec.get("instructions") or {},
-                {"ingest": str(rd / "ingest"), "personas": per, "llm": {"checkpoint": str(rd / "sft" / "stage2")}})),
-            ablations=from_dict(ablations.AblationsConfig, merge(
-                sec.get("ablations") or {},
-                {"sft": str(rd / "sft"), "simulate": {"ingest": str(rd / "ingest"), "personas": per,
-                                                       "llm": {"checkpoint": str(rd / "sft" / "stage2")}}})),
+            alignment=resolve(alignment.AlignmentConfig, sec, "evaluate.alignment",
+                              {"features": str(lay.features), "personas": per, "simulation": sim}),
+            separation=resolve(separation.SeparationConfig, sec, "evaluate.separation",
+                               {"simulation": sim, "personas": per}),
+            instructions=resolve(instructions.InstructionsConfig, sec, "evaluate.instructions",
+                                 {"ingest": ing, "personas": per, "llm": {"checkpoint": agent}}),
+            ablations=resolve(ablations.AblationsConfig, sec, "evaluate.ablations", {
+                "sft": str(lay.sft), "simulate": {"ingest": ing, "personas": per, "llm": {"checkpoint": agent}}}),
         )
 
     def run_all(cfg: BehaviourConfig, stage_dir: Path) -> dict[str, Any]:
+        part = RunLayout(stage_dir.parent)  # the partial run folder the stage writes into
         summary = {
-            "alignment": alignment.run(cfg.alignment, stage_dir / "alignment"),
-            "separation": separation.run(cfg.separation, stage_dir / "separation"),
-            "instructions": instructions.run(cfg.instructions, stage_dir / "instructions"),
-            "ablations": ablations.run(cfg.ablations, stage_dir / "ablations"),
+            "alignment": alignment.run(cfg.alignment, part.alignment),
+            "separation": separation.run(cfg.separation, part.separation),
+            "instructions": instructions.run(cfg.instructions, part.instructions),
+            "ablations": ablations.run(cfg.ablations, part.ablations),
         }
         (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        write_meta(stage_dir, "behaviour", cfg)
         return summary
 
     def describe(s: dict[str, Any]) -> str:
@@ -228,75 +232,93 @@ def _behaviour() -> Step:
             instructions.format_table(s["instructions"]), ablations.format_report(s["ablations"]),
         ])
 
-    return Step("behaviour", make, run_all, describe)
+    return Step("behaviour", ("features", "personas", "ingest", "simulate", "sft"), make, run_all, describe)
 
 
-def _report() -> Step:
+def _report(before: tuple[str, ...]) -> Step:
     from simpersona.report import build
 
-    def make(sec: dict[str, Any], rd: Path):
-        paths = {"run": str(rd), "alignment": "behaviour/alignment", "separation": "behaviour/separation",
-                 "instructions": "behaviour/instructions", "ablations": "behaviour/ablations"}
-        return from_dict(build.ReportConfig, merge(sec, paths))
+    def make(sec: dict[str, Any], lay: RunLayout):
+        return resolve(build.ReportConfig, sec, "report", {"run": str(lay.root)})
 
-    return Step("report", make, build.run, build.format_summary)
+    return Step("report", before, make, build.run, build.format_summary)
 
 
 def steps(data: Path | None, fmt: str) -> list[Step]:
     """The stages of the main job, in order."""
     out = [] if data is not None else [_synth()]
     out += [_ingest(data, fmt), _features(), _vqvae(), _personas(), _evaluate(generated=data is None),
-            _traces(), _sft(), _simulate(), _behaviour(), _report()]
+            _traces(), _sft(), _simulate(), _behaviour()]
+    return out + [_report(tuple(s.name for s in out))]
+
+
+def check_sections(sections: dict[str, Any]) -> None:
+    """Every preset section (and part of `evaluate:`) names a stage; ConfigError otherwise."""
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"preset sections {sorted(unknown)} name no stage; known sections: {list(SECTIONS)}")
+    evaluate = sections.get("evaluate") or {}
+    if not isinstance(evaluate, dict) or set(evaluate) - set(EVALUATE_PARTS):
+        bad = sorted(set(evaluate) - set(EVALUATE_PARTS)) if isinstance(evaluate, dict) else evaluate
+        raise ConfigError(f"evaluate: {bad} name no evaluation; known: {list(EVALUATE_PARTS)}")
+
+
+def input_hashes(step: Step, lay: RunLayout, data: Path | None) -> dict[str, Any]:
+    """The content digests of what `step` reads: each input stage's outputs digest (from its
+    marker, which must be complete) and, for ingest of a real log, the log's bytes."""
+    out: dict[str, Any] = {}
+    for name in step.inputs:
+        marker = stagedir.require_complete(lay.stage(name), name)
+        out[name] = marker.get("outputs_digest")
+    if step.name == "ingest" and data is not None:
+        out["data"] = data_digest(Path(data))
     return out
 
 
-def _done(stage_dir: Path, cfg: Any) -> bool:
-    meta = stage_dir / "meta.json"
-    if not meta.exists():
-        return False
-    try:
-        return json.loads(meta.read_text()).get("config") == json.loads(json.dumps(to_dict(cfg), default=str))
-    except json.JSONDecodeError:
-        return False
+def data_digest(path: Path) -> str:
+    """SHA-256 of a log file, or of the manifest of a log folder."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist (--data)")
+    return stagedir.file_hash(path) if path.is_file() else stagedir.digest(stagedir.manifest(path))
 
 
-def _prepare(stage_dir: Path, cfg: Any) -> None:
-    """Before a stage runs: keep a killed attempt's files when its config was the same (the stage
-    resumes from them, e.g. VQ-VAE checkpoints); otherwise start from an empty folder."""
-    pending = stage_dir / ".pending.json"
-    now = json.dumps(to_dict(cfg), sort_keys=True, default=str)
-    if stage_dir.exists() and not (pending.exists() and pending.read_text() == now):
-        shutil.rmtree(stage_dir)
-    (stage_dir / "meta.json").unlink(missing_ok=True)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    pending.write_text(now)
+def _done(stage_dir: Path, cfg: Any, inputs: dict[str, Any]) -> dict[str, Any] | None:
+    """The stage's marker when it finished with this config on these inputs, else None."""
+    marker = stagedir.read_marker(stage_dir)
+    if marker is None:
+        return None
+    same = marker.get("config") == json.loads(json.dumps(to_dict(cfg), default=str))
+    return marker if same and marker.get("input_hashes") == inputs else None
 
 
 def run(preset: str | Path, run_dir: Path, overrides: tuple[str, ...] = (), data: Path | None = None,
         fmt: str = "canonical", echo: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
     """Run (or resume) the main job; returns each stage's summary."""
-    sections = yaml.safe_load(preset_path(preset).read_text()) or {}
-    sections = merge(sections, parse_overrides(overrides))
+    sections = read_preset(preset, overrides)
+    check_sections(sections)
     plan = steps(data, fmt)
-    unknown = set(sections) - set(SECTIONS)
-    if unknown:
-        raise ConfigError(f"preset sections {sorted(unknown)} name no stage; known sections: {list(SECTIONS)}")
-    run_dir = Path(run_dir)
+    lay = RunLayout(Path(run_dir))
+    stagedir.check_output(lay.root, stage_folder=False)
     results: dict[str, dict[str, Any]] = {}
     rerun = False
     t_all = time.perf_counter()
     for i, step in enumerate(plan, 1):
-        stage_dir = run_dir / step.name
-        cfg = step.make_config(sections.get(SECTION_OF.get(step.name, step.name)) or {}, run_dir)
-        if not rerun and _done(stage_dir, cfg):
-            echo(f"[{i}/{len(plan)}] {step.name}: done already (same config), skipped")
-            summary_file = stage_dir / "summary.json"
-            results[step.name] = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+        stage_dir = lay.stage(step.name)
+        cfg = step.make_config(sections, lay)
+        inputs = input_hashes(step, lay, data)
+        marker = None if rerun else _done(stage_dir, cfg, inputs)
+        if marker is not None:
+            echo(f"[{i}/{len(plan)}] {step.name}: done already (same config and inputs), skipped")
+            results[step.name] = marker.get("summary") or {}
             continue
         rerun = True  # everything after a re-run stage runs again
         echo(f"[{i}/{len(plan)}] {step.name} …")
-        _prepare(stage_dir, cfg)
-        results[step.name] = step.run(cfg, stage_dir)
-        echo(step.describe(results[step.name]))
-    echo(f"main job finished in {time.perf_counter() - t_all:.1f}s: {run_dir}")
+        key = json.dumps({"config": to_dict(cfg), "inputs": inputs}, sort_keys=True, default=str)
+        part = stagedir.begin(stage_dir, key, resume=step.resumes)
+        with stagedir.discard_on_error(part, keep=step.resumes):
+            summary = stagedir.relocate(step.run(cfg, part), part, stage_dir)
+        stagedir.commit(part, stage_dir, step.name, cfg, summary=summary, input_hashes=inputs)
+        results[step.name] = summary
+        echo(step.describe(summary))
+    echo(f"main job finished in {time.perf_counter() - t_all:.1f}s: {lay.root}")
     return results

@@ -1,6 +1,6 @@
 """Build the report page from a run folder (`simpersona report --run RUN_DIR`).
 
-Sections, each from the files its stage wrote (paths relative to the run folder, all settings):
+Sections, each from the files its stage wrote where the main job writes them (`RunLayout`):
 codebook usage and health (vqvae train_log.jsonl, code sizes), persona cards (cards.json),
 each shop's persona mix (shop_mix.parquet), real vs recovered stratum mix per shop (buyers ⋈
 assignments, code_strata), the R² chart (population.json), Tables 1–4 beside the paper's
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from simpersona.config import write_meta
+from simpersona.layout import RunLayout
 from simpersona.report import svg
 
 STRATA = ("A", "B", "C", "D", "E")
@@ -34,28 +35,8 @@ h3{font-size:15px}th{background:#f3f3f3}td:first-child,th:first-child{text-align
 
 @dataclass
 class ReportConfig:
-    # the run folder; every path below is relative to it
+    # the run folder; its parts are where the main job writes them (`simpersona.layout.RunLayout`)
     run: Path | None = None
-    # VQ-VAE run folder (train_log.jsonl, summary.json)
-    vqvae: str = "vqvae"
-    # personas folder (cards.json, shop_mix.parquet, code_strata.parquet, assignments.parquet)
-    personas: str = "personas"
-    # features folder (buyers.parquet)
-    features: str = "features"
-    # evaluate clustering output (clustering.json)
-    clustering: str = "evaluate/clustering"
-    # evaluate population output (population.json)
-    population: str = "evaluate/population"
-    # simulate output (summary.json, episodes.parquet)
-    simulate: str = "simulate"
-    # evaluate alignment output (alignment.json)
-    alignment: str = "evaluate/alignment"
-    # evaluate separation output (separation.json)
-    separation: str = "evaluate/separation"
-    # evaluate instructions output (instructions.json)
-    instructions: str = "evaluate/instructions"
-    # evaluate ablations output (ablations.json)
-    ablations: str = "evaluate/ablations"
     # persona cards shown (the largest codes)
     max_cards: int = 12
     # shops shown in per-shop charts
@@ -66,6 +47,11 @@ class ReportConfig:
 
 def _json(p: Path) -> Any | None:
     return json.loads(p.read_text()) if p.exists() else None
+
+
+def _rel(lay: RunLayout, path: Path) -> str:
+    """`path` relative to the run folder (as the page names it)."""
+    return path.relative_to(lay.root).as_posix()
 
 
 def _notrun(what: str) -> str:
@@ -91,11 +77,11 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
 
 
 # -- sections -----------------------------------------------------------------------------------
-def sec_codebook(cfg: ReportConfig, run: Path) -> str:
-    log = run / cfg.vqvae / "train_log.jsonl"
-    cards = _json(run / cfg.personas / "cards.json")
+def sec_codebook(cfg: ReportConfig, lay: RunLayout) -> str:
+    log = lay.vqvae / "train_log.jsonl"
+    cards = _json(lay.personas / "cards.json")
     if not log.exists() and cards is None:
-        return _notrun(f"no {cfg.vqvae}/train_log.jsonl or {cfg.personas}/cards.json")
+        return _notrun(f"no {_rel(lay, lay.vqvae)}/train_log.jsonl or {_rel(lay, lay.personas)}/cards.json")
     out = ['<div class="row">']
     if log.exists():
         recs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
@@ -104,11 +90,11 @@ def sec_codebook(cfg: ReportConfig, run: Path) -> str:
         out.append(svg.lines({"perplexity": [(r["step"], r.get("perplexity", 0.0)) for r in recs if "perplexity" in r]},
                              "Code perplexity", "step"))
         resets = sum(int(r.get("dead_reset", 0)) for r in recs)
-        summ = _json(run / cfg.vqvae / "summary.json") or {}
+        summ = _json(lay.vqvae / "summary.json") or {}
         out.append(f'<p class="small">{len(recs)} steps logged; dead-code resets {resets}; '
                    f"val codes used {summ.get('val_codes_used', '–')}; best val loss {_num(summ.get('best_val_loss'))}</p>")
     else:
-        out.append(_notrun(f"{cfg.vqvae}/train_log.jsonl"))
+        out.append(_notrun(f"{_rel(lay, lay.vqvae)}/train_log.jsonl"))
     if cards:
         sizes = sorted((c.get("size", 0) for c in cards), reverse=True)
         tot = sum(sizes) or 1
@@ -118,10 +104,10 @@ def sec_codebook(cfg: ReportConfig, run: Path) -> str:
     return "".join(out)
 
 
-def sec_cards(cfg: ReportConfig, run: Path) -> str:
-    cards = _json(run / cfg.personas / "cards.json")
+def sec_cards(cfg: ReportConfig, lay: RunLayout) -> str:
+    cards = _json(lay.personas / "cards.json")
     if not cards:
-        return _notrun(f"no {cfg.personas}/cards.json")
+        return _notrun(f"no {_rel(lay, lay.personas)}/cards.json")
     out = ['<div class="row">']
     for c in sorted(cards, key=lambda c: -c.get("size", 0))[: cfg.max_cards]:
         lab = c.get("labels", {})
@@ -133,10 +119,10 @@ def sec_cards(cfg: ReportConfig, run: Path) -> str:
     return "".join(out) + "</div>"
 
 
-def sec_mix(cfg: ReportConfig, run: Path) -> str:
-    p = run / cfg.personas / "shop_mix.parquet"
+def sec_mix(cfg: ReportConfig, lay: RunLayout) -> str:
+    p = lay.personas / "shop_mix.parquet"
     if not p.exists():
-        return _notrun(f"no {cfg.personas}/shop_mix.parquet")
+        return _notrun(f"no {_rel(lay, lay.personas)}/shop_mix.parquet")
     import pyarrow.parquet as pq
 
     t = pq.read_table(p).to_pydict()
@@ -168,15 +154,15 @@ def stratum_mixes(features: Path, personas: Path) -> dict[str, tuple[list[float]
     return {s: ([x / (sum(r) or 1) for x in r], [x / (sum(p) or 1) for x in p]) for s, (r, p) in sorted(out.items())}
 
 
-def sec_strata(cfg: ReportConfig, run: Path) -> str:
-    f, p = run / cfg.features, run / cfg.personas
+def sec_strata(cfg: ReportConfig, lay: RunLayout) -> str:
+    f, p = lay.features, lay.personas
     if not (f / "buyers.parquet").exists() or not (p / "code_strata.parquet").exists():
-        return _notrun(f"needs {cfg.features}/buyers.parquet and {cfg.personas}/code_strata.parquet")
+        return _notrun(f"needs {_rel(lay, lay.features)}/buyers.parquet and {_rel(lay, lay.personas)}/code_strata.parquet")
     mixes = list(stratum_mixes(f, p).items())[: cfg.max_shops]
     rows = []
     for s, (real, rec) in mixes:
         rows += [(f"{s} real", real), (f"{s} recovered", rec)]
-    pop = _json(run / cfg.population / "population.json")
+    pop = _json(lay.population / "population.json")
     note = ""
     if pop:
         js = pop["stratum_js"]
@@ -185,10 +171,10 @@ def sec_strata(cfg: ReportConfig, run: Path) -> str:
     return svg.stacked(rows, list(STRATA), "Stratum mix per shop: real vs recovered from codes") + note
 
 
-def sec_r2(cfg: ReportConfig, run: Path) -> str:
-    pop = _json(run / cfg.population / "population.json")
+def sec_r2(cfg: ReportConfig, lay: RunLayout) -> str:
+    pop = _json(lay.population / "population.json")
     if not pop:
-        return _notrun(f"no {cfg.population}/population.json")
+        return _notrun(f"no {_rel(lay, lay.population)}/population.json")
     r2 = pop["feature_r2"]
     paper = (pop.get("paper") or {}).get("r2", {})
     chart = svg.hbars([(k, v) for k, v in r2.items()], "Per-feature R² across shops (black tick: paper)", -0.2, 1.0,
@@ -196,20 +182,20 @@ def sec_r2(cfg: ReportConfig, run: Path) -> str:
     return chart + f'<p class="small">{pop["n_buyers"]:,} buyers over {pop["n_shops"]} shops.</p>'
 
 
-def sec_table1(cfg: ReportConfig, run: Path) -> str:
-    r = _json(run / cfg.clustering / "clustering.json")
+def sec_table1(cfg: ReportConfig, lay: RunLayout) -> str:
+    r = _json(lay.clustering / "clustering.json")
     if not r:
-        return _notrun(f"no {cfg.clustering}/clustering.json")
+        return _notrun(f"no {_rel(lay, lay.clustering)}/clustering.json")
     rows = [[m, r["kmeans"][m], r["vqvae"][m], r["paper"].get(m, {}).get("kmeans"), r["paper"].get(m, {}).get("vqvae")]
             for m in r["vqvae"]]
     return (f'<p class="small">{r["n_buyers"]:,} buyers, K = {escape(str(r["k"]))}</p>'
             + _table(["metric", "k-means (ours)", "VQ-VAE (ours)", "k-means (paper)", "VQ-VAE (paper)"], rows))
 
 
-def sec_table2(cfg: ReportConfig, run: Path) -> str:
-    r = _json(run / cfg.alignment / "alignment.json")
+def sec_table2(cfg: ReportConfig, lay: RunLayout) -> str:
+    r = _json(lay.alignment / "alignment.json")
     if not r:
-        return _notrun(f"no {cfg.alignment}/alignment.json")
+        return _notrun(f"no {_rel(lay, lay.alignment)}/alignment.json")
     rows = []
     for st, row in r["table"].items():
         p = r["paper"].get(st, {})
@@ -221,10 +207,10 @@ def sec_table2(cfg: ReportConfig, run: Path) -> str:
             + f'<p class="small">{r["episodes"]:,} simulated episodes.</p>')
 
 
-def sec_table3(cfg: ReportConfig, run: Path) -> str:
-    r = _json(run / cfg.separation / "separation.json")
+def sec_table3(cfg: ReportConfig, lay: RunLayout) -> str:
+    r = _json(lay.separation / "separation.json")
     if not r:
-        return _notrun(f"no {cfg.separation}/separation.json")
+        return _notrun(f"no {_rel(lay, lay.separation)}/separation.json")
     rows = []
     for h, x in r["heads"].items():
         p = r["paper"][h]
@@ -235,10 +221,10 @@ def sec_table3(cfg: ReportConfig, run: Path) -> str:
             + _table(["purchase bin → rate", "low", "medium", "high", "paper low", "paper medium", "paper high"], frows))
 
 
-def sec_table4(cfg: ReportConfig, run: Path) -> str:
-    r = _json(run / cfg.instructions / "instructions.json")
+def sec_table4(cfg: ReportConfig, lay: RunLayout) -> str:
+    r = _json(lay.instructions / "instructions.json")
     if not r:
-        return _notrun(f"no {cfg.instructions}/instructions.json")
+        return _notrun(f"no {_rel(lay, lay.instructions)}/instructions.json")
     o, t, p = r["overall"], r["types"], r["paper"]
     rows = [["avg steps per run", o["steps"], p["steps"]],
             ["self-reported goal reached", _num(o["self_reported"], True), _num(p["self_reported"], True)],
@@ -249,10 +235,10 @@ def sec_table4(cfg: ReportConfig, run: Path) -> str:
     return f'<p class="small">{r["tasks"]} tasks, {r["runs"]} runs, agent {escape(r["agent"])}</p>' + _table(["metric", "ours", "paper"], rows)
 
 
-def sec_ablations(cfg: ReportConfig, run: Path) -> str:
-    r = _json(run / cfg.ablations / "ablations.json")
+def sec_ablations(cfg: ReportConfig, lay: RunLayout) -> str:
+    r = _json(lay.ablations / "ablations.json")
     if not r:
-        return _notrun(f"no {cfg.ablations}/ablations.json")
+        return _notrun(f"no {_rel(lay, lay.ablations)}/ablations.json")
     out = []
     if "token" in r:
         t, p = r["token"], r["paper"]["table9"]
@@ -270,11 +256,11 @@ def sec_ablations(cfg: ReportConfig, run: Path) -> str:
     return "".join(out) or _notrun("no ablation in ablations.json")
 
 
-def sec_simulation(cfg: ReportConfig, run: Path) -> str:
-    s = _json(run / cfg.simulate / "summary.json")
-    a = _json(run / cfg.alignment / "alignment.json")
+def sec_simulation(cfg: ReportConfig, lay: RunLayout) -> str:
+    s = _json(lay.simulate / "summary.json")
+    a = _json(lay.alignment / "alignment.json")
     if s is None and a is None:
-        return _notrun(f"no {cfg.simulate}/summary.json")
+        return _notrun(f"no {_rel(lay, lay.simulate)}/summary.json")
     out = []
     if s is not None:
         out.append(_table(["episodes", "agent", "sessions/s", "mean steps", *s["outcomes"]],
@@ -285,7 +271,7 @@ def sec_simulation(cfg: ReportConfig, run: Path) -> str:
             rows.append((shop, [v.get("real", {}).get("atc"), v["sim"]["atc"], v.get("real", {}).get("checkout"), v["sim"]["checkout"]]))
         out.append(svg.grouped(rows, ["ATC real", "ATC sim", "checkout real", "checkout sim"], "Simulated vs real funnel rates per shop (per session)"))
     else:
-        out.append(_notrun(f"no funnel rates ({cfg.alignment}/alignment.json)"))
+        out.append(_notrun(f"no funnel rates ({_rel(lay, lay.alignment)}/alignment.json)"))
     return "".join(out)
 
 
@@ -299,10 +285,11 @@ SECTIONS = (("Codebook usage and health", sec_codebook), ("Persona cards", sec_c
 def render(cfg: ReportConfig) -> tuple[str, dict[str, str]]:
     """(html, section → "ok" / "not run" / "error: …")."""
     run = Path(cfg.run)
+    lay = RunLayout(run)
     parts, status = [], {}
     for title, fn in SECTIONS:
         try:
-            body = fn(cfg, run)
+            body = fn(cfg, lay)
             status[title] = "not run" if body.startswith('<p class="notrun">') else "ok"
         except Exception as e:  # one broken part never breaks the page
             body = f'<p class="notrun">could not be built: {escape(type(e).__name__)}: {escape(str(e))}</p>'
@@ -326,10 +313,10 @@ def run(cfg: ReportConfig, out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / cfg.filename
     path.write_text(page, encoding="utf-8")
-    summary = {"path": str(path), "bytes": len(page.encode()), "sections": status}
+    summary = {"page": cfg.filename, "bytes": len(page.encode()), "sections": status}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_meta(out_dir, "report", cfg, summary=summary)
-    return summary
+    return {**summary, "path": str(path)}
 
 
 def format_summary(summary: dict[str, Any]) -> str:

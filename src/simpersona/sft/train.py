@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from simpersona.config import ConfigError, load_config, write_meta
+from simpersona.config import ConfigError, write_meta
 
 STAGES = ("1", "2", "both", "single")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -388,13 +388,6 @@ def _sessions_per_code(records: list[dict]) -> dict[int, int]:
     for r in records:
         seen.setdefault(r["persona"], set()).add(r["session_key"])
     return {c: len(s) for c, s in seen.items()}
-
-
-def load_sft_config(preset: str | None, sets: tuple[str, ...], values: dict[str, Any]) -> SftConfig:
-    """SftConfig from a preset: `tiny`/`demo` (the `sft:` section of the shared presets) or
-    `smollm2`/`qwen3` (files under simpersona/sft/presets/), then flag values and --set."""
-    local = Path(__file__).parent / "presets" / f"{preset}.yaml"
-    return load_config(SftConfig, local if preset and local.exists() else preset, sets, section="sft", values=values)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -16,8 +16,30 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from simpersona.config import load_config
+from simpersona.config import InputError, load_config
 from simpersona.vqvae.model import VQVAE
+
+
+def _load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a missing, truncated or corrupt file is an InputError naming it."""
+    if not path.exists():
+        raise InputError(f"{path}: no {what} here")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own SafetensorError (or OSError) on a bad file
+        raise InputError(f"{path}: truncated or corrupt {what} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+
+def _load_json(path: Path, what: str) -> dict:
+    try:
+        out = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no {what} here") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: corrupt {what} (not JSON: {e})") from None
+    if not isinstance(out, dict):
+        raise InputError(f"{path}: corrupt {what} (not a JSON object)")
+    return out
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -51,10 +73,28 @@ def save_training_state(
 def load_training_state(
     ckpt_dir: Path, model: VQVAE, opt: torch.optim.Optimizer, gen: torch.Generator
 ) -> tuple[dict[str, torch.Tensor], dict]:
-    """Restore what `save_training_state` wrote; returns (best weights, state)."""
-    t = load_file(str(ckpt_dir / "last.safetensors"))
+    """Restore what `save_training_state` wrote; returns (best weights, state). A truncated or
+    corrupt checkpoint is an InputError naming the file (delete the checkpoint folder, or
+    `--set resume=false`, to start over)."""
+    hint = f"; delete {ckpt_dir} (or --set resume=false) to train from the start"
+    try:
+        state = _load_json(ckpt_dir / "state.json", "VQ-VAE training state")
+        missing = {"step", "best_val", "best_step", "bad_evals", "stopped"} - set(state)
+        if missing:
+            raise InputError(f"{ckpt_dir / 'state.json'}: corrupt VQ-VAE training state (missing {sorted(missing)})")
+        t = _load_tensors(ckpt_dir / "last.safetensors", "VQ-VAE checkpoint")
+        try:
+            _restore(t, model, opt, gen)
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise InputError(f"{ckpt_dir / 'last.safetensors'}: checkpoint does not fit this model "
+                             f"({str(e).splitlines()[0]})") from None
+    except InputError as e:
+        raise InputError(f"{e}{hint}") from None
+    return {k[5:]: v for k, v in t.items() if k.startswith("best.")}, state
+
+
+def _restore(t: dict[str, torch.Tensor], model: VQVAE, opt: torch.optim.Optimizer, gen: torch.Generator) -> None:
     model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
-    best = {k[5:]: v for k, v in t.items() if k.startswith("best.")}
     sd = opt.state_dict()
     sd["state"] = {}
     for k, v in t.items():
@@ -64,7 +104,6 @@ def load_training_state(
     opt.load_state_dict(sd)
     torch.set_rng_state(t["rng.torch"])
     gen.set_state(t["rng.gen"])
-    return best, json.loads((ckpt_dir / "state.json").read_text())
 
 
 def save_model(run_dir: Path, weights: dict[str, torch.Tensor]) -> None:
@@ -76,7 +115,11 @@ def load_model(run_dir: Path):
     from simpersona.vqvae.train import TrainConfig
 
     run_dir = Path(run_dir)
-    cfg = load_config(TrainConfig, values=json.loads((run_dir / "config.json").read_text()))
+    cfg = load_config(TrainConfig, values=_load_json(run_dir / "config.json", "VQ-VAE config"))
     model = VQVAE(cfg.model)
-    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    path = run_dir / "model.safetensors"
+    try:
+        model.load_state_dict(_load_tensors(path, "VQ-VAE model"))
+    except RuntimeError as e:
+        raise InputError(f"{path}: weights do not fit {run_dir / 'config.json'} ({str(e).splitlines()[0]})") from None
     return model.eval(), cfg

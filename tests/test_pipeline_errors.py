@@ -1,0 +1,140 @@
+"""Operator errors at the pipeline and CLI level: one line naming the path and the problem, exit
+code 2, no traceback, nothing half-written (issue 10 item 6). Ingest's own errors: test_ingest."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from simpersona import stagedir
+from simpersona.cli import main
+from simpersona.config import InputError
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.run([sys.executable, "-m", "simpersona", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def one_line_error(p, *needles: str) -> str:
+    """The process failed with exit code 2 and one `error:` line holding every needle."""
+    assert p.returncode == 2, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr
+    assert "Traceback" not in p.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def test_output_path_that_is_a_file(tmp_path):
+    f = tmp_path / "taken"
+    f.write_text("not a folder\n")
+    one_line_error(cli("run", "--preset", "tiny", "--out", str(f)), str(f), "is a file")
+    one_line_error(cli("synth", "--shops", "2", "--buyers", "40", "--out", str(f)), str(f), "is a file")
+    one_line_error(cli("synth", "--shops", "2", "--buyers", "40", "--out", str(f / "sub")), str(f), "is a file")
+    assert f.read_text() == "not a folder\n"
+
+
+def test_output_folder_of_something_else_is_not_replaced(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me\n")
+    one_line_error(cli("synth", "--shops", "2", "--buyers", "40", "--out", str(mine)), str(mine), "no meta.json")
+    assert (mine / "notes.txt").read_text() == "keep me\n"
+
+
+def test_read_only_disk_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
+    """The machine runs tests as root (permissions do not stop it): the read-only disk is simulated
+    by an EROFS from every mkdir under the output folder."""
+    ro = tmp_path / "ro"
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *a, **kw):
+        if str(self).startswith(str(ro)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return real_mkdir(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    res = CliRunner().invoke(main, ["synth", "--shops", "2", "--buyers", "40", "--out", str(ro / "synth")])
+    assert res.exit_code == 2, res.output
+    line = res.output.strip()
+    assert line.startswith("error: ") and "\n" not in line and str(ro) in line and "Read-only file system" in line
+    assert not ro.exists()
+
+
+def test_full_disk_mid_stage_leaves_no_output(tmp_path, monkeypatch):
+    """A stage that dies of ENOSPC half-way: one line, exit 2, no output folder, no partial left."""
+    import simpersona.synth
+
+    def full(cfg, run_dir):
+        (Path(run_dir) / "events.csv").write_text("half a file")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(run_dir) / "events.csv"))
+
+    monkeypatch.setattr(simpersona.synth, "run", full)
+    out = tmp_path / "synth"
+    res = CliRunner().invoke(main, ["synth", "--shops", "2", "--buyers", "40", "--out", str(out)])
+    assert res.exit_code == 2 and "No space left on device" in res.output and "events.csv" in res.output
+    assert not out.exists() and not stagedir.partial_dir(out).exists()
+
+
+@pytest.fixture(scope="module")
+def vqvae_run(tmp_path_factory):
+    from simpersona.vqvae.synthetic import fabricate_features
+
+    root = tmp_path_factory.mktemp("vq")
+    feat = fabricate_features(root / "feat", n_shops=3, buyers_per_shop=60)
+    p = cli("vqvae", "train", "--features", str(feat), "--out", str(root / "model"), "--set", "model.codebook_size=8",
+            "--set", "batch_size=64", "--set", "max_epochs=1", "--set", "progress=false")
+    assert p.returncode == 0, p.stderr[-3000:]
+    return root / "model", feat
+
+
+def test_truncated_vqvae_model_is_one_line(vqvae_run, tmp_path):
+    import shutil
+
+    model, feat = vqvae_run
+    bad = tmp_path / "model"
+    shutil.copytree(model, bad)
+    blob = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(blob[: len(blob) // 2])
+    p = cli("personas", "assign", "--model", str(bad), "--features", str(feat), "--out", str(tmp_path / "p"))
+    one_line_error(p, str(bad / "model.safetensors"), "truncated or corrupt")
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated checkpoint", "corrupt state.json", "state.json not an object"])
+def test_damaged_training_checkpoint_names_the_file(vqvae_run, tmp_path, damage):
+    import shutil
+
+    import torch
+
+    from simpersona.vqvae.checkpoint import load_model, load_training_state
+    from simpersona.vqvae.model import VQVAE
+
+    model_dir, _ = vqvae_run
+    ck = tmp_path / "checkpoint"
+    shutil.copytree(model_dir / "checkpoint", ck)
+    if damage == "truncated checkpoint":
+        blob = (ck / "last.safetensors").read_bytes()
+        (ck / "last.safetensors").write_bytes(blob[:100])
+        where = "last.safetensors"
+    elif damage == "corrupt state.json":
+        (ck / "state.json").write_text('{"step": 3, "best_')
+        where = "state.json"
+    else:
+        (ck / "state.json").write_text("[1, 2]")
+        where = "state.json"
+    model = VQVAE(load_model(model_dir)[1].model)
+    opt = torch.optim.Adam(model.parameters())
+    with pytest.raises(InputError) as e:
+        load_training_state(ck, model, opt, torch.Generator())
+    msg = str(e.value)
+    assert str(ck / where) in msg and "resume=false" in msg and "\n" not in msg
