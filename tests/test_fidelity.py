@@ -136,6 +136,14 @@ def test_training_and_evaluation_shops_never_mix(world, tmp_path):
         F.run(_cfg(world, eval_shops=["nope"]), tmp_path / "b")
     with pytest.raises(ConfigError, match="holdout"):  # no eval shops given and none held out
         F.run(_cfg(world, eval_shops=[]), tmp_path / "c")
+    # the run's split decides when no eval_shops are given; a training shop it lists as evaluation is refused
+    from simpersona.contracts.split import ShopSplit, SplitLeakError
+
+    ShopSplit(("shop0", "shop1"), ("shop2",)).save(tmp_path / "split" / "shops.json")
+    assert F.resolve_shops(_cfg(world, eval_shops=[], split=tmp_path / "split"), ["shop0", "shop1", "shop2"]) == (
+        ["shop2"], ["shop0", "shop1"])
+    with pytest.raises(SplitLeakError, match="shop2"):
+        F.resolve_shops(_cfg(world, eval_shops=["shop1"], split=tmp_path / "split"), ["shop0", "shop1", "shop2"])
     # a simulation whose policy saw the evaluation shop is refused
     sim = tmp_path / "sim"
     sim.mkdir()
