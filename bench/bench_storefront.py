@@ -129,7 +129,7 @@ def bench_log(n: int) -> None:
           f"(best of 2, {n:,} events, parts included)")
 
 
-def _serve(kind: str, port: int) -> None:
+def _serve(kind: str, port: int, key_file: str) -> None:
     import uvicorn
 
     if kind == "hello":
@@ -144,12 +144,14 @@ def _serve(kind: str, port: int) -> None:
         from simpersona.storefront.app import create_app
         from simpersona.storefront.config import StorefrontConfig
 
-        app = create_app(StorefrontConfig(), bench_catalog())
+        app = create_app(StorefrontConfig(cookie_key_file=Path(key_file)), bench_catalog())
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
 
 
-async def _load(base: str, urls: list[str], n: int, concurrency: int, time_cap_s: float) -> tuple[int, int, float]:
+async def _load(base: str, urls: list[str], n: int, concurrency: int, time_cap_s: float, key: bytes) -> tuple[int, int, float]:
     import httpx
+
+    from simpersona.storefront.cookies import visitor_cookies
 
     done = errors = 0
     deadline = time.perf_counter() + time_cap_s
@@ -157,7 +159,7 @@ async def _load(base: str, urls: list[str], n: int, concurrency: int, time_cap_s
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
         async def worker(w: int) -> None:
             nonlocal done, errors
-            cookies = {"sp_buyer": f"bench-{w}", "sp_session": f"bench-{w}"}
+            cookies = visitor_cookies(key, f"bench-{w}", f"bench-{w}")  # signed: one visitor per worker
             i = w
             while done + errors < n and time.perf_counter() < deadline:
                 try:
@@ -175,14 +177,15 @@ async def _load(base: str, urls: list[str], n: int, concurrency: int, time_cap_s
         return done, errors, time.perf_counter() - t0
 
 
-def _wrk(base: str, urls: list[str], concurrency: int, seconds: float) -> tuple[int, int, float]:
+def _wrk(base: str, urls: list[str], concurrency: int, seconds: float, key: bytes) -> tuple[int, int, float]:
     """(ok, errors, requests/s) from `wrk` with a Lua script cycling through `urls`."""
     import re
-    import tempfile
+
+    from simpersona.storefront.cookies import visitor_cookies
 
     lua = "local urls = {" + ",".join(f'"{u}"' for u in urls) + "}\nlocal i = 0\n" + (
         "request = function()\n  i = i + 1\n  return wrk.format('GET', urls[(i % #urls) + 1], "
-        "{['Cookie'] = 'sp_buyer=bench; sp_session=bench'})\nend\n")
+        "{['Cookie'] = '" + "; ".join(f"{k}={v}" for k, v in visitor_cookies(key, "bench", "bench").items()) + "'})\nend\n")
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as f:
         f.write(lua)
         f.flush()
@@ -199,8 +202,12 @@ def bench_http(catalog: pa.Table, n: int, concurrency: int, time_cap_s: float, l
     from urllib.parse import quote
 
     from simpersona.storefront.catalog import load_catalog
+    from simpersona.storefront.cookies import load_or_create_key
 
     shops = load_catalog(catalog)
+    key_dir = tempfile.TemporaryDirectory()
+    key_file = Path(key_dir.name) / "storefront.key"
+    key = load_or_create_key(key_file)[0]  # the server's, so the load generator's visitors are signed
     urls = []
     for s in shops.values():
         base = f"/s/{s.shop_id}"
@@ -213,7 +220,7 @@ def bench_http(catalog: pa.Table, n: int, concurrency: int, time_cap_s: float, l
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--port", str(port)])
+        proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--port", str(port), "--key-file", str(key_file)])
         try:
             deadline = time.monotonic() + 60
             while True:
@@ -225,17 +232,18 @@ def bench_http(catalog: pa.Table, n: int, concurrency: int, time_cap_s: float, l
                         raise RuntimeError(f"{kind} server did not start")
                     time.sleep(0.1)
             base = f"http://127.0.0.1:{port}"
-            asyncio.run(_load(base, paths, min(200, n), concurrency, time_cap_s))  # warm-up
+            asyncio.run(_load(base, paths, min(200, n), concurrency, time_cap_s, key))  # warm-up
             if load == "wrk":
-                ok, errors, rps = _wrk(base, paths, concurrency, time_cap_s)
+                ok, errors, rps = _wrk(base, paths, concurrency, time_cap_s, key)
             else:
-                ok, errors, wall = asyncio.run(_load(base, paths, n, concurrency, time_cap_s))
+                ok, errors, wall = asyncio.run(_load(base, paths, n, concurrency, time_cap_s, key))
                 rps = (ok + errors) / wall
             print(f"HTTP {kind:10s} ({load}): {ok} ok, {errors} errors, {rps:,.0f} requests/s "
                   f"(concurrency {concurrency}, {len(paths)} distinct URLs)")
         finally:
             proc.terminate()
             proc.wait(10)
+    key_dir.cleanup()
 
 
 def main() -> None:
@@ -249,9 +257,10 @@ def main() -> None:
     ap.add_argument("--only", choices=["env", "http"], default=None)
     ap.add_argument("--serve", choices=["hello", "storefront"], default=None, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--key-file", default="", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.serve:
-        _serve(a.serve, a.port)
+        _serve(a.serve, a.port, a.key_file)
         return
     catalog = bench_catalog()
     print(f"catalog: {catalog.num_rows} products in {len(set(catalog.column('shop_id').to_pylist()))} shops")

@@ -223,7 +223,7 @@ def live_server():
 def test_http_and_in_process_transports_agree(live_server):
     base_url, http_app = live_server
     local = make_env()
-    remote = ShopEnv(HttpTransport(base_url))
+    remote = ShopEnv(HttpTransport(base_url, cookie_key=http_app.state.store.cookie_key))
     try:
         rl, rr = run(local, SCRIPT, seed=9), run(remote, SCRIPT, seed=9)
     finally:
@@ -238,7 +238,7 @@ def test_headless_chromium_purchase_matches_in_process(live_server):
     from simpersona.storefront.transports import BrowserTransport
 
     base_url, http_app = live_server
-    browser = ShopEnv(BrowserTransport(base_url))
+    browser = ShopEnv(BrowserTransport(base_url, cookie_key=http_app.state.store.cookie_key))
     try:
         rb = run(browser, SCRIPT, seed=9)
         page, dialogs = browser.transport._page, []

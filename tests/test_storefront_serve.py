@@ -57,6 +57,7 @@ def test_parts_are_written_by_time_as_well_as_size(tmp_path):
 def test_a_killed_writer_loses_nothing_journaled(tmp_path):
     log = EventLog(tmp_path, flush_rows=4, flush_interval_s=60)
     log_rows(log, 10)  # two parts written, two rows only in the journal: then the process "dies"
+    log._timer.cancel()  # (dead processes flush nothing)
     with open(next((tmp_path / "journal").glob("*.jsonl")), "ab") as f:
         f.write(b'["e", "s1", "b", "s9", "2025-01-0')  # a line cut short by the kill
     again = EventLog(tmp_path, flush_rows=4, flush_interval_s=60)
@@ -69,6 +70,17 @@ def test_a_killed_writer_loses_nothing_journaled(tmp_path):
     assert again.events().num_rows == 13 and len(list((tmp_path / "events").glob("part-*.parquet"))) == 4
 
 
+def test_a_failed_part_write_keeps_the_journal(tmp_path):
+    log = EventLog(tmp_path, flush_rows=1000, flush_interval_s=60)
+    log_rows(log, 3)
+    (tmp_path / "events").write_text("in the way")  # writing the part fails, as on a full disk
+    with pytest.raises(OSError):
+        log.close()
+    (tmp_path / "events").unlink()
+    again = EventLog(tmp_path, flush_rows=1000)
+    assert again.recovered == 3 + 1 and again.events().num_rows == 3 and again.sessions().num_rows == 1
+
+
 def test_in_memory_log_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     log = EventLog(None, flush_rows=3)
@@ -77,6 +89,12 @@ def test_in_memory_log_writes_nothing(tmp_path, monkeypatch):
 
 
 # -- operator errors at serve ----------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def user_config(tmp_path, monkeypatch):
+    """The cookie key file goes to a temporary user config folder, never the real one."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+
+
 def bad_catalogs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     csv = tmp_path / "catalog.csv"
     csv.write_text("shop_id,product_id,title\ns1,p1,Hat\n")
@@ -174,6 +192,7 @@ def test_sigkill_keeps_acknowledged_events_in_the_default_folder(tmp_path):
     out = proc.stdout.read()
     folder = tmp_path / "storefront-events"
     assert f"events → {folder.resolve()}" in out, out  # the default folder, announced at start
+    assert f"cookies signed with the key in {tmp_path / 'config' / 'simpersona' / 'storefront.key'}" in out
     found = EventLog(folder, flush_rows=50_000).events()  # recovers what the journal holds
     assert acked[0] > 50
     assert found.num_rows >= 0.99 * acked[0], (found.num_rows, acked[0])

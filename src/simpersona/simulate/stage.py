@@ -179,7 +179,8 @@ def simulate(cfg: SimulateConfig, run_dir: Path, specs: list[EpisodeSpec], catal
     server = _LoopbackServer(app) if cfg.transport == "http" else None
     n_env = max(1, min(cfg.concurrency, len(specs)))
     if server is not None:
-        envs = [ShopEnv(HttpTransport(f"http://127.0.0.1:{server.port}"), sf.env) for _ in range(n_env)]
+        key = app.state.store.cookie_key  # the env signs its visitors' cookies
+        envs = [ShopEnv(HttpTransport(f"http://127.0.0.1:{server.port}", cookie_key=key), sf.env) for _ in range(n_env)]
     else:
         envs = [ShopEnv(AsgiTransport(app), sf.env) for _ in range(n_env)]
     done = [0]

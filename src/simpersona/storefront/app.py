@@ -19,8 +19,10 @@ Routes (per shop; `{base}` = `/s/{shop}`) and the canonical event each successfu
 
 Requests answered with a 4xx (unknown shop/product, bad quantity, invalid checkout form …) log
 nothing and show a page with the reason. Sessions: cookies `sp_buyer` (kept a year) and
-`sp_session` (browser session), generated when absent; the agent environment sets them itself.
-Variant: cookie `sp_variant` (A/B) when valid, else a hash of the session id (see VariantConfig).
+`sp_session` (browser session), signed with the server's key (`cookies`), issued when absent or
+not validly signed. Variant: the server's alone, a hash of the session id (see VariantConfig),
+unless a `sp_variant` cookie signed for that session says otherwise (minted by a key holder: the
+agent environment); an unsigned or forged one is ignored.
 """
 
 from __future__ import annotations
@@ -47,10 +49,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from simpersona.storefront.catalog import Product, Shop, load_catalog
 from simpersona.storefront.config import DEFAULT_EVENTS_OUT, StorefrontConfig, StorefrontError
+from simpersona.storefront.cookies import (
+    BUYER, SESSION, VARIANT, default_key_file, load_or_create_key, new_key, sign, verify,
+)
 from simpersona.storefront.eventlog import EventLog
 
 TEMPLATES = Path(__file__).parent / "templates"
-COOKIE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 POSTAL = re.compile(r"^[A-Za-z0-9 -]{2,12}$")
 COUNTRIES = (("US", "United States"), ("CA", "Canada"), ("GB", "United Kingdom"), ("DE", "Germany"),
@@ -86,18 +90,27 @@ class Store:
         self.config = config
         self.shops = shops
         self.clock = clock
+        # The key signing visitor cookies (see `cookies`): from the key file, else fresh per app.
+        self.key_created = False
+        if config.cookie_key_file is not None:
+            self.cookie_key, self.key_created = load_or_create_key(config.cookie_key_file)
+        else:
+            self.cookie_key = new_key()
         self.log = EventLog(config.events_out, config.flush_rows, config.flush_interval_s)
         self.sessions: OrderedDict[tuple[str, str, str], Session] = OrderedDict()
         self.lock = threading.Lock()
         self.templates = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True)
         self.templates.globals.update(q=lambda s: quote(str(s), safe=""), qp=lambda s: quote(str(s), safe="/"), countries=COUNTRIES)
 
-    def variant_of(self, session_id: str, cookie: str | None) -> str:
+    def variant_of(self, session_id: str, cookie: str | None = None) -> str:
+        """The variant served to a session: a hash of its id, unless `cookie` is a sp_variant
+        cookie signed for this session (forged or foreign ones are ignored)."""
         v = self.config.variant
         if not v.name:
             return "A"
-        if cookie in ("A", "B"):
-            return cookie
+        chosen = verify(self.cookie_key, VARIANT, cookie, session_id)
+        if chosen in ("A", "B"):
+            return chosen
         h = int.from_bytes(hashlib.sha256(f"{v.name}:{session_id}".encode()).digest()[:8], "big") / 2**64
         return "B" if h < v.share_b else "A"
 
@@ -107,18 +120,18 @@ class Store:
             raise HTTPException(404, f"no shop {shop_id!r}")
         set_cookies = {}
         ids = []
-        for name in ("sp_buyer", "sp_session"):
-            value = request.cookies.get(name, "")
-            if not COOKIE_ID.match(value):
+        for name in (BUYER, SESSION):
+            value = verify(self.cookie_key, name, request.cookies.get(name))
+            if value is None:  # absent, unsigned or forged: a new visitor
                 value = secrets.token_hex(8)
-                set_cookies[name] = value
+                set_cookies[name] = sign(self.cookie_key, name, value)
             ids.append(value)
         buyer_id, session_id = ids
         key = (shop_id, buyer_id, session_id)
         with self.lock:
             state = self.sessions.get(key)
             if state is None:
-                state = Session(self.variant_of(session_id, request.cookies.get("sp_variant")))
+                state = Session(self.variant_of(session_id, request.cookies.get(VARIANT)))
                 self.sessions[key] = state
                 if len(self.sessions) > self.config.max_sessions:
                     self.sessions.popitem(last=False)
@@ -162,7 +175,7 @@ class Store:
     @staticmethod
     def set_cookies(response: Response, visit: Visit) -> None:
         for name, value in visit.set_cookies.items():
-            max_age = 365 * 24 * 3600 if name == "sp_buyer" else None
+            max_age = 365 * 24 * 3600 if name == BUYER else None
             response.set_cookie(name, value, max_age=max_age, httponly=True, samesite="lax")
 
     def money(self, x: float | None) -> str:
@@ -494,7 +507,8 @@ def serve(config: StorefrontConfig, echo: Callable[[str], None] | None = None) -
     if not config.flush_interval_s > 0:
         raise StorefrontError(f"storefront.flush_interval_s must be > 0, got {config.flush_interval_s}")
     events_out = Path(config.events_out or DEFAULT_EVENTS_OUT)
-    config = dataclasses.replace(config, events_out=events_out)
+    key_file = Path(config.cookie_key_file or default_key_file())
+    config = dataclasses.replace(config, events_out=events_out, cookie_key_file=key_file)
     try:
         app = create_app(config, config.catalog)
         if not app.state.store.shops:
@@ -509,4 +523,5 @@ def serve(config: StorefrontConfig, echo: Callable[[str], None] | None = None) -
     echo(f"storefront: {len(app.state.store.shops)} shop(s) on http://{config.host}:{config.port}/")
     echo(f"storefront: events → {events_out.resolve()} (each request journaled; Parquet parts every "
          f"{config.flush_interval_s:g} s and on exit)")
+    echo(f"storefront: cookies signed with the key in {key_file}" + (" (new: cookies of earlier runs no longer count)" if app.state.store.key_created else ""))
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning")

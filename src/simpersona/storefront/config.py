@@ -82,6 +82,10 @@ class StorefrontConfig:
     max_body_bytes: int = 65536
     # Sessions kept in memory (least recently used are dropped past this).
     max_sessions: int = 100_000
+    # File holding the key that signs visitor cookies (hex; created with mode 0600 when missing).
+    # None: `serve` uses cookies.default_key_file() (~/.config/simpersona/storefront.key); an
+    # in-process app draws a fresh key.
+    cookie_key_file: Path | None = None
     # Buffered events written as one Parquet part once this many are waiting.
     flush_rows: int = 50_000
     # ... or at most this many seconds after the first of them arrived (each row is journaled at once).

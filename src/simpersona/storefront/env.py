@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,11 +14,11 @@ from simpersona.storefront.actions import (
     ViewCart, action_to_dict, bounded, parse_action,
 )
 from simpersona.storefront.config import EnvConfig
+from simpersona.storefront.cookies import COOKIE_ID, visitor_cookies
 from simpersona.storefront.snapshot import Snapshot, parse
 from simpersona.storefront.transports import Page
 
 OPTIONS = ("shop", "persona_token", "goal", "buyer_id", "session_id", "variant", "start_path")
-_COOKIE_SAFE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 class ShopEnv:
@@ -29,7 +28,8 @@ class ShopEnv:
     `reset(seed=None, options={"shop": …, "persona_token": …, "goal": …})` → `(obs, info)`;
     optional options: `buyer_id`, `session_id` (cookies; default: a hash of persona token and
     seed, and a fresh random id), `variant` ("A"/"B"; default drawn from the seed with
-    `variant_share_b`), `start_path` (landing page under the shop, default "/").
+    `variant_share_b`), `start_path` (landing page under the shop, default "/"). The cookies are
+    signed with the transport's `cookie_key` (the server's; see `storefront.cookies`).
     `step(action)` → `(obs, reward, terminated, truncated, info)`.
 
     Action Space
@@ -80,8 +80,8 @@ class ShopEnv:
         self.buyer_id = str(opts.get("buyer_id") or f"agent-{digest[:16]}")
         self.session_id = str(opts.get("session_id") or f"ep-{random.SystemRandom().getrandbits(64):016x}")
         for name in ("buyer_id", "session_id"):
-            if not _COOKIE_SAFE.match(getattr(self, name)):
-                raise ValueError(f"{name} must match {_COOKIE_SAFE.pattern}")
+            if not COOKIE_ID.match(getattr(self, name)):
+                raise ValueError(f"{name} must match {COOKIE_ID.pattern}")
         draw = rng.random()
         self.variant = str(opts.get("variant") or ("B" if draw < self.config.variant_share_b else "A"))
         if self.variant not in ("A", "B"):
@@ -95,7 +95,11 @@ class ShopEnv:
         self.done = False
         self.terminated = self.truncated = False
         self.outcome: str | None = None
-        self.transport.start({"sp_buyer": self.buyer_id, "sp_session": self.session_id, "sp_variant": self.variant})
+        key = self.transport.cookie_key
+        if key is None:
+            raise ValueError("the transport holds no cookie key, so the episode cannot choose its visitor: give "
+                             "HttpTransport/BrowserTransport the server's key (cookie_key=…, see storefront.cookies)")
+        self.transport.start(visitor_cookies(key, self.buyer_id, self.session_id, self.variant))
         start = str(opts.get("start_path") or "/")
         self._load(self.transport.get(self.base + (start if start.startswith("/") else "/" + start)))
         if self.page.status == 404 and self.snap.title == "Error 404":

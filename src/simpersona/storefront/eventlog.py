@@ -95,7 +95,7 @@ class EventLog:
         self._events: list[tuple] = []
         self._sessions: list[tuple] = []
         self._done: dict[str, list[pa.Table]] = {k: [] for k in KINDS}
-        self._journal: int | None = None  # file descriptor of the open journal
+        self._journal: tuple[int, Path] | None = None  # the open journal: file descriptor, path
         self._timer: threading.Timer | None = None
         self.recovered = self.torn = 0
         # Part numbers continue after those already in out_dir: a restarted server appends.
@@ -112,10 +112,10 @@ class EventLog:
         buffer.append(row)
         if self.out_dir is not None:
             if self._journal is None:
-                folder = self.out_dir / "journal"
-                folder.mkdir(exist_ok=True)
-                self._journal = os.open(folder / f"part-{self._parts:05d}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            os.write(self._journal, _journal_line(kind, row))
+                path = self.out_dir / "journal" / f"part-{self._parts:05d}.jsonl"
+                path.parent.mkdir(exist_ok=True)
+                self._journal = (os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644), path)
+            os.write(self._journal[0], _journal_line(kind, row))
             if self._timer is None:
                 self._timer = threading.Timer(self.flush_interval_s, self._on_timer)
                 self._timer.daemon = True
@@ -143,7 +143,8 @@ class EventLog:
             self._append("sessions", self._sessions, (shop_id, buyer_id, session_id, ts, experiment, variant))
 
     def flush(self) -> None:
-        """Write the buffered events and sessions (a part file each in `out_dir`, else in memory)."""
+        """Write the buffered events and sessions (a part file each in `out_dir`, else in memory).
+        Should writing fail (a full disk), the journal stays and the next start recovers it."""
         with self._lock:
             events, self._events = self._events, []
             sessions, self._sessions = self._sessions, []
@@ -151,15 +152,16 @@ class EventLog:
                 return
             part = self._parts
             self._parts += 1
+            journal, self._journal = self._journal, None
+            if journal is not None:
+                os.close(journal[0])
             for name, rows, schema in (("events", events, EVENT_SCHEMA), ("sessions", sessions, SESSION_SCHEMA)):
                 if self.out_dir is None:
                     self._done[name].append(_table(rows, schema))
                 elif rows:
                     _write_part(_table(rows, schema), self.out_dir / name, part)
-            if self._journal is not None:  # its rows are in the parts now
-                os.close(self._journal)
-                self._journal = None
-                (self.out_dir / "journal" / f"part-{part:05d}.jsonl").unlink()
+            if journal is not None:  # its rows are in the parts now
+                journal[1].unlink(missing_ok=True)
 
     def close(self) -> None:
         """Flush and stop the timer (the app's shutdown calls this)."""

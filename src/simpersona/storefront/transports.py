@@ -1,5 +1,5 @@
 """How the environment reaches a storefront. Three transports with one interface and the same
-behaviour: `start(cookies)` opens a fresh browsing context, `get(url)` loads a page,
+behaviour: `start(cookies)` opens a fresh browsing context with these cookies, `get(url)` loads a page,
 `submit(snapshot, form_id, fills, button_id)` submits a form as a browser would (following
 redirects); each returns a `Page` with the status, the canonical path?query and the HTML.
 
@@ -8,6 +8,10 @@ redirects); each returns a `Page` with the status, the canonical path?query and 
   for every request).
 - `HttpTransport`: real HTTP to a running server (`simpersona storefront serve`).
 - `BrowserTransport`: Debian's Chromium driven by Playwright: fills and clicks the real page.
+
+`cookie_key` is the server's cookie-signing key (see `cookies`): the in-process transport takes it
+from the app; give it to the others (`cookies.load_or_create_key(path)[0]`) so that the
+environment can choose a visitor's ids and variant; without it `ShopEnv.reset` refuses.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ class _HttpxTransport:
     """Shared by the ASGI and HTTP transports: a cookie jar per episode, redirects followed."""
 
     _client: httpx.Client | httpx.AsyncClient
+    cookie_key: bytes | None = None
 
     def start(self, cookies: dict[str, str]) -> None:
         jar = self._client.cookies
@@ -90,6 +95,7 @@ class AsgiTransport(_HttpxTransport):
 
     def __init__(self, app, base_url: str = "http://storefront.local"):
         self.app = app
+        self.cookie_key = app.state.store.cookie_key
         self._loop = asyncio.new_event_loop()
         self._client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url=base_url, follow_redirects=True
@@ -108,7 +114,8 @@ class AsgiTransport(_HttpxTransport):
 class HttpTransport(_HttpxTransport):
     """Real HTTP to a running storefront at `base_url` (e.g. http://127.0.0.1:8000)."""
 
-    def __init__(self, base_url: str, timeout_s: float = 30.0):
+    def __init__(self, base_url: str, timeout_s: float = 30.0, cookie_key: bytes | None = None):
+        self.cookie_key = cookie_key
         self._client = httpx.Client(base_url=base_url, follow_redirects=True, timeout=timeout_s)
 
     def _send(self, method, url, body):
@@ -132,9 +139,11 @@ class BrowserTransport:
     """Headless Chromium (Debian's, at `executable_path`) through Playwright, never a download:
     links are loaded, fields filled and buttons clicked in the real page."""
 
-    def __init__(self, base_url: str, executable_path: str = CHROMIUM, timeout_s: float = 15.0):
+    def __init__(self, base_url: str, executable_path: str = CHROMIUM, timeout_s: float = 15.0,
+                 cookie_key: bytes | None = None):
         from playwright.sync_api import sync_playwright
 
+        self.cookie_key = cookie_key
         self.base_url = base_url.rstrip("/")
         self.timeout_ms = timeout_s * 1000
         self._pw = sync_playwright().start()
