@@ -305,6 +305,29 @@ def test_stage_end_to_end_on_a_tiny_generated_dataset(tiny_run, tmp_path):
     assert meta["stage"] == "traces" and meta["config"]["sample"]["target_sessions"] == 30
 
 
+def test_evaluation_shops_never_reach_traces_or_the_policy(tiny_run, tmp_path):
+    """With the run's split, traces and the fast policy's counts come from training shops only."""
+    from simpersona.contracts.split import ShopSplit
+    from simpersona.simulate.stage import SimulateConfig, make_agents
+    from simpersona.traces import stage
+
+    shops = sorted(set(pq.read_table(tiny_run / "features" / "buyers.parquet", columns=["shop_id"]).column("shop_id").to_pylist()))
+    split = ShopSplit(tuple(shops[1:]), (shops[0],))
+    split.save(tmp_path / "split" / "shops.json")
+    cfg = stage.TracesConfig(ingest=tiny_run / "ingest", features=tiny_run / "features", personas=tiny_run / "personas",
+                             split=tmp_path / "split")
+    cfg.sample.target_sessions, cfg.sample.max_sessions_per_code, cfg.sample.min_sessions_per_code = 12, 2, 1
+    s = stage.run(cfg, tmp_path / "t")
+    recs = read_records(tmp_path / "t" / "traces.jsonl")
+    assert recs and shops[0] not in {r["shop_id"] for r in recs} and shops[0] not in s["shops"]["train"] + s["shops"]["val"]
+    sim = SimulateConfig(ingest=tiny_run / "ingest", personas=tiny_run / "personas", split=tmp_path / "split")
+    (tmp_path / "sim").mkdir()
+    make_agents(sim, tmp_path / "sim")
+    from simpersona.agents.policy import PolicyModel
+
+    assert PolicyModel.load(tmp_path / "sim" / "policy.npz").shops == tuple(shops[1:])
+
+
 def test_stage_falls_back_to_templates_when_the_endpoint_fails(tiny_run, tmp_path):
     from simpersona.traces import stage
 

@@ -9,6 +9,7 @@ default their `--out` (and the report its `--run` parts) to the same places, so
 RUN/
   synth/        generated events, catalog, truth/ (only when no --data is given)
   ingest/       events.parquet, catalog.parquet, rejected.parquet
+  split/        shops.json: the run's training and evaluation shops (contracts.split)
   features/     buyer_sessions.parquet, buyers.parquet, vectors.parquet, transforms.json
   vqvae/        model.safetensors, config.json, train_log.jsonl, checkpoint/
   personas/     assignments.parquet, shop_mix.parquet, code_strata.parquet, cards.json
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # The main job's stages, in order; each owns RUN/<name>/.
-STAGES = ("synth", "ingest", "features", "vqvae", "personas", "evaluate", "traces", "sft", "simulate", "behaviour",
+STAGES = ("synth", "ingest", "split", "features", "vqvae", "personas", "evaluate", "traces", "sft", "simulate", "behaviour",
           "report")
 
 
@@ -51,6 +52,10 @@ class RunLayout:
     @property
     def ingest(self) -> Path:
         return self.stage("ingest")
+
+    @property
+    def split(self) -> Path:
+        return self.stage("split")
 
     @property
     def features(self) -> Path:

@@ -31,7 +31,7 @@ from simpersona.config import ConfigError, read_preset, resolve, to_dict
 from simpersona.layout import RunLayout
 
 # Preset sections: every stage's name, and the shared `storefront:` section.
-SECTIONS = ("synth", "ingest", "features", "vqvae", "personas", "evaluate", "storefront", "traces", "sft", "simulate",
+SECTIONS = ("synth", "ingest", "split", "features", "vqvae", "personas", "evaluate", "storefront", "traces", "sft", "simulate",
             "report")
 # The `evaluate:` section's parts: Table 1 / App. B (stage evaluate), Tables 2–4, 7–9 (stage behaviour),
 # fidelity (the `evaluate fidelity` command).
@@ -80,13 +80,23 @@ def merge_default(sections: dict[str, Any], section: str, defaults: dict[str, An
     return {**sections, section: {**defaults, **(sections.get(section) or {})}}
 
 
+def _split() -> Step:
+    """The run's one train/evaluation shop split (contracts.split), read by every later stage."""
+    from simpersona.contracts import split
+
+    def make(sec: dict[str, Any], lay: RunLayout):
+        return resolve(split.SplitConfig, sec, "split", {"ingest": str(lay.ingest)})
+
+    return Step("split", ("ingest",), make, split.run, split.format_summary)
+
+
 def _features() -> Step:
     from simpersona.features import stage
 
     def make(sec: dict[str, Any], lay: RunLayout):
-        return resolve(stage.FeaturesConfig, sec, "features", {"input": str(lay.ingest)})
+        return resolve(stage.FeaturesConfig, sec, "features", {"input": str(lay.ingest), "split": str(lay.split)})
 
-    return Step("features", ("ingest",), make, stage.run, stage.format_summary)
+    return Step("features", ("ingest", "split"), make, stage.run, stage.format_summary)
 
 
 def _scalars_line(summary: dict[str, Any]) -> str:
@@ -98,9 +108,9 @@ def _vqvae() -> Step:
     from simpersona.vqvae import train
 
     def make(sec: dict[str, Any], lay: RunLayout):
-        return resolve(train.TrainConfig, sec, "vqvae", {"features": str(lay.features)})
+        return resolve(train.TrainConfig, sec, "vqvae", {"features": str(lay.features), "split": str(lay.split)})
 
-    return Step("vqvae", ("features",), make, train.run, _scalars_line, resumes=True)
+    return Step("vqvae", ("features", "split"), make, train.run, _scalars_line, resumes=True)
 
 
 def _personas() -> Step:
@@ -146,10 +156,11 @@ def _traces() -> Step:
     from simpersona.traces import stage
 
     def make(sec: dict[str, Any], lay: RunLayout):
-        paths = {"ingest": str(lay.ingest), "features": str(lay.features), "personas": str(lay.personas)}
+        paths = {"ingest": str(lay.ingest), "features": str(lay.features), "personas": str(lay.personas),
+                 "split": str(lay.split)}
         return resolve(stage.TracesConfig, sec, "traces", paths)
 
-    return Step("traces", ("ingest", "features", "personas"), make, stage.run, stage.format_summary)
+    return Step("traces", ("ingest", "split", "features", "personas"), make, stage.run, stage.format_summary)
 
 
 def _sft() -> Step:
@@ -158,7 +169,7 @@ def _sft() -> Step:
 
     def make(sec: dict[str, Any], lay: RunLayout):
         tokens = {"k": 0, "vqvae": str(lay.vqvae), "cards": str(lay.personas)}
-        return resolve(train.SftConfig, sec, "sft", {"data": str(lay.traces), "tokens": tokens})
+        return resolve(train.SftConfig, sec, "sft", {"data": str(lay.traces), "tokens": tokens, "split": str(lay.split)})
 
     def run(cfg, stage_dir: Path) -> dict[str, Any]:
         """Stages 1 then 2; then the single-stage model of the paper's ablation (Tables 7–8)."""
@@ -167,14 +178,14 @@ def _sft() -> Step:
             summary["single"] = train.run(dataclasses.replace(cfg, stage="single"), stage_dir)["single"]
         return summary
 
-    return Step("sft", ("traces", "vqvae", "personas"), make, run, train.format_summary)
+    return Step("sft", ("split", "traces", "vqvae", "personas"), make, run, train.format_summary)
 
 
 def _simulate() -> Step:
     from simpersona.simulate import stage
 
     def make(sec: dict[str, Any], lay: RunLayout):
-        paths: dict[str, Any] = {"ingest": str(lay.ingest), "personas": str(lay.personas)}
+        paths: dict[str, Any] = {"ingest": str(lay.ingest), "personas": str(lay.personas), "split": str(lay.split)}
         if ((sec.get("simulate") or {}).get("agent") or "policy") == "llm":
             paths["llm"] = {"checkpoint": str(lay.stage2)}
         return resolve(stage.SimulateConfig, sec, "simulate", paths)
@@ -182,7 +193,7 @@ def _simulate() -> Step:
     def run(cfg, stage_dir: Path) -> dict[str, Any]:
         return stage.run(cfg, stage_dir, echo=lambda _: None)
 
-    return Step("simulate", ("ingest", "personas", "sft"), make, run, stage.format_summary)
+    return Step("simulate", ("ingest", "split", "personas", "sft"), make, run, stage.format_summary)
 
 
 @dataclass
@@ -210,9 +221,10 @@ def _behaviour() -> Step:
             separation=resolve(separation.SeparationConfig, sec, "evaluate.separation",
                                {"simulation": sim, "personas": per}),
             instructions=resolve(instructions.InstructionsConfig, sec, "evaluate.instructions",
-                                 {"ingest": ing, "personas": per, "llm": {"checkpoint": agent}}),
+                                 {"ingest": ing, "personas": per, "split": str(lay.split), "llm": {"checkpoint": agent}}),
             ablations=resolve(ablations.AblationsConfig, sec, "evaluate.ablations", {
-                "sft": str(lay.sft), "simulate": {"ingest": ing, "personas": per, "llm": {"checkpoint": agent}}}),
+                "sft": str(lay.sft), "simulate": {"ingest": ing, "personas": per, "split": str(lay.split),
+                                                  "llm": {"checkpoint": agent}}}),
         )
 
     def run_all(cfg: BehaviourConfig, stage_dir: Path) -> dict[str, Any]:
@@ -232,7 +244,7 @@ def _behaviour() -> Step:
             instructions.format_table(s["instructions"]), ablations.format_report(s["ablations"]),
         ])
 
-    return Step("behaviour", ("features", "personas", "ingest", "simulate", "sft"), make, run_all, describe)
+    return Step("behaviour", ("features", "split", "personas", "ingest", "simulate", "sft"), make, run_all, describe)
 
 
 def _report(before: tuple[str, ...]) -> Step:
@@ -247,7 +259,7 @@ def _report(before: tuple[str, ...]) -> Step:
 def steps(data: Path | None, fmt: str) -> list[Step]:
     """The stages of the main job, in order."""
     out = [] if data is not None else [_synth()]
-    out += [_ingest(data, fmt), _features(), _vqvae(), _personas(), _evaluate(generated=data is None),
+    out += [_ingest(data, fmt), _split(), _features(), _vqvae(), _personas(), _evaluate(generated=data is None),
             _traces(), _sft(), _simulate(), _behaviour()]
     return out + [_report(tuple(s.name for s in out))]
 

@@ -173,8 +173,10 @@ class InstructionsConfig:
     ingest: Path | None = None
     # personas folder: each run's persona token is drawn from the shop's p̂_s (None: no token)
     personas: Path | None = None
-    # shops with tasks ([] = the first `max_shops` shops of the catalog)
+    # shops with tasks ([] = the first `max_shops` evaluation shops of `split`, else of the catalog)
     shops: list[str] = field(default_factory=list)
+    # the run's shop split (split/shops.json): tasks run on its evaluation shops (None: any shop)
+    split: Path | None = None
     # shops used when `shops` is empty
     max_shops: int = 10
     # runs of each task (paper: 10)
@@ -196,10 +198,12 @@ class InstructionsConfig:
 
 
 def build_tasks(cfg: InstructionsConfig) -> list[Task]:
+    from simpersona.contracts.split import load_split
     from simpersona.storefront.catalog import load_catalog
 
     shops_obj = load_catalog(Path(cfg.ingest) / "catalog.parquet")
-    shops = list(cfg.shops) or sorted(shops_obj)[: cfg.max_shops]
+    split = load_split(cfg.split)
+    shops = list(cfg.shops) or sorted(s for s in shops_obj if split is None or s in split.eval)[: cfg.max_shops]
     tasks = []
     for i, s in enumerate(shops):
         titles = sorted({p.title for p in shops_obj[s].products.values() if p.title})

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from simpersona.config import write_meta
+from simpersona.contracts.split import load_split
 from simpersona.events.schema import CATALOG_SCHEMA, EVENT_SCHEMA
 from simpersona.features import aggregate as agg
 from simpersona.features import labels as lab
@@ -87,8 +88,10 @@ class FeaturesConfig:
     threads: int = 2
     # write the semantic list columns (titles, collections, queries, brands) into buyer_sessions
     context: bool = True
-    # shops whose buyers are all held out of train/val (split "holdout")
+    # shops whose buyers are all held out of train/val (split "holdout"), besides the split's evaluation shops
     holdout_shops: list[str] = field(default_factory=list)
+    # the run's shop split (split/shops.json): its evaluation shops are held out (None: only holdout_shops)
+    split: Path | None = None
     # Beta prior α of the smoothed funnel rates
     rate_alpha: float = 1.0
     # Beta prior β of the smoothed funnel rates
@@ -308,7 +311,11 @@ def run(cfg: FeaturesConfig, run_dir: Path, encoder=None) -> dict:
         col["sessions_with_collection"],
     )
     s = cfg.sample
-    split = lab.sample_split(shop, stratum, s.per_shop, s.per_stratum, s.val_fraction, cfg.holdout_shops, s.seed)
+    run_split = load_split(cfg.split)
+    holdout = sorted(set(cfg.holdout_shops) | set(run_split.eval if run_split is not None else ()))
+    split = lab.sample_split(shop, stratum, s.per_shop, s.per_stratum, s.val_fraction, holdout, s.seed)
+    if run_split is not None:
+        run_split.check_training(np.unique(shop[np.isin(split, ["train", "val"])]).tolist(), "features (§1.6 sample)")
     train = split == "train"
     if not train.any():
         raise FeaturesError(f"{events_path}: no training buyers (all stratum E or all shops held out)")

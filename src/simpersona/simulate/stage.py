@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from simpersona.agents.llm import EndpointConfig, LLMConfig
 from simpersona.config import ConfigError, write_meta
 from simpersona.contracts.goals import goal_text, topic_name
+from simpersona.contracts.split import load_split
 from simpersona.storefront.config import StorefrontConfig
 
 from simpersona.simulate.runner import OUTCOMES, EpisodeSpec, run_episodes
@@ -62,8 +63,12 @@ class SimulateConfig:
     ingest: Path | None = None
     # personas folder: shop_mix.parquet, code_strata.parquet, assignments.parquet
     personas: Path | None = None
-    # shops simulated ([] = every shop of the persona mix that the catalog has)
+    # shops simulated ([] = the evaluation shops of `split`, else every shop of the persona mix that the catalog has)
     shops: list[str] = field(default_factory=list)
+    # at most this many of those shops (the first ones; 0: all)
+    max_shops: int = 0
+    # the run's shop split (split/shops.json): the policy is fitted on training shops only (None: every shop)
+    split: Path | None = None
     # simulated buyers (one session each) per shop
     buyers: int = 100
     # policy: the fast persona policy; llm: a local SFT checkpoint; endpoint: an OpenAI-compatible API
@@ -130,8 +135,12 @@ def make_agents(cfg: SimulateConfig, run_dir: Path):
         else:
             if cfg.ingest is None or cfg.personas is None:
                 raise ConfigError("the policy agent is fitted from ingest events + personas assignments (set ingest, personas)")
-            codes, counts = fit_counts(Path(cfg.ingest) / "events.parquet", Path(cfg.personas) / "assignments.parquet")
-            model = PolicyModel(codes, counts, cfg.policy.strength, cfg.policy.alpha)
+            split = load_split(cfg.split)
+            train = list(split.train) if split is not None else None
+            codes, counts = fit_counts(Path(cfg.ingest) / "events.parquet", Path(cfg.personas) / "assignments.parquet", shops=train)
+            model = PolicyModel(codes, counts, cfg.policy.strength, cfg.policy.alpha, train or ())
+        if cfg.split is not None and model.shops:  # a reused policy.npz too: fitted on training shops only
+            load_split(cfg.split).check_training(model.shops, "simulate (policy fit)")
         model.save(run_dir / "policy.npz")
         mk = lambda spec: PolicyAgent(model, np.random.default_rng([cfg.seed, spec.seed]), cfg.policy.max_plan_steps)  # noqa: E731
         return mk, None, {"policy_codes": int(len(model.codes)), "policy_transitions": float(model.counts.sum())}
@@ -220,7 +229,9 @@ def run(cfg: SimulateConfig, run_dir: Path, echo=print) -> dict[str, Any]:
     catalog_path = Path(cfg.ingest) / "catalog.parquet"
     shops_obj = load_catalog(catalog_path)
     mix = PersonaMix(cfg.personas)
-    shops = list(cfg.shops) or [s for s in mix.mix if s in shops_obj]
+    split = load_split(cfg.split)
+    shops = list(cfg.shops) or [s for s in mix.mix if s in shops_obj and (split is None or s in split.eval)]
+    shops = shops[: cfg.max_shops] if cfg.max_shops > 0 else shops
     missing = [s for s in shops if s not in shops_obj or s not in mix.mix]
     if missing:
         raise ConfigError(f"shops {missing} are not in both the catalog and the persona mix")

@@ -30,6 +30,8 @@ from simpersona.vqvae.model import HEADS, ModelConfig, VQVAE
 class TrainConfig:
     # features folder (FEAT_DIR) holding buyers.parquet, vectors.parquet, transforms.json
     features: Path | None = None
+    # the run's shop split (split/shops.json): a train/val buyer of an evaluation shop is an error (None: not checked)
+    split: Path | None = None
     # architecture and quantizer settings
     model: ModelConfig = field(default_factory=ModelConfig)
     # loss weights and positive-miner settings
@@ -116,6 +118,21 @@ def _check_same_run(cfg: TrainConfig, saved: Path) -> None:
                           "use another --out, or --set resume=false to start over")
 
 
+def check_sample_shops(feat_dir: Path, split_path: Path | None) -> None:
+    """Fail (naming the shop) when a train/val buyer of FEAT_DIR belongs to an evaluation shop."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from simpersona.contracts.split import load_split
+
+    split = load_split(split_path)
+    if split is not None:
+        b = pq.read_table(Path(feat_dir) / "buyers.parquet", columns=["shop_id", "split"])
+        sampled = pc.is_in(b["split"], pa.array(["train", "val"]))
+        split.check_training(pc.unique(b.filter(sampled)["shop_id"]).to_pylist(), f"vqvae ({feat_dir} train/val buyers)")
+
+
 def run(cfg: TrainConfig, run_dir: Path) -> dict:
     """Train (or resume) into run_dir; returns the summary written to run_dir/summary.json."""
     if cfg.features is None:
@@ -125,6 +142,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> dict:
     ckpt_dir = run_dir / "checkpoint"
     torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
+    check_sample_shops(cfg.features, cfg.split)
     data = load_sample(cfg.features)
     train, val = data["train"], data["val"]
     class_weights = torch.stack(
