@@ -76,6 +76,7 @@ def bench_env(catalog: pa.Table, episodes: int, rounds: int = 3) -> None:
 
     class TestClientTransport(_HttpxTransport):
         def __init__(self, app):
+            self.cookie_key = app.state.store.cookie_key
             self._client = TestClient(app, follow_redirects=True)
 
         def _send(self, method, url, body):

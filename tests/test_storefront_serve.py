@@ -125,6 +125,20 @@ def test_bad_catalog_is_one_clear_line_and_exit_2(tmp_path):
         assert "Traceback" not in r.output
 
 
+def test_non_finite_or_negative_prices_show_as_price_on_request():
+    from fastapi.testclient import TestClient
+
+    from simpersona.storefront.app import create_app
+    from simpersona.storefront.catalog import load_catalog
+    from simpersona.storefront.config import StorefrontConfig
+
+    prices = [float("inf"), float("-inf"), float("nan"), -1.0, 2.5]
+    table = catalog_table().slice(0, 5).set_column(5, "price", pa.array(prices))
+    assert [p.price for p in load_catalog(table)["s1"].products.values()] == [None, None, None, None, 2.5]
+    page = TestClient(create_app(StorefrontConfig(), table)).get("/s/s1/products/p0").text
+    assert "price on request" in page and "inf" not in page
+
+
 def test_unwritable_events_folder_is_one_clear_line(tmp_path):
     cat = tmp_path / "catalog.parquet"
     pq.write_table(catalog_table(), cat)

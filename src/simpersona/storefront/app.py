@@ -47,6 +47,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from simpersona.contracts.storefront import COUNTRIES, shop_base
 from simpersona.storefront.catalog import Product, Shop, load_catalog
 from simpersona.storefront.config import DEFAULT_EVENTS_OUT, StorefrontConfig, StorefrontError
 from simpersona.storefront.cookies import (
@@ -57,9 +58,6 @@ from simpersona.storefront.eventlog import EventLog
 TEMPLATES = Path(__file__).parent / "templates"
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 POSTAL = re.compile(r"^[A-Za-z0-9 -]{2,12}$")
-COUNTRIES = (("US", "United States"), ("CA", "Canada"), ("GB", "United Kingdom"), ("DE", "Germany"),
-             ("FR", "France"), ("NL", "Netherlands"), ("AU", "Australia"))
-SHIPPING_FIELDS = ("name", "address", "city", "postal_code", "country")
 
 
 @dataclass
@@ -161,7 +159,7 @@ class Store:
             b = variant == "B"
             ctx.update(
                 shop=visit.shop.shop_id,
-                base="/s/" + quote(visit.shop.shop_id, safe=""),
+                base=shop_base(visit.shop.shop_id),
                 cart_count=sum(visit.state.cart.values()),
                 free_shipping=b and cfg.variant.free_shipping_banner,
             )

@@ -7,8 +7,8 @@ import random
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
 
+from simpersona.contracts import storefront as V
 from simpersona.storefront.actions import (
     Action, ActionError, AddToCart, Back, Checkout, Click, EndSession, Fill, RemoveFromCart, Search, Submit,
     ViewCart, action_to_dict, bounded, parse_action,
@@ -86,7 +86,7 @@ class ShopEnv:
         self.variant = str(opts.get("variant") or ("B" if draw < self.config.variant_share_b else "A"))
         if self.variant not in ("A", "B"):
             raise ValueError("variant must be 'A' or 'B'")
-        self.base = "/s/" + quote(self.shop, safe="")
+        self.base = V.shop_base(self.shop)
         self.steps = 0
         self.invalid = 0
         self.started = self.clock()
@@ -180,9 +180,9 @@ class ShopEnv:
     def _execute(self, a: Action) -> None:
         snap = self.snap
         if isinstance(a, Search):
-            if "search-form" not in snap.forms or "search-q" not in snap.elements:
+            if V.SEARCH_FORM not in snap.forms or V.SEARCH_BOX not in snap.elements:
                 raise ActionError("this page has no search box")
-            self._submit("search-form", "search-go", {"search-q": a.query})
+            self._submit(V.SEARCH_FORM, V.SEARCH_BUTTON, {V.SEARCH_BOX: a.query})
         elif isinstance(a, Click):
             e = self._element(a.element_id)
             if e.kind == "link":
@@ -196,19 +196,19 @@ class ShopEnv:
             else:
                 raise ActionError(f"{e.id!r} is an {e.kind}: use fill to type into it")
         elif isinstance(a, AddToCart):
-            if "add-form" not in snap.forms or "quantity" not in snap.elements:
+            if V.ADD_FORM not in snap.forms or V.QUANTITY not in snap.elements:
                 raise ActionError("no add-to-cart button on this page: open a product page first")
-            self._submit("add-form", "add-to-cart", {"quantity": str(a.quantity)})
+            self._submit(V.ADD_FORM, V.ADD_BUTTON, {V.QUANTITY: str(a.quantity)})
         elif isinstance(a, RemoveFromCart):
-            bid = f"remove-{a.product_id}"
+            bid = V.REMOVE_PREFIX + a.product_id
             if bid not in snap.elements:
-                where = "it is not in the cart" if "nav-cart" in snap.elements and snap.url.endswith("/cart") else "open the cart first (view_cart)"
+                where = "it is not in the cart" if V.NAV_CART in snap.elements and snap.url.endswith(V.CART_PATH) else "open the cart first (view_cart)"
                 raise ActionError(f"cannot remove {a.product_id!r} here: {where}")
             self._submit(snap.elements[bid].form, bid)
         elif isinstance(a, ViewCart):
-            self._load(self.transport.get(self.base + "/cart"))
+            self._load(self.transport.get(self.base + V.CART_PATH))
         elif isinstance(a, Checkout):
-            self._load(self.transport.get(self.base + "/checkout"))
+            self._load(self.transport.get(self.base + V.CHECKOUT_PATH))
         elif isinstance(a, Fill):
             e = self._element(a.element_id)
             if e.kind not in ("input", "select"):
