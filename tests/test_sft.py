@@ -100,7 +100,7 @@ def test_records_from_trajectory_builds_the_progress_log():
     assert [r["step"] for r in recs] == [0, 1, 2]
     users = [r["messages"][1]["content"] for r in recs]
     assert "(nothing yet)" in users[0]
-    assert "1. search(query='socks') → /search?q=socks" in users[1]
+    assert "1. search(query='socks') → search page" in users[1]
     assert "2. click(element_id='x') → failed: no element 'y'" in users[2]
     assert "Last action failed: no element 'y'" in users[2]
     assert messages("g", None, [], obs("/"))[1]["content"].count("Buyer profile: none") == 1
@@ -279,13 +279,13 @@ def test_cli_both_stages_then_stage2_alone(traces, tmp_path):
 def test_sft_refuses_records_over_the_model_budget_or_of_evaluation_shops(traces, tmp_path):
     from simpersona.sft.train import run
 
-    cfg = load_sft_config("tiny", (f"tokens.k={K}", "model.max_record_tokens=64"), {"data": traces})
+    cfg = load_config(SftConfig, "tiny", (f"tokens.k={K}", "model.max_record_tokens=64"), "sft", {"data": traces})
     with pytest.raises(RecordError, match="over the model's budget max_record_tokens=64"):
         run(cfg, tmp_path / "a")
     assert not (tmp_path / "a" / "stage1").exists()  # before any training
     shop = sorted({r["shop_id"] for r in read_records(traces)})[0]
     ShopSplit(("other",), (shop,)).save(tmp_path / "split" / "shops.json")
-    cfg = load_sft_config("tiny", (f"tokens.k={K}", f"split={tmp_path / 'split'}"), {"data": traces})
+    cfg = load_config(SftConfig, "tiny", (f"tokens.k={K}", f"split={tmp_path / 'split'}"), "sft", {"data": traces})
     with pytest.raises(SplitLeakError, match=f"sft .*{shop}"):
         run(cfg, tmp_path / "b")
 

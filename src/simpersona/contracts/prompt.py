@@ -20,16 +20,13 @@ markers (around the assistant's content AND its `<|im_end|>`) give trl the assis
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
-from simpersona.contracts.persona import persona_token
+from simpersona.contracts.storefront import page_type
 from simpersona.storefront.actions import FIELDS, MAX_QUANTITY, action_to_dict, parse_action
 
 # The last this many progress-log entries are shown (older ones are summarised as a count).
 MAX_LOG_ENTRIES = 6
-
-_SHOP_PREFIX = re.compile(r"^/s/[^/?]+")
 
 
 def action_lines() -> str:
@@ -69,15 +66,15 @@ CHAT_TEMPLATE = (
 
 
 def log_entry(step: int, action: dict[str, Any], next_url: str | None, error: str | None = None) -> str:
-    """One progress-log line: what step `step` (1-based) did and where it led (or its error); the
-    shop's URL prefix is left out.
+    """One progress-log line: what step `step` (1-based) did and the kind of page it led to (or
+    its error); the page's full URL is on the current page, and a search's query is in the action.
 
     >>> log_entry(2, {"action": "click", "element_id": "product-p1"}, "/s/shop_01/products/p1")
-    "2. click(element_id='product-p1') → /products/p1"
+    "2. click(element_id='product-p1') → product page"
     """
     fields = ", ".join(f"{k}={v!r}" for k, v in action.items() if k not in ("action", "reasoning"))
     what = action["action"] + (f"({fields})" if fields else "")
-    result = f"failed: {error}" if error else ((_SHOP_PREFIX.sub("", next_url) or "/") if next_url else "done")
+    result = f"failed: {error}" if error else (f"{page_type(next_url)} page" if next_url else "done")
     return f"{step}. {what} → {result}"
 
 
