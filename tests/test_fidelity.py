@@ -100,9 +100,9 @@ def _cfg(world, **kw):
 
 
 def test_fidelity_on_a_held_out_shop_ranks_the_persona_agent_first(world, tmp_path):
-    r = F.run(_cfg(world), tmp_path / "fid")
+    r = F.run(_cfg(world), tmp_path / "behaviour" / "fidelity")
     assert r["data"]["eval_shops"] == ["shop2"] and r["data"]["train_shops"] == ["shop0", "shop1"]
-    assert PolicyModel.load(tmp_path / "fid" / "policy.npz").shops == ("shop0", "shop1")  # fitted without the evaluation shop
+    assert PolicyModel.load(tmp_path / "behaviour" / "fidelity" / "policy.npz").shops == ("shop0", "shop1")  # fitted without the evaluation shop
     nap = r["next_action"]
     # the toy codes differ in purchase propensity and depth, the same in every shop: a persona helps
     for b in ("no_persona", "random_persona", "population", "majority"):
@@ -114,9 +114,9 @@ def test_fidelity_on_a_held_out_shop_ranks_the_persona_agent_first(world, tmp_pa
     assert per["code_js"]["persona"]["value"] < per["code_js"]["population"]["value"]
     assert per["correlation"]["persona"]["purchase"]["value"] > 0.8
     assert r["distributions"]["overall"]["persona"]["auc"]["value"] < r["distributions"]["overall"]["population"]["auc"]["value"]
-    text = (tmp_path / "fid" / "fidelity.json").read_text()
+    text = (tmp_path / "behaviour" / "fidelity" / "fidelity.json").read_text()
     assert "NaN" not in text and json.loads(text)["data"]["generated"] is False
-    assert "Next-action prediction" in (tmp_path / "fid" / "fidelity.md").read_text()
+    assert "Next-action prediction" in (tmp_path / "behaviour" / "fidelity" / "fidelity.md").read_text()
 
 
 def test_a_shop_with_too_few_sessions_says_n_too_small(world, tmp_path):
@@ -134,13 +134,16 @@ def test_training_and_evaluation_shops_never_mix(world, tmp_path):
         F.run(_cfg(world, eval_shops=["shop0", "shop1", "shop2"]), tmp_path / "a")
     with pytest.raises(ConfigError, match="not shops"):
         F.run(_cfg(world, eval_shops=["nope"]), tmp_path / "b")
-    with pytest.raises(ConfigError, match="holdout"):  # no eval shops given and none held out
-        F.run(_cfg(world, eval_shops=[]), tmp_path / "c")
+    # nothing configured, nothing held out: a stable-hash quarter of the shops, said so
+    ev, tr, source = F.resolve_shops(_cfg(world, eval_shops=[]), ["shop0", "shop1", "shop2"])
+    assert len(ev) == 1 and sorted(ev + tr) == ["shop0", "shop1", "shop2"] and "stable hash" in source
+    with pytest.raises(ConfigError, match="no evaluation shop"):
+        F.resolve_shops(_cfg(world, eval_shops=[]), ["shop0"])
     # the run's split decides when no eval_shops are given; a training shop it lists as evaluation is refused
     from simpersona.contracts.split import ShopSplit, SplitLeakError
 
     ShopSplit(("shop0", "shop1"), ("shop2",)).save(tmp_path / "split" / "shops.json")
-    assert F.resolve_shops(_cfg(world, eval_shops=[], split=tmp_path / "split"), ["shop0", "shop1", "shop2"]) == (
+    assert F.resolve_shops(_cfg(world, eval_shops=[], split=tmp_path / "split"), ["shop0", "shop1", "shop2"])[:2] == (
         ["shop2"], ["shop0", "shop1"])
     with pytest.raises(SplitLeakError, match="shop2"):
         F.resolve_shops(_cfg(world, eval_shops=["shop1"], split=tmp_path / "split"), ["shop0", "shop1", "shop2"])

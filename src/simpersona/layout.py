@@ -17,7 +17,7 @@ RUN/
   traces/       traces.jsonl, stage1/, stage2/
   sft/          stage1/, stage2/, single/ checkpoints
   simulate/     episodes.parquet, events.parquet, summary.json
-  behaviour/    alignment/ (Table 2), separation/ (Table 3), instructions/ (Table 4), ablations/ (7–9)
+  behaviour/    alignment/ (Table 2), separation/ (Table 3), instructions/ (Table 4), ablations/ (7–9), fidelity/
   report/       index.html
 """
 
@@ -156,7 +156,7 @@ class RunLayout:
 
     @property
     def fidelity(self) -> Path:
-        """Fidelity on evaluation shops (`simpersona evaluate fidelity`; not run by the main job)."""
+        """Fidelity on evaluation shops (fidelity.json, `simpersona evaluate fidelity`)."""
         return self.behaviour / "fidelity"
 
     @property

@@ -208,10 +208,12 @@ class BehaviourConfig:
     instructions: Any = None
     # Tables 7–9: token and two-stage ablations
     ablations: Any = None
+    # fidelity on evaluation shops (next action, session distributions, per persona)
+    fidelity: Any = None
 
 
 def _behaviour() -> Step:
-    from simpersona.evaluate import ablations, alignment, instructions, separation
+    from simpersona.evaluate import ablations, alignment, fidelity, instructions, separation
 
     def make(sec: dict[str, Any], lay: RunLayout):
         sim, per, ing, agent = str(lay.simulate), str(lay.personas), str(lay.ingest), str(lay.stage2)
@@ -225,6 +227,9 @@ def _behaviour() -> Step:
             ablations=resolve(ablations.AblationsConfig, sec, "evaluate.ablations", {
                 "sft": str(lay.sft), "simulate": {"ingest": ing, "personas": per, "split": str(lay.split),
                                                   "llm": {"checkpoint": agent}}}),
+            fidelity=resolve(fidelity.FidelityConfig, sec, "evaluate.fidelity",
+                             {"ingest": ing, "features": str(lay.features), "personas": per, "split": str(lay.split),
+                              "simulation": sim}),
         )
 
     def run_all(cfg: BehaviourConfig, stage_dir: Path) -> dict[str, Any]:
@@ -234,6 +239,7 @@ def _behaviour() -> Step:
             "separation": separation.run(cfg.separation, part.separation),
             "instructions": instructions.run(cfg.instructions, part.instructions),
             "ablations": ablations.run(cfg.ablations, part.ablations),
+            "fidelity": fidelity.run(cfg.fidelity, part.fidelity),
         }
         (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         return summary
@@ -242,6 +248,7 @@ def _behaviour() -> Step:
         return "\n".join([
             alignment.format_table(s["alignment"]), separation.format_table(s["separation"]),
             instructions.format_table(s["instructions"]), ablations.format_report(s["ablations"]),
+            fidelity.format_summary(s["fidelity"]),
         ])
 
     return Step("behaviour", ("features", "split", "personas", "ingest", "simulate", "sft"), make, run_all, describe)

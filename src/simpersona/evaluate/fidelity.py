@@ -2,7 +2,8 @@
 the agent never saw?
 
 Evaluation shops: `eval_shops`, else the run's shop split (`contracts.split`, its "eval" list),
-else the shops FEAT_DIR holds out whole (buyers.split "holdout"). The fast policy
+else the shops FEAT_DIR holds out whole (buyers.split "holdout"), else the stable-hash split of
+the ingested shops (`contracts.split.make_split`, a quarter of them). The fast policy
 (`agents.policy`, per code and intent) is fitted here on the training shops' events only (the
 split's "train" list, else every other shop); the run fails if no training shop is left, or the
 split, or a supplied simulation's policy, has an evaluation shop on the training side. Agents compared (one fitted model, different conditioning):
@@ -31,7 +32,10 @@ The intent of a real buyer is the one simulation and SFT give: "buy" for strata 
    (type, and target where the event has one: product, collection or query), macro-F1 over the
    event types present, and session-outcome macro-F1 (purchase / cart / none; the predicted
    outcome is the most likely one of the agent's Markov chain from the session start,
-   `outcome_probs`). 95% CIs: bootstrap over sessions; differences persona − baseline paired.
+   `outcome_probs`). 95% CIs: percentile bootstrap over sessions; differences persona − baseline
+   paired. (A plug-in JS divergence is biased upwards by sampling noise and resampling adds that
+   bias again, so a JS interval can lie above its own estimate on small samples; compare agents by
+   the paired difference, where the bias largely cancels.)
 2. Session distributions, overall, per shop and per stratum: simulated sessions of each agent
    (`sim_per_real` per real session; codes from the shop's session-weighted persona mix, strata ~
    P(stratum | k) and intents as `simpersona simulate` draws them, `draw_population`; rolled out from the page-type model, `agents.policy.rollout_events`; the
@@ -91,7 +95,7 @@ class FidelityConfig:
     personas: Path | None = None
     # a `simpersona simulate` run whose storefront sessions on the evaluation shops are compared too (None: skip)
     simulation: Path | None = None
-    # evaluation shops ([] = the run's split's, else the shops FEAT_DIR holds out whole); the policy is fitted on the rest
+    # evaluation shops ([] = the run's split's, else FEAT_DIR's held-out shops, else a stable-hash quarter); the policy fits on the rest
     eval_shops: list[str] = field(default_factory=list)
     # the run's shop split (split/shops.json or its folder; None: none): its evaluation shops, its training shops
     split: Path | None = None
@@ -703,8 +707,8 @@ def distributions(real: Sessions, sims: dict[str, Sessions], cfg: FidelityConfig
             overall[a]["auc"]["ci"] = _ci(auc_d[a])
         for b in rolled:
             if b != "persona":  # positive: the persona agent is closer to the real sessions
-                cis[b] = {"js_bigram": {"diff": overall[b]["js_bigram"]["value"] - overall["persona"]["js_bigram"]["value"],
-                                        "ci": _ci(js_d[b] - js_d["persona"])},
+                js_diff = overall[b]["js_bigram"]["value"] - overall["persona"]["js_bigram"]["value"]
+                cis[b] = {"js_bigram": {"diff": js_diff, "ci": _ci(js_d[b] - js_d["persona"])},
                           "auc": {"diff": overall[b]["auc"]["value"] - overall["persona"]["auc"]["value"],
                                   "ci": _ci(auc_d[b] - auc_d["persona"])}}
     return {"overall": overall, "baseline_minus_persona": cis, "by_shop": by_shop, "by_stratum": by_stratum,
@@ -762,7 +766,7 @@ def per_persona(real: Sessions, sims: dict[str, Sessions], cfg: FidelityConfig) 
         if b == "persona" or b == "storefront" or len(common) < 3:
             continue
         diff = np.array([js_of[b][c] - js_of["persona"][c] for c in common])
-        draws = diff[rng.integers(0, len(diff), size=(cfg.n_boot, len(diff)))].mean(1)
+        draws = diff[rng.integers(0, len(diff), size=(cfg.n_boot, len(diff)))].mean(1)  # codes resampled
         out["code_js_baseline_minus_persona"][b] = {"diff": float(diff.mean()), "ci": _ci(draws), "codes": len(common)}
     return out
 
@@ -770,21 +774,27 @@ def per_persona(real: Sessions, sims: dict[str, Sessions], cfg: FidelityConfig) 
 # ---------------------------------------------------------------- stage
 
 
-def resolve_shops(cfg: FidelityConfig, all_shops: list[str]) -> tuple[list[str], list[str]]:
-    """(evaluation shops, training shops); errors name the setting."""
+def resolve_shops(cfg: FidelityConfig, all_shops: list[str]) -> tuple[list[str], list[str], str]:
+    """(evaluation shops, training shops, where the evaluation shops came from); errors name the setting."""
     import duckdb
 
-    from simpersona.contracts.split import load_split
+    from simpersona.contracts.split import SplitConfig, load_split, make_split
 
     split = load_split(cfg.split)
-    evals = list(cfg.eval_shops) or (list(split.eval) if split is not None else [])
+    evals, source = list(cfg.eval_shops), "evaluate.fidelity.eval_shops"
+    if not evals and split is not None:
+        evals, source = list(split.eval), f"the run's split ({cfg.split})"
     if not evals:
         buyers = Path(cfg.features) / "buyers.parquet"
-        evals = [r[0] for r in duckdb.sql(f"""SELECT shop_id FROM read_parquet('{buyers}') GROUP BY 1
-                                               HAVING bool_and(split = 'holdout') ORDER BY 1""").fetchall()]
-        if not evals:
-            raise ConfigError(f"evaluate fidelity: no evaluation shops: set evaluate.fidelity.eval_shops, or hold shops out "
-                              f"with features.holdout_shops ({buyers} has no shop in split 'holdout')")
+        evals, source = [r[0] for r in duckdb.sql(f"""SELECT shop_id FROM read_parquet('{buyers}') GROUP BY 1
+                                                       HAVING bool_and(split = 'holdout') ORDER BY 1""").fetchall()], \
+            "features.holdout_shops"
+    if not evals and len(all_shops) > 1:
+        evals = list(make_split(all_shops, SplitConfig()).eval)
+        source = "a stable hash of the shop ids (contracts.split.make_split; the VQ-VAE may have seen them)"
+    if not evals:
+        raise ConfigError(f"evaluate fidelity: no evaluation shop: set evaluate.fidelity.eval_shops ({cfg.ingest}/events.parquet "
+                          f"has {len(all_shops)} shop(s); the policy needs another one to train on)")
     unknown = sorted(set(evals) - set(all_shops))
     if unknown:
         raise ConfigError(f"evaluate.fidelity.eval_shops {unknown} are not shops of {cfg.ingest}/events.parquet "
@@ -795,7 +805,7 @@ def resolve_shops(cfg: FidelityConfig, all_shops: list[str]) -> tuple[list[str],
         train = [s for s in train if s in set(split.train)]
     if not train:
         raise ConfigError("evaluate.fidelity.eval_shops names every shop: the policy needs at least one training shop")
-    return sorted(evals), train
+    return sorted(evals), train, source
 
 
 def _generated(ingest: Path) -> bool:
@@ -838,7 +848,7 @@ def run(cfg: FidelityConfig, out_dir: Path) -> dict[str, Any]:
     events = Path(cfg.ingest) / "events.parquet"
     assignments = Path(cfg.personas) / "assignments.parquet"
     all_shops = [r[0] for r in duckdb.sql(f"SELECT DISTINCT shop_id FROM read_parquet('{events}') ORDER BY 1").fetchall()]
-    evals, train = resolve_shops(cfg, all_shops)
+    evals, train, source = resolve_shops(cfg, all_shops)
     codes, counts = fit_intent_counts(events, assignments, cfg.threads, shops=train)
     model = PolicyModel(codes, counts, cfg.strength, cfg.alpha, shops=train)
     assert not set(model.shops) & set(evals)
@@ -870,7 +880,7 @@ def run(cfg: FidelityConfig, out_dir: Path) -> dict[str, Any]:
         persona = per_persona(real, sims, cfg)
     t_end = time.perf_counter()
     report = {
-        "data": {"generated": _generated(Path(cfg.ingest)), "ingest": str(cfg.ingest), "eval_shops": evals, "train_shops": train,
+        "data": {"generated": _generated(Path(cfg.ingest)), "ingest": str(cfg.ingest), "eval_shops": evals, "eval_shops_from": source, "train_shops": train,
                  "real_sessions": len(real), "real_buyers": len(set(zip(real.shop.tolist(), real.buyer.tolist()))),
                  "sessions_without_code": int((real.code < 0).sum()), "max_sessions": cfg.max_sessions,
                  "sim_sessions_per_agent": len(pop), "intent": cfg.intent},
@@ -908,7 +918,7 @@ def format_report(r: dict[str, Any]) -> str:
     d = r["data"]
     gen = "GENERATED data (simpersona synth)" if d["generated"] else "data from " + d["ingest"]
     nap = r["next_action"]
-    lines = [f"Fidelity on evaluation shops {', '.join(d['eval_shops'])} ({gen}); agent: {r['agent']['name']} fitted on "
+    lines = [f"Fidelity on evaluation shops {', '.join(d['eval_shops'])} (from {d['eval_shops_from']}; {gen}); agent: {r['agent']['name']} fitted on "
              f"{len(d['train_shops'])} training shops only; {d['real_sessions']:,} real sessions, {nap['steps']:,} steps; intent: {d['intent']}",
              "", "Next-action prediction (95% CI, bootstrap over sessions)", "",
              "| agent | type acc | exact acc | macro-F1 | outcome F1 |", "|---|---|---|---|---|"]

@@ -5,7 +5,8 @@ codebook usage and health (vqvae train_log.jsonl, code sizes), persona cards (ca
 each shop's persona mix (shop_mix.parquet), real vs recovered stratum mix per shop (buyers ⋈
 assignments, code_strata), the R² chart (population.json), Tables 1–4 beside the paper's
 (clustering.json, alignment.json, separation.json, instructions.json), ablations, the simulation's
-outcomes and simulated vs real funnel rates. A part whose files are missing reads "not run"; a
+outcomes and simulated vs real funnel rates, fidelity on evaluation shops (fidelity.json: next action,
+distributions, per-persona scatter plots). A part whose files are missing reads "not run"; a
 part that fails to build says why; the page is always written. No external assets: inline CSS
 and SVG only.
 """
@@ -275,11 +276,65 @@ def sec_simulation(cfg: ReportConfig, lay: RunLayout) -> str:
     return "".join(out)
 
 
+def _m(m: dict[str, Any] | None, digits: int = 3) -> str:
+    """A fidelity figure: value [95% CI], or its note ("n too small …")."""
+    if not m or m.get("value") is None:
+        return (m or {}).get("note", "–")
+    return f"{m['value']:.{digits}f}" + (f" [{m['ci'][0]:.{digits}f}, {m['ci'][1]:.{digits}f}]" if "ci" in m else "")
+
+
+def _diff(m: dict[str, Any] | None, digits: int = 3) -> str:
+    return "–" if not m else f"{m['diff']:+.{digits}f} [{m['ci'][0]:+.{digits}f}, {m['ci'][1]:+.{digits}f}]"
+
+
+def sec_fidelity(cfg: ReportConfig, lay: RunLayout) -> str:
+    r = _json(lay.fidelity / "fidelity.json")
+    if not r:
+        return _notrun(f"no {_rel(lay, lay.fidelity)}/fidelity.json")
+    d, nap, dist, pp = r["data"], r["next_action"], r["distributions"], r["per_persona"]
+    out = [f'<p class="small">{"GENERATED data. " if d["generated"] else ""}Evaluation shops {escape(", ".join(d["eval_shops"]))} (from {escape(d["eval_shops_from"])}); '
+           f'agent {escape(r["agent"]["name"])} fitted on {len(d["train_shops"])} training shops only '
+           f'({escape(r["agent"]["checkpoint"])}); {d["real_sessions"]:,} real sessions, {nap["steps"]:,} prediction steps '
+           f'(event level, the page type the policy acts on); intent {escape(d["intent"])}. 95% CIs: bootstrap over sessions '
+           f'(a plug-in JS is biased upwards: compare agents by the paired differences).</p>',
+           "<h3>Next-action prediction</h3>",
+           _table(["agent", "type accuracy", "exact (type + target)", "macro-F1", "session-outcome F1"],
+                  [[a, _m(m["type_accuracy"]), _m(m["exact_accuracy"]), _m(m["macro_f1"]), _m(m["outcome_f1"])]
+                   for a, m in nap["agents"].items()]),
+           _table(["persona − baseline", "type accuracy", "exact", "macro-F1", "outcome F1"],
+                  [[b, _diff(m["type_accuracy"]), _diff(m["exact_accuracy"]), _diff(m["macro_f1"]), _diff(m["outcome_f1"])]
+                   for b, m in nap["persona_minus"].items()]),
+           "<h3>Session distributions (all evaluation shops)</h3>",
+           _table(["agent", "bigram JS", "W1 length", "W1 distinct products", "classifier AUC", "ATC real", "ATC sim",
+                   "purchase real", "purchase sim"],
+                  [[a, _m(m["js_bigram"], 4), _m(m["w_length"]), _m(m["w_products"]), _m(m["auc"]), _m(m["funnel"]["real"]["atc"]),
+                    _m(m["funnel"]["sim"]["atc"]), _m(m["funnel"]["real"]["purchase"]), _m(m["funnel"]["sim"]["purchase"])]
+                   for a, m in dist["overall"].items()])]
+    if dist.get("baseline_minus_persona"):
+        out.append(_table(["baseline − persona (positive: persona closer)", "bigram JS", "classifier AUC"],
+                          [[b, _diff(m["js_bigram"], 4), _diff(m["auc"])] for b, m in dist["baseline_minus_persona"].items()]))
+    agents = list(dist["overall"])
+    for key, name in (("by_shop", "shop"), ("by_stratum", "stratum")):
+        out.append(f"<h3>Per {name}: bigram JS / classifier AUC</h3>" + _table(
+            [name, *agents], [[g, *(f"{_m(per[a]['js_bigram'], 4)} / {_m(per[a]['auc'])}" if a in per else "–" for a in agents)]
+                              for g, per in list(dist[key].items())[: cfg.max_shops]]))
+    out.append(f"<h3>Per persona ({pp['codes']} codes with ≥ {pp['min_buyers']} real buyers)</h3>")
+    out.append(_table(["agent", "r ATC", "r checkout", "r purchase", "mean |Δ| ATC", "mean |Δ| purchase", "per-code bigram JS"],
+                      [[a, _m(c["atc"]), _m(c["checkout"]), _m(c["purchase"]), _m(c["mae"]["atc"]), _m(c["mae"]["purchase"]),
+                        _m(pp["code_js"].get(a))] for a, c in pp["correlation"].items()]))
+    pts = pp["points"]
+    out.append('<div class="row">' + "".join(
+        svg.scatter([(p["real"][k], p["sim"][k], f"code {p['code']}") for p in pts], f"{label} rate per persona code",
+                    "real", "simulated (persona agent)") for k, label in (("atc", "Add-to-cart"), ("purchase", "Purchase"))) + "</div>")
+    return "".join(out)
+
+
 SECTIONS = (("Codebook usage and health", sec_codebook), ("Persona cards", sec_cards), ("Persona mix per shop", sec_mix),
             ("Real vs recovered stratum mix", sec_strata), ("Feature reconstruction R²", sec_r2),
             ("Table 1 — clustering quality", sec_table1), ("Table 2 — action rate alignment", sec_table2),
             ("Table 3 — behavioural separation", sec_table3), ("Table 4 — instruction following", sec_table4),
-            ("Ablations (Tables 7–9)", sec_ablations), ("Simulation: outcomes, simulated vs real funnel", sec_simulation))
+            ("Ablations (Tables 7–9)", sec_ablations), ("Simulation: outcomes, simulated vs real funnel", sec_simulation),
+            ("Fidelity on evaluation shops", sec_fidelity))
 
 
 def render(cfg: ReportConfig) -> tuple[str, dict[str, str]]:

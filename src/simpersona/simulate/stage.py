@@ -128,7 +128,7 @@ def draw_specs(mix, shops_obj: dict, shops: list[str], n: int, intent_mode: str,
 def make_agents(cfg: SimulateConfig, run_dir: Path):
     """(make_agent(spec), backend or None, info dict) for cfg.agent."""
     if cfg.agent == "policy":
-        from simpersona.agents.policy import PolicyAgent, PolicyModel, fit_counts
+        from simpersona.agents.policy import PolicyAgent, PolicyModel, fit_intent_counts
 
         if cfg.policy.model is not None:
             model = PolicyModel.load(cfg.policy.model)
@@ -137,7 +137,7 @@ def make_agents(cfg: SimulateConfig, run_dir: Path):
                 raise ConfigError("the policy agent is fitted from ingest events + personas assignments (set ingest, personas)")
             split = load_split(cfg.split)
             train = list(split.train) if split is not None else None
-            codes, counts = fit_counts(Path(cfg.ingest) / "events.parquet", Path(cfg.personas) / "assignments.parquet", shops=train)
+            codes, counts = fit_intent_counts(Path(cfg.ingest) / "events.parquet", Path(cfg.personas) / "assignments.parquet", shops=train)
             model = PolicyModel(codes, counts, cfg.policy.strength, cfg.policy.alpha, train or ())
         if cfg.split is not None and model.shops:  # a reused policy.npz too: fitted on training shops only
             load_split(cfg.split).check_training(model.shops, "simulate (policy fit)")
