@@ -253,26 +253,27 @@ def storefront_serve(catalog, host, port, events_out, preset, sets) -> None:
 
 @main.group("sft", invoke_without_command=True)
 @click.option("--stage", default=None, type=click.Choice(["1", "2", "both", "single"]), help="Stage(s) to train (single: the one-stage ablation).")
-@click.option("--data", default=None, type=click.Path(path_type=Path), help="TRACES_DIR of *.jsonl SFT records.")
+@click.option("--data", default=None, type=click.Path(path_type=Path), help="TRACES_DIR: stage{1,2}/{train,val}.jsonl SFT records.")
+@click.option("--split", default=None, type=click.Path(path_type=Path), help="The run's split/shops.json: records of its evaluation shops are an error.")
 @click.option("--out", default=None, type=click.Path(path_type=Path), help="Run folder (checkpoints per stage).")
 @click.option("--model", default=None, type=click.Choice(["tiny", "smollm2", "qwen3"]), help="Base model preset.")
 @click.option("--init", "init", default=None, type=click.Choice(["mean", "codebook", "card"]), help="Persona-row init.")
 @click.option("--preset", default=None, help="tiny, demo, smollm2, qwen3, or a YAML file (its sft: section).")
 @SETS
 @click.pass_context
-def sft(ctx, stage, data, out, model, init, preset, sets) -> None:
+def sft(ctx, stage, data, split, out, model, init, preset, sets) -> None:
     """Two-stage SFT with persona tokens (spec §6): stage 1 persona rows only, stage 2 all."""
     if ctx.invoked_subcommand is not None:
         return
     from simpersona.sft import train as stage_mod
 
-    values = _given(stage=stage, data=data, model=_given(preset=model) or None, tokens=_given(init=init) or None)
+    values = _given(stage=stage, data=data, split=split, model=_given(preset=model) or None, tokens=_given(init=init) or None)
     cfg = load_config(stage_mod.SftConfig, preset, sets, section="sft", values=values)
     click.echo(stage_mod.format_summary(stage_mod.run(cfg, out or RUNS.sft)))
 
 
 @sft.command("fabricate")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="TRACES_DIR to write (traces.jsonl, cards.json, vqvae/).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="TRACES_DIR to write (traces.jsonl, stage{1,2}/{train,val}.jsonl, cards.json, vqvae/).")
 @click.option("--k", default=16, show_default=True, help="Persona codes.")
 @click.option("--shops", default=6, show_default=True, help="Shops.")
 @click.option("--sessions", default=200, show_default=True, help="Sessions (each gives stage-1 and stage-2 records).")
@@ -288,14 +289,15 @@ def sft_fabricate(out, k, shops, sessions, seed) -> None:
 @click.option("--ingest", "ingest_dir", default=None, type=click.Path(path_type=Path), help="Ingest folder (events.parquet, catalog.parquet).")
 @click.option("--features", default=None, type=click.Path(path_type=Path), help="FEAT_DIR (buyer_sessions.parquet, buyers.parquet).")
 @click.option("--personas", "personas_dir", default=None, type=click.Path(path_type=Path), help="Output of `personas assign` (assignments.parquet).")
+@click.option("--split", default=None, type=click.Path(path_type=Path), help="The run's split/shops.json: only its training shops' sessions become traces.")
 @click.option("--out", default=None, type=click.Path(path_type=Path), help="TRACES_DIR to write.")
 @PRESET
 @SETS
-def traces(ingest_dir, features, personas_dir, out, preset, sets) -> None:
+def traces(ingest_dir, features, personas_dir, split, out, preset, sets) -> None:
     """Replay sampled real sessions on the storefront, judge them, write SFT JSONL (spec §5)."""
     from simpersona.traces import stage
 
-    values = _given(ingest=ingest_dir, features=features, personas=personas_dir)
+    values = _given(ingest=ingest_dir, features=features, personas=personas_dir, split=split)
     cfg = load_config(stage.TracesConfig, preset, sets, section="traces", values=values)
     click.echo(stage.format_summary(run_atomic(out or RUNS.traces, "traces", cfg, stage.run)))
 
