@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import torch
 
 from simpersona.config import ConfigError, write_meta
+from simpersona.contracts.labels import HEADS
 from simpersona.evaluate import metrics as M
 from simpersona.evaluate.config import ClusteringConfig
 from simpersona.features.layout import SCALARS, STRATA
@@ -44,7 +45,7 @@ def partition_metrics(x: np.ndarray, codes: np.ndarray, strata: np.ndarray, labe
         "weighted_stratum_purity_pct": 100 * M.weighted_purity(st),
         "incompatible_mixing_codes": M.incompatible_codes(st, cfg.mix_threshold, cfg.mix_min_size),
     }
-    for i, name in enumerate(("engage", "explore", "purchase")):
+    for i, name in enumerate(HEADS):
         bins = M.contingency(codes, labels[:, i], k, 3)
         out[f"nonadjacent_{name}_pct"] = M.pct_nonadjacent(bins, cfg.span_threshold)
     out["mean_within_cosine"] = M.mean_within_cosine(x, codes, k)

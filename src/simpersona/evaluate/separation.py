@@ -27,10 +27,9 @@ from typing import Any
 import numpy as np
 
 from simpersona.config import ConfigError, write_meta
+from simpersona.contracts.labels import HEADS, LEVELS
 from simpersona.evaluate import stats as S
 
-HEADS: tuple[str, ...] = ("purchase", "engage", "explore")
-LEVELS: tuple[str, ...] = ("low", "medium", "high")
 PAPER_TABLE3: dict[str, dict[str, Any]] = {
     "purchase": {"means": [0.06, 2.94, 7.25], "d": 2.80, "t_p": 5.5e-22, "kw_p": 4.5e-14, "perm_p": "<0.0001"},
     "engage": {"means": [1.55, 2.00, 2.41], "d": 0.76, "t_p": 4.1e-3, "kw_p": 1.2e-2, "perm_p": 0.003},

@@ -25,16 +25,7 @@ import datetime as dt
 
 import pyarrow as pa
 
-EVENT_TYPES: tuple[str, ...] = (
-    "page_view",
-    "collection_view",
-    "search",
-    "product_view",
-    "add_to_cart",
-    "remove_from_cart",
-    "checkout_start",
-    "purchase",
-)
+from simpersona.contracts.labels import EVENT_TYPES  # noqa: F401  (the one event order, imported from here too)
 
 # Event types that must name a product / collection / query.
 NEEDS_PRODUCT: frozenset[str] = frozenset({"product_view", "add_to_cart", "remove_from_cart", "purchase"})

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
-STRATA = np.array(["A", "B", "C", "D", "E"])
+from simpersona.contracts import labels
+
+STRATA = np.array(labels.STRATA)
 
 
 def strata(purchase, checkout, atc, cart_activity, views, searches, collections) -> np.ndarray:

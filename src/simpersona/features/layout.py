@@ -6,6 +6,8 @@ x = [16 normalised scalars | viewed channel (128) | carted channel (128) | purch
 
 from __future__ import annotations
 
+from simpersona.contracts.labels import STRATA  # noqa: F401  (features write the strata; imported from here too)
+
 SCALAR_NAMES: tuple[str, ...] = (
     # exposure & volume (8); the 8th (implementer's choice) = sessions with a purchase
     "n_sessions",
@@ -40,8 +42,6 @@ PURCHASED = slice(N_SCALARS + 2 * CHANNEL_DIM, N_SCALARS + 3 * CHANNEL_DIM)  # 2
 CHANNEL_SLICES: tuple[slice, ...] = (VIEWED, CARTED, PURCHASED)
 MASKS = slice(N_SCALARS + 3 * CHANNEL_DIM, N_SCALARS + 3 * CHANNEL_DIM + 3)  # 400:403
 INPUT_DIM = N_SCALARS + 3 * CHANNEL_DIM + 3  # 403
-
-STRATA: tuple[str, ...] = ("A", "B", "C", "D", "E")
 
 assert len(SCALAR_NAMES) == N_SCALARS
 assert INPUT_DIM == 403

@@ -30,12 +30,11 @@ import torch
 from torch import nn
 
 from simpersona.config import ConfigError, write_meta
-from simpersona.features.layout import SCALAR_NAMES, STRATA
+from simpersona.contracts.labels import BUY_STRATA, STRATA
+from simpersona.features.layout import SCALAR_NAMES
 from simpersona.vqvae.checkpoint import load_model
 from simpersona.vqvae.data import fixed_list_to_numpy
 from simpersona.vqvae.model import VQVAE
-
-BUY_STRATA: tuple[str, ...] = ("A", "B", "C")  # strata whose simulated sessions carry a buy intent
 
 
 @dataclass

@@ -15,10 +15,10 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
+from simpersona.contracts.labels import HEADS, LEVELS
 from simpersona.features.layout import SCALAR_NAMES
-from simpersona.vqvae.model import HEADS, VQVAE
+from simpersona.vqvae.model import VQVAE
 
-LEVELS: tuple[str, ...] = ("low", "medium", "high")
 TOP_FIELDS: dict[str, str] = {
     "collections": "collections", "brands": "brands", "queries": "queries", "products": "viewed_titles",
 }

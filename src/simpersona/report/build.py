@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from simpersona.config import write_meta
+from simpersona.contracts.labels import STRATA
 from simpersona.layout import RunLayout
 from simpersona.report import svg
 
-STRATA = ("A", "B", "C", "D", "E")
 CSS = """body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222;line-height:1.4}
 h1{font-size:24px}h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
 table{border-collapse:collapse;font-size:12px;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}

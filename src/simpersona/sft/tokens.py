@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from tokenizers import AddedToken
 
+from simpersona.contracts.labels import STRATUM_NAMES
 from simpersona.contracts.persona import persona_token
 
 INITS = ("mean", "codebook", "card")
@@ -57,7 +58,7 @@ def card_text(card: dict[str, Any]) -> str:
         lab = card["labels"]
         parts.append(f"Engagement {lab.get('engage')}, exploration {lab.get('explore')}, purchase intensity {lab.get('purchase')}.")
     if card.get("strata"):
-        names = {"A": "purchasers", "B": "checkout abandoners", "C": "cart builders", "D": "window shoppers", "E": "bouncers"}
+        names = STRATUM_NAMES
         mix = ", ".join(f"{100 * p:.0f}% {names.get(s, s)}" for s, p in sorted(card["strata"].items(), key=lambda x: -x[1]) if p > 0)
         parts.append(f"Mostly {mix}.")
     if card.get("centroid"):

@@ -129,7 +129,8 @@ def load_sessions(cfg: TracesConfig, con, chosen: list[dict]) -> dict[str, Sessi
     split = [r["ids"] for r in chosen]
     keys = pa.table({c: [k[i] for k in split] for i, c in enumerate(("shop_id", "buyer_id", "session_id"))})
     con.register("chosen_keys", keys)
-    order = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(ORDER))
+    # ties on the timestamp break in funnel order (a purchase logged in the same instant as its checkout start comes after it)
+    order = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(EVENT_TYPES))
     rows = con.sql(f"""
         WITH cat AS (SELECT shop_id, product_id, any_value(title) AS title, any_value(collection) AS collection,
                             any_value(price) AS cat_price

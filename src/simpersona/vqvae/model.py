@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-HEADS: tuple[str, ...] = ("engage", "explore", "purchase")
+from simpersona.contracts.labels import HEADS
 
 
 @dataclass
