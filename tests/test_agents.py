@@ -12,8 +12,9 @@ import pytest
 
 from simpersona.agents.base import FAILURES, act_batch, parse_output
 from simpersona.agents.llm import EndpointBackend, EndpointConfig, LLMAgent, LLMConfig, TransformersBackend
-from simpersona.agents.policy import EVENTS, STATES, PolicyAgent, PolicyModel, fit_counts, page_type
+from simpersona.agents.policy import EVENTS, STATES, PolicyAgent, PolicyModel, fit_counts
 from simpersona.contracts.records import records_from_trajectory
+from simpersona.contracts.storefront import page_type
 from simpersona.storefront.app import create_app
 from simpersona.storefront.config import StorefrontConfig
 from simpersona.storefront.env import ShopEnv
@@ -204,7 +205,8 @@ def test_doctests_of_the_agent_simulation_metric_modules():
     import doctest
     import importlib
 
-    for name in ("agents.base", "agents.policy", "contracts.goals", "evaluate.stats", "evaluate.instructions"):
+    for name in ("agents.base", "agents.policy", "contracts.goals", "evaluate.stats", "evaluate.instructions",
+                 "contracts.persona", "contracts.storefront"):
         mod = importlib.import_module(f"simpersona.{name}")
         res = doctest.testmod(mod)
         assert res.failed == 0 and res.attempted > 0, name

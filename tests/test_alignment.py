@@ -80,22 +80,30 @@ def test_alignment_and_separation_end_to_end(simulated, tmp_path):
 
 
 def test_instructions_script_agent_completes_every_task(simulated, tmp_path):
+    """simulate.instructions runs the tasks; evaluate.instructions only reads the run folder."""
     from simpersona.evaluate import instructions as I
+    from simpersona.simulate import instructions as SI
 
     w, _ = simulated
-    r = I.run(I.InstructionsConfig(ingest=w["ingest"], agent="script", repetitions=1, shops=["shop0"]), tmp_path / "ins")
+    SI.run(SI.TasksConfig(ingest=w["ingest"], agent="script", repetitions=1, shops=["shop0"]), tmp_path / "sim")
+    tasks, agent = SI.load_tasks(tmp_path / "sim")
+    assert agent == "script" and tasks == SI.build_tasks(SI.TasksConfig(ingest=w["ingest"], shops=["shop0"]))
+    r = I.run(I.InstructionsConfig(simulation=tmp_path / "sim"), tmp_path / "ins")
     assert r["tasks"] == 7 and r["overall"]["completed"] == 1.0 and r["overall"]["self_reported"] == 1.0
     navs = sorted(t["nav"] for t in r["task_list"])
     assert navs[0] == 3 and navs[-1] == 27
     assert r["types"]["purchase"]["purchased"] == 1.0 and r["types"]["checkout"]["purchased"] == 0.0
-    assert I.build_tasks(I.InstructionsConfig(ingest=w["ingest"])) == I.build_tasks(I.InstructionsConfig(ingest=w["ingest"]))
+    assert SI.build_tasks(SI.TasksConfig(ingest=w["ingest"])) == SI.build_tasks(SI.TasksConfig(ingest=w["ingest"]))
 
 
 def test_ablations_token_run_and_stages_not_run(simulated, tmp_path):
     from simpersona.evaluate import ablations as A
+    from simpersona.simulate import ablations as SA
     from simpersona.simulate.stage import SimulateConfig
 
     w, _ = simulated
-    r = A.run(A.AblationsConfig(simulate=SimulateConfig(ingest=w["ingest"], personas=w["personas"], buyers=10)), tmp_path / "ab")
+    runs = SA.run(SA.AblationRunsConfig(simulate=SimulateConfig(ingest=w["ingest"], personas=w["personas"], buyers=10)), tmp_path / "sim")
+    assert runs["stages"]["status"] == "not run" and (tmp_path / "sim" / "token_without" / "episodes.parquet").exists()
+    r = A.run(A.AblationsConfig(simulation=tmp_path / "sim"), tmp_path / "ab")
     assert r["token"]["with"]["episodes"] == r["token"]["without"]["episodes"] == 20
     assert r["stages"]["status"] == "not run" and "SFT" in r["stages"]["reason"]

@@ -390,11 +390,14 @@ def evaluate_separation(simulation, personas_dir, out, preset, sets) -> None:
 def evaluate_instructions(ingest_dir, personas_dir, agent, checkpoint, endpoint_url, repetitions, out, preset, sets) -> None:
     """Table 4: instruction following on deterministic tasks (3–27 navigation actions), judged from the event log."""
     from simpersona.evaluate import instructions as stage
+    from simpersona.pipeline import simulate_then_evaluate
+    from simpersona.simulate import instructions as sim
 
     values = _given(ingest=ingest_dir, personas=personas_dir, agent=agent, repetitions=repetitions,
                     llm=_given(checkpoint=checkpoint) or None, endpoint=_given(url=endpoint_url) or None)
-    cfg = load_config(stage.InstructionsConfig, preset, sets, section="evaluate.instructions", values=values)
-    click.echo(stage.format_table(run_atomic(out or RUNS.instructions, "evaluate.instructions", cfg, stage.run)))
+    cfg = load_config(sim.TasksConfig, preset, sets, section="evaluate.instructions", values=values)
+    run = lambda c, o: simulate_then_evaluate(sim, c, stage, stage.InstructionsConfig, o)  # noqa: E731
+    click.echo(stage.format_table(run_atomic(out or RUNS.instructions, "evaluate.instructions", cfg, run)))
 
 
 @evaluate.command("ablations")
@@ -407,10 +410,13 @@ def evaluate_instructions(ingest_dir, personas_dir, agent, checkpoint, endpoint_
 def evaluate_ablations(ingest_dir, personas_dir, sft_dir, out, preset, sets) -> None:
     """Table 9 (persona token vs none, neutral intents) and Tables 7–8 (two-stage vs single-stage)."""
     from simpersona.evaluate import ablations as stage
+    from simpersona.pipeline import simulate_then_evaluate
+    from simpersona.simulate import ablations as sim
 
     values = _given(sft=sft_dir, simulate=_given(ingest=ingest_dir, personas=personas_dir) or None)
-    cfg = load_config(stage.AblationsConfig, preset, sets, section="evaluate.ablations", values=values)
-    click.echo(stage.format_report(run_atomic(out or RUNS.ablations, "evaluate.ablations", cfg, stage.run)))
+    cfg = load_config(sim.AblationRunsConfig, preset, sets, section="evaluate.ablations", values=values)
+    run = lambda c, o: simulate_then_evaluate(sim, c, stage, stage.AblationsConfig, o)  # noqa: E731
+    click.echo(stage.format_report(run_atomic(out or RUNS.ablations, "evaluate.ablations", cfg, run)))
 
 
 @main.command()

@@ -214,6 +214,7 @@ class BehaviourConfig:
 
 def _behaviour() -> Step:
     from simpersona.evaluate import ablations, alignment, fidelity, instructions, separation
+    from simpersona.simulate import ablations as sim_ablations, instructions as sim_instructions
 
     def make(sec: dict[str, Any], lay: RunLayout):
         sim, per, ing, agent = str(lay.simulate), str(lay.personas), str(lay.ingest), str(lay.stage2)
@@ -222,9 +223,9 @@ def _behaviour() -> Step:
                               {"features": str(lay.features), "personas": per, "simulation": sim}),
             separation=resolve(separation.SeparationConfig, sec, "evaluate.separation",
                                {"simulation": sim, "personas": per}),
-            instructions=resolve(instructions.InstructionsConfig, sec, "evaluate.instructions",
+            instructions=resolve(sim_instructions.TasksConfig, sec, "evaluate.instructions",
                                  {"ingest": ing, "personas": per, "split": str(lay.split), "llm": {"checkpoint": agent}}),
-            ablations=resolve(ablations.AblationsConfig, sec, "evaluate.ablations", {
+            ablations=resolve(sim_ablations.AblationRunsConfig, sec, "evaluate.ablations", {
                 "sft": str(lay.sft), "simulate": {"ingest": ing, "personas": per, "split": str(lay.split),
                                                   "llm": {"checkpoint": agent}}}),
             fidelity=resolve(fidelity.FidelityConfig, sec, "evaluate.fidelity",
@@ -237,8 +238,9 @@ def _behaviour() -> Step:
         summary = {
             "alignment": alignment.run(cfg.alignment, part.alignment),
             "separation": separation.run(cfg.separation, part.separation),
-            "instructions": instructions.run(cfg.instructions, part.instructions),
-            "ablations": ablations.run(cfg.ablations, part.ablations),
+            "instructions": simulate_then_evaluate(sim_instructions, cfg.instructions, instructions, instructions.InstructionsConfig,
+                                                   part.instructions),
+            "ablations": simulate_then_evaluate(sim_ablations, cfg.ablations, ablations, ablations.AblationsConfig, part.ablations),
             "fidelity": fidelity.run(cfg.fidelity, part.fidelity),
         }
         (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
@@ -252,6 +254,12 @@ def _behaviour() -> Step:
         ])
 
     return Step("behaviour", ("features", "split", "personas", "ingest", "simulate", "sft"), make, run_all, describe)
+
+
+def simulate_then_evaluate(sim_module, sim_cfg: Any, eval_module, eval_cfg_cls, out_dir: Path) -> dict[str, Any]:
+    """A scenario's simulation into out_dir/simulation, then its evaluation (which only reads it) into out_dir."""
+    sim_module.run(sim_cfg, out_dir / "simulation")
+    return eval_module.run(eval_cfg_cls(simulation=out_dir / "simulation"), out_dir)
 
 
 def _report(before: tuple[str, ...]) -> Step:

@@ -38,11 +38,13 @@ from typing import Any
 import numpy as np
 
 from simpersona.agents.base import Decision
+from simpersona.contracts import storefront as V
 from simpersona.contracts.goals import parse_goal
+from simpersona.contracts.labels import EVENT_TYPES
+from simpersona.contracts.storefront import CHECKOUT_VALUES, elements, page_type
 
-STATES: tuple[str, ...] = ("start", "home", "collection", "search", "product", "cart", "checkout", "order")
-EVENTS: tuple[str, ...] = ("page_view", "collection_view", "search", "product_view", "add_to_cart",
-                           "remove_from_cart", "checkout_start", "purchase", "stop")
+STATES: tuple[str, ...] = ("start", *V.PAGE_TYPES)
+EVENTS: tuple[str, ...] = (*EVENT_TYPES, "stop")
 STOP = EVENTS.index("stop")
 INTENTS: tuple[str, ...] = ("buy", "browse")
 # how events of one session are ordered (time, then funnel order for ties), as a DuckDB ORDER BY
@@ -51,11 +53,6 @@ EVENT_STATE: dict[str, str] = {"page_view": "home", "collection_view": "collecti
                                "product_view": "product", "add_to_cart": "cart", "remove_from_cart": "cart",
                                "checkout_start": "checkout", "purchase": "order"}
 NEXT_STATE = np.array([STATES.index(EVENT_STATE[e]) if e != "stop" else 0 for e in EVENTS])  # (A,)
-CHECKOUT_VALUES: dict[str, str] = {"field-email": "sim.buyer@example.com", "field-name": "Sim Buyer",
-                                   "field-address": "1 Test Street", "field-city": "Springfield",
-                                   "field-postal_code": "12345", "field-country": "US"}
-_ELEMENT = re.compile(r"^\[([^\]]+)\] (\w+)(?::| )?(.*)$", re.M)
-_VALUE = re.compile(r"= '(.*?)'")
 
 
 def smooth(counts: np.ndarray, global_counts: np.ndarray, strength: float, alpha: float) -> np.ndarray:
@@ -190,23 +187,6 @@ def fit_counts(events_path: Path, assignments_path: Path, threads: int = 2,
     return codes, counts.sum(1)
 
 
-def page_type(url: str) -> str:
-    """The state of a storefront URL.
-
-    >>> [page_type(u) for u in ("/s/x/", "/s/x/products/p1", "/s/x/search?q=a", "/s/x/orders/1")]
-    ['home', 'product', 'search', 'order']
-    """
-    parts = url.split("?")[0].split("/")  # ['', 's', shop, section, …]
-    section = parts[3] if len(parts) > 3 else ""
-    return {"collections": "collection", "search": "search", "products": "product", "cart": "cart",
-            "checkout": "checkout", "orders": "order"}.get(section, "home")
-
-
-def elements(page: str) -> dict[str, tuple[str, str]]:
-    """id → (kind, rest of the line) of the `[id] kind: label` lines of a page snapshot."""
-    return {m.group(1): (m.group(2), m.group(3)) for m in _ELEMENT.finditer(page)}
-
-
 def topic_of(goal: str) -> str:
     """The goal's object ("You are here to buy wool socks." → "wool socks"); an instruction's by pattern."""
     parsed = parse_goal(goal)
@@ -264,29 +244,30 @@ class PolicyAgent:
             ids, key=lambda i: (-len(words & set(re.split(r"[/\-_ ]", i.lower()))), self.rng.random()))[0]
 
     def _towards(self, target: str, state: str, els: dict[str, tuple[str, str]]) -> tuple[dict, bool] | None:
-        products = [i for i in els if i.startswith("product-")]
+        products = [i for i in els if i.startswith(V.PRODUCT_PREFIX)]
+        home = {"action": "click", "element_id": V.NAV_HOME}
         if target == "stop":
             return {"action": "end_session", "goal_reached": True}, True
         if target == "page_view":
-            return ({"action": "click", "element_id": "nav-home"}, True) if "nav-home" in els else None
+            return (home, True) if V.NAV_HOME in els else None
         if target == "collection_view":
-            colls = [i for i in els if i.startswith("collection-")]
+            colls = [i for i in els if i.startswith(V.COLLECTION_PREFIX)]
             if colls:
                 return {"action": "click", "element_id": self._pick(colls)}, True
-            return ({"action": "click", "element_id": "nav-home"}, False) if "nav-home" in els else None
+            return (home, False) if V.NAV_HOME in els else None
         if target == "search":
-            return ({"action": "search", "query": self.topic[:200]}, True) if "search-q" in els else None
+            return ({"action": "search", "query": self.topic[:200]}, True) if V.SEARCH_BOX in els else None
         if target in ("product_view", "add_to_cart"):
-            if target == "add_to_cart" and state == "product" and "add-to-cart" in els:
+            if target == "add_to_cart" and state == "product" and V.ADD_BUTTON in els:
                 return {"action": "add_to_cart", "quantity": 1}, True
             if products:
                 return {"action": "click", "element_id": products[int(self.rng.integers(len(products)))]}, target == "product_view"
             self.tries += 1
-            if self.tries == 1 and "search-q" in els:
+            if self.tries == 1 and V.SEARCH_BOX in els:
                 return {"action": "search", "query": self.topic[:200]}, False
-            return ({"action": "click", "element_id": "nav-home"}, False) if "nav-home" in els and state != "home" else None
+            return (home, False) if V.NAV_HOME in els and state != "home" else None
         if target == "remove_from_cart":
-            removes = [i for i in els if i.startswith("remove-")]
+            removes = [i for i in els if i.startswith(V.REMOVE_PREFIX)]
             if state == "cart":
                 return ({"action": "click", "element_id": removes[0]}, True) if removes else None
             return {"action": "view_cart"}, False
@@ -295,14 +276,12 @@ class PolicyAgent:
         if target == "purchase":
             if state != "checkout":
                 return {"action": "checkout"}, False
-            if "place-order" not in els:
+            if V.PLACE_ORDER not in els:
                 return None  # empty cart: nothing to buy
-            for fid, value in CHECKOUT_VALUES.items():
-                if fid in els:
-                    m = _VALUE.search(els[fid][1])
-                    if not (m and m.group(1)):
-                        return {"action": "fill", "element_id": fid, "value": value}, False
-            return {"action": "click", "element_id": "place-order"}, True
+            fid = V.next_empty_field(els)
+            if fid is not None:
+                return {"action": "fill", "element_id": fid, "value": CHECKOUT_VALUES[fid]}, False
+            return {"action": "click", "element_id": V.PLACE_ORDER}, True
         return None
 
 

@@ -1,30 +1,25 @@
 """`simpersona evaluate ablations`: persona token vs none (App. I, Table 9) and two-stage vs
-single-stage SFT (App. F, Tables 7–8).
+single-stage SFT (App. F, Tables 7–8), read from a `simulate.ablations` run folder.
 
-- token: the same population (same codes, goals, seeds) simulated twice under NEUTRAL intents
-  ("You are interested in …"), with and without the persona token (`simulate.persona`), with the
-  configured agent. Reported per condition: crashes (and context-length errors), goal reached,
-  add-to-cart events, sessions reaching checkout, and on goal-reached episodes the mean actions,
-  pages visited (logged page events) and products viewed; shops with a higher crash rate without
-  the token.
-- stages: the LLM agent on SFT_DIR/stage2 (two-stage) and SFT_DIR/single (single-stage) on the
-  same population (stratum intents): outcome counts and the spread of per-shop error rates
-  (error = not goal reached). Needs both checkpoints: otherwise reported "not run" with the reason.
-Writes ablations.json / .md, meta.json; each condition's simulation under its own subfolder.
+- token (token_with/ vs token_without/): per condition crashes (and context-length errors), goal
+  reached, add-to-cart events, sessions reaching checkout, and on goal-reached episodes the mean
+  actions, pages visited (logged page events) and products viewed; shops with a higher crash
+  rate without the token.
+- stages (two_stage/ vs single_stage/): outcome counts and the spread of per-shop error rates
+  (error = not goal reached); "not run" with the simulation's reason when it did not run.
+Writes ablations.json / .md, meta.json.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from simpersona.config import write_meta
-from simpersona.simulate.stage import SimulateConfig
+from simpersona.config import ConfigError, write_meta
 
 PAPER_TABLE9 = {"with": {"crash_rate": 0.053, "goal_reached": 0.787, "atc_events": 16132, "checkout_reached": 7823,
                          "actions": 11.1, "pages": 3.9, "products": 1.39},
@@ -36,12 +31,8 @@ PAPER_TABLE7 = {"two_stage": {"goal_reached": 0.835, "steps_limit": 0.131, "time
 
 @dataclass
 class AblationsConfig:
-    # the simulation both conditions share (ingest, personas, buyers, agent …)
-    simulate: SimulateConfig = field(default_factory=SimulateConfig)
-    # SFT run folder holding stage2/ and single/ checkpoints (for the stages ablation)
-    sft: Path | None = None
-    # ablations to run: token, stages
-    which: list[str] = field(default_factory=lambda: ["token", "stages"])
+    # output folder of the ablations' simulations (`simulate.ablations`: runs.json and one folder per condition)
+    simulation: Path | None = None
 
 
 def token_metrics(stats) -> dict[str, Any]:
@@ -67,41 +58,37 @@ def per_shop_rate(stats, bad) -> dict[str, float]:
     return {s: float(np.mean(v)) for s, v in sorted(out.items())}
 
 
-def _simulate(cfg: SimulateConfig, out: Path):
-    from simpersona.simulate import stage
+def run(cfg: AblationsConfig, out_dir: Path) -> dict[str, Any]:
+    """Tables 9 and 7–8 from the ablations' simulations; write ablations.json / .md and meta.json."""
     from simpersona.simulate.logs import episode_stats
 
-    summary = stage.run(cfg, out, echo=lambda s: None)
-    return summary, episode_stats(out)
-
-
-def run(cfg: AblationsConfig, out_dir: Path) -> dict[str, Any]:
+    if cfg.simulation is None:
+        raise ConfigError("evaluate ablations needs simulation DIR (a simulate.ablations output)")
+    sim_dir = Path(cfg.simulation)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    runs = json.loads((sim_dir / "runs.json").read_text())
     report: dict[str, Any] = {"paper": {"table9": PAPER_TABLE9, "table7": PAPER_TABLE7}}
-    if "token" in cfg.which:
+    if "token" in runs:
         res = {}
-        for name, persona in (("with", True), ("without", False)):
-            sim = dataclasses.replace(cfg.simulate, intent="neutral", persona=persona)
-            _, st = _simulate(sim, out_dir / f"token_{name}")
+        for name in ("with", "without"):
+            st = episode_stats(sim_dir / runs["token"][name])
             res[name] = token_metrics(st)
             res[name]["crash_by_shop"] = per_shop_rate(st, lambda x: x["outcome"] == "crash")
         shops = set(res["with"]["crash_by_shop"]) & set(res["without"]["crash_by_shop"])
         res["shops_higher_crash_without"] = sum(res["without"]["crash_by_shop"][s] > res["with"]["crash_by_shop"][s] for s in shops)
         res["shops"] = len(shops)
-        res["agent"] = cfg.simulate.agent
+        res["agent"] = runs["token"]["agent"]
         report["token"] = res
-    if "stages" in cfg.which:
-        ckpts = {"two_stage": Path(cfg.sft or "") / "stage2", "single_stage": Path(cfg.sft or "") / "single"}
-        missing = [str(p) for p in ckpts.values() if not (p / "config.json").exists()]
-        if cfg.sft is None or missing:
-            why = "no SFT folder given (sft)" if cfg.sft is None else f"missing checkpoint(s) {missing}"
-            report["stages"] = {"status": "not run", "reason": f"needs the two-stage and single-stage SFT checkpoints: {why}"}
+    if "stages" in runs:
+        if runs["stages"]["status"] != "run":
+            report["stages"] = dict(runs["stages"])
         else:
             res = {"status": "run"}
-            for name, path in ckpts.items():
-                sim = dataclasses.replace(cfg.simulate, agent="llm", llm=dataclasses.replace(cfg.simulate.llm, checkpoint=path))
-                summary, st = _simulate(sim, out_dir / name)
+            for name in ("two_stage", "single_stage"):
+                sub = sim_dir / runs["stages"][name]
+                summary = json.loads((sub / "summary.json").read_text())
+                st = episode_stats(sub)
                 n = max(summary["episodes"], 1)
                 err = per_shop_rate(st, lambda x: x["outcome"] != "goal_reached")
                 v = np.array(list(err.values())) if err else np.zeros(1)

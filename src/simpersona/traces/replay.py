@@ -34,13 +34,8 @@ from urllib.parse import quote
 
 import pyarrow as pa
 
+from simpersona.contracts.storefront import CHECKOUT_VALUES, FIELD_NAMES
 from simpersona.traces.goals import Event, Goals, Session, leaf
-
-# What the replay types into the checkout form (the storefront takes no payment).
-CHECKOUT_VALUES = {"field-email": "buyer@example.com", "field-name": "Sam Shopper", "field-address": "1 Market Street",
-                   "field-city": "Springfield", "field-postal_code": "12345", "field-country": "US"}
-FIELD_NAMES = {"field-email": "e-mail", "field-name": "name", "field-address": "street address", "field-city": "city",
-               "field-postal_code": "postal code", "field-country": "country"}
 
 
 @dataclass

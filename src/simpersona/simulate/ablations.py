@@ -1,0 +1,62 @@
+"""The ablations' simulations: persona token vs none (App. I, Table 9) and two-stage vs
+single-stage SFT (App. F, Tables 7–8); `evaluate.ablations` reads them.
+
+- token: the same population (same codes, goals, seeds) simulated twice under NEUTRAL intents
+  ("You are interested in …"), with and without the persona token (`simulate.persona`), with the
+  configured agent: RUN_DIR/token_with/, RUN_DIR/token_without/.
+- stages: the LLM agent on SFT_DIR/stage2 (two-stage) and SFT_DIR/single (single-stage) on the
+  same population (stratum intents): RUN_DIR/two_stage/, RUN_DIR/single_stage/. Needs both
+  checkpoints: otherwise not run, with the reason.
+
+Each condition is a `simulate` RUN_DIR of its own; RUN_DIR/runs.json lists what ran (folder per
+condition, agent) and why a part did not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simpersona.config import write_meta
+from simpersona.simulate.stage import SimulateConfig
+
+
+@dataclass
+class AblationRunsConfig:
+    # the simulation both conditions share (ingest, personas, buyers, agent …)
+    simulate: SimulateConfig = field(default_factory=SimulateConfig)
+    # SFT run folder holding stage2/ and single/ checkpoints (for the stages ablation)
+    sft: Path | None = None
+    # ablations to run: token, stages
+    which: list[str] = field(default_factory=lambda: ["token", "stages"])
+
+
+def run(cfg: AblationRunsConfig, run_dir: Path) -> dict[str, Any]:
+    """Simulate every condition of cfg.which; write runs.json (see module doc) and return it."""
+    from simpersona.simulate import stage
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, Any] = {}
+    if "token" in cfg.which:
+        for name, persona in (("with", True), ("without", False)):
+            sim = dataclasses.replace(cfg.simulate, intent="neutral", persona=persona)
+            stage.run(sim, run_dir / f"token_{name}", echo=lambda s: None)
+        runs["token"] = {"with": "token_with", "without": "token_without", "agent": cfg.simulate.agent}
+    if "stages" in cfg.which:
+        ckpts = {"two_stage": Path(cfg.sft or "") / "stage2", "single_stage": Path(cfg.sft or "") / "single"}
+        missing = [str(p) for p in ckpts.values() if not (p / "config.json").exists()]
+        if cfg.sft is None or missing:
+            why = "no SFT folder given (sft)" if cfg.sft is None else f"missing checkpoint(s) {missing}"
+            runs["stages"] = {"status": "not run", "reason": f"needs the two-stage and single-stage SFT checkpoints: {why}"}
+        else:
+            for name, path in ckpts.items():
+                sim = dataclasses.replace(cfg.simulate, agent="llm", llm=dataclasses.replace(cfg.simulate.llm, checkpoint=path))
+                stage.run(sim, run_dir / name, echo=lambda s: None)
+            runs["stages"] = {"status": "run", "two_stage": "two_stage", "single_stage": "single_stage"}
+    (run_dir / "runs.json").write_text(json.dumps(runs, indent=2) + "\n")
+    write_meta(run_dir, "simulate.ablations", cfg)
+    return runs
