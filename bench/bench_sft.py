@@ -8,7 +8,7 @@ A. Step time at seq ≈ 1024 (batch 1, one optimizer step per example) for stage
    counted; the median of the rest is reported.
 B. Persona-row init: stage-1 validation loss (assistant tokens, held-out SHOPS) before and after
    the same number of stage-1 steps, for mean vs codebook (ridge projection from the VQ-VAE
-   codebook onto card-text embeddings) vs card init, on FABRICATED traces (`sft.fabricate`: the
+   codebook onto card-text embeddings) vs card init, on FABRICATED traces (`testing.traces`: the
    storefront replay does not exist yet), same data, order, seed and learning rate.
 
 The machine's 2 cores are shared with other engineers' jobs: timings are indicative.
@@ -90,7 +90,7 @@ def main() -> None:
 
     import torch
 
-    from simpersona.sft.fabricate import fabricate
+    from simpersona.testing.traces import fabricate
     from simpersona.contracts.prompt import CHAT_TEMPLATE
     from simpersona.contracts.records import read_trace_split
     from simpersona.sft.tokens import add_persona_tokens, load_cards, load_codebook

@@ -36,7 +36,7 @@ def main() -> None:
     torch.set_num_threads(2)
     from simpersona.agents.policy import PolicyModel, fit_counts, rollout
     from simpersona.simulate import stage
-    from simpersona.simulate.toy import make_toy_world
+    from simpersona.testing.world import make_toy_world
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_sim_"))
     w = make_toy_world(tmp, shops=2, codes=4, buyers=200)

@@ -5,7 +5,7 @@ then assignment, Table 1 against MiniBatchKMeans and population/truth recovery o
 
 Reports the training wall time (target: < 5 min on 2 cores), steps, early stopping, final usage
 and perplexity; then AMI and per-shop type-mix error on the held-out shops, and Table 1.
-The data is `simpersona.vqvae.synthetic` (6 planted types), not the features stage's output.
+The data is `simpersona.testing.features` (6 planted types), not the features stage's output.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main() -> None:
     from simpersona.evaluate.config import EvaluateConfig
     from simpersona.personas import assign
     from simpersona.vqvae import train
-    from simpersona.vqvae.synthetic import fabricate_features
+    from simpersona.testing.features import fabricate_features
 
     feat = a.out / "feat"
     if not (feat / "vectors.parquet").exists():

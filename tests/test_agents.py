@@ -23,7 +23,7 @@ from simpersona.storefront.transports import AsgiTransport
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from simpersona.simulate.toy import make_toy_world
+    from simpersona.testing.world import make_toy_world
 
     return make_toy_world(tmp_path_factory.mktemp("toy"), shops=2, codes=4, buyers=80)
 

@@ -56,7 +56,7 @@ def test_alignment_pairings_by_hand():
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory):
     from simpersona.simulate import stage
-    from simpersona.simulate.toy import make_toy_world
+    from simpersona.testing.world import make_toy_world
 
     root = tmp_path_factory.mktemp("align")
     w = make_toy_world(root, shops=2, codes=4, buyers=120)

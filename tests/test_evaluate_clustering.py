@@ -63,7 +63,7 @@ def test_evaluations_end_to_end(tmp_path):
     from simpersona.evaluate.config import EvaluateConfig
     from simpersona.personas import assign
     from simpersona.vqvae import train
-    from simpersona.vqvae.synthetic import fabricate_features
+    from simpersona.testing.features import fabricate_features
 
     feat = fabricate_features(tmp_path, n_shops=8, buyers_per_shop=120, n_holdout=4)
     cfg = load_config(train.TrainConfig, values={"features": str(feat)},

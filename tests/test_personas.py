@@ -15,7 +15,7 @@ from simpersona.personas import assign as assign_mod
 from simpersona.vqvae import train as train_mod
 from simpersona.vqvae.checkpoint import load_model
 from simpersona.vqvae.data import fixed_list_to_numpy
-from simpersona.vqvae.synthetic import fabricate_features
+from simpersona.testing.features import fabricate_features
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ def test_report_from_an_empty_run_folder(tmp_path):
 def toy_run(tmp_path_factory):
     from simpersona.evaluate import alignment, separation
     from simpersona.simulate import stage
-    from simpersona.simulate.toy import make_toy_world
+    from simpersona.testing.world import make_toy_world
 
     root = tmp_path_factory.mktemp("run")
     lay = RunLayout(root)

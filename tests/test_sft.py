@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
 from simpersona.config import ConfigError, from_dict, load_config  # noqa: E402
-from simpersona.sft.fabricate import fabricate  # noqa: E402
+from simpersona.testing.traces import fabricate  # noqa: E402
 from simpersona.contracts.persona import persona_token  # noqa: E402
 from simpersona.contracts.prompt import CHAT_TEMPLATE, SYSTEM_PROMPT, messages  # noqa: E402
 from simpersona.contracts.records import (  # noqa: E402

@@ -18,7 +18,7 @@ from simpersona.simulate.runner import OUTCOMES, EpisodeSpec, run_episodes
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from simpersona.simulate.toy import make_toy_world
+    from simpersona.testing.world import make_toy_world
 
     return make_toy_world(tmp_path_factory.mktemp("toy"), shops=2, codes=4, buyers=100)
 

@@ -14,7 +14,7 @@ from simpersona.vqvae import train as train_mod
 from simpersona.vqvae.checkpoint import load_model
 from simpersona.vqvae.losses import aux_class_weights, mine_positives, recon_loss, weighted_ce
 from simpersona.vqvae.model import EMAQuantizer, ModelConfig, VQVAE, kmeans_pp
-from simpersona.vqvae.synthetic import fabricate_features
+from simpersona.testing.features import fabricate_features
 
 TINY = ["model.codebook_size=16", "batch_size=128", "progress=false", "max_epochs=3"]
 

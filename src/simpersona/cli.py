@@ -279,8 +279,8 @@ def sft(ctx, stage, data, split, out, model, init, preset, sets) -> None:
 @click.option("--sessions", default=200, show_default=True, help="Sessions (each gives stage-1 and stage-2 records).")
 @click.option("--seed", default=0, show_default=True, help="Seed.")
 def sft_fabricate(out, k, shops, sessions, seed) -> None:
-    """Write FABRICATED traces in the SFT record format (until the storefront replay writes real ones)."""
-    from simpersona.sft.fabricate import fabricate
+    """Write FABRICATED traces in the SFT record format (tests and benchmarks; the main job replays real sessions)."""
+    from simpersona.testing.traces import fabricate
 
     click.echo(fabricate(out, k, shops, sessions, seed))
 

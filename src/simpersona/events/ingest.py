@@ -109,10 +109,6 @@ CREATE TABLE line_shift (_file VARCHAR, t BIGINT);
 CREATE TABLE dups (_file VARCHAR, _row BIGINT, reason VARCHAR, field VARCHAR, _raw VARCHAR);
 CREATE TABLE catalog_rejects (_file VARCHAR, _row BIGINT, reason VARCHAR, field VARCHAR, _raw VARCHAR);
 """
-STAGED_COLUMNS = (
-    "_file, _row, shop_id, buyer_id, session_id, ts, event_type, product_id, collection_id, query, "
-    "price, quantity, _title, _collection, _brand, reason, field, _raw"
-)
 
 
 def _stage_file(con: duckdb.DuckDBPyConnection, cfg: IngestConfig, path: Path, i: int, ts_max_sql: str,

@@ -63,17 +63,6 @@ CATALOG_SCHEMA = pa.schema(
 )
 CATALOG_COLUMNS: tuple[str, ...] = tuple(CATALOG_SCHEMA.names)
 
-# Rejected rows: where they came from, why, and the raw values (as JSON text) so nothing is lost.
-REJECT_SCHEMA = pa.schema(
-    [
-        pa.field("source_file", pa.string(), nullable=False),
-        pa.field("row", pa.int64(), nullable=False),
-        pa.field("reason", pa.string(), nullable=False),
-        pa.field("field", pa.string()),
-        pa.field("raw", pa.string(), nullable=False),
-    ]
-)
-
 # Timestamps outside this window are rejected as out of range (web commerce did not exist
 # before 1995; a timestamp more than a day in the future is a clock or unit error).
 TS_MIN = dt.datetime(1995, 1, 1, tzinfo=dt.timezone.utc)

@@ -44,7 +44,6 @@ COUNT_COLUMNS = {
     "n_checkout_start": "checkout_start",
     "n_purchase": "purchase",
 }
-CONTEXT_COLUMNS = ("viewed_titles", "carted_titles", "purchased_titles", "collections", "queries", "brands")
 
 
 def _enriched(events: ibis.Table, catalog: ibis.Table) -> ibis.Table:

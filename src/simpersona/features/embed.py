@@ -197,11 +197,3 @@ def channel_weights(buyer_rows: np.ndarray, product_rows: np.ndarray, n_buyers: 
     k = np.diff(w.indptr)
     w.data = np.repeat((1.0 / np.maximum(k, 1)).astype(np.float32), k)
     return w, (k > 0).astype(np.float32)
-
-
-def channel_means(
-    buyer_rows: np.ndarray, product_rows: np.ndarray, n_buyers: int, emb: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean embedding per buyer over distinct (buyer, product) pairs; (means, mask 0/1)."""
-    w, mask = channel_weights(buyer_rows, product_rows, n_buyers, emb.shape[0])
-    return np.asarray(w @ emb, dtype=np.float32), mask

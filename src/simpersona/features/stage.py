@@ -129,32 +129,10 @@ def _check_schema(path: Path, want: pa.Schema) -> None:
 
 
 def connect(cfg: FeaturesConfig, tmp_dir: Path):
-    """An Ibis connection on the configured engine."""
-    import ibis
+    """An Ibis connection on the configured engine (`features.engine.connect`)."""
+    from simpersona.features import engine
 
-    if cfg.engine == "duckdb":
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        con = ibis.duckdb.connect(
-            threads=cfg.threads,
-            memory_limit=cfg.memory_limit,
-            temp_directory=str(tmp_dir),
-            max_temp_directory_size=cfg.max_temp_directory_size,
-        )
-        con.raw_sql("SET TimeZone='UTC'")
-        con.raw_sql("SET preserve_insertion_order=false")
-        con.raw_sql(f"SET enable_progress_bar={'true' if cfg.progress else 'false'}")
-        return con
-    from pyspark.sql import SparkSession
-
-    spark = (
-        SparkSession.builder.master(f"local[{cfg.threads}]")
-        .appName("simpersona-features")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.shuffle.partitions", str(max(2, cfg.threads * 2)))
-        .config("spark.ui.enabled", "false")
-        .getOrCreate()
-    )
-    return ibis.pyspark.connect(spark)
+    return engine.connect(cfg.engine, cfg.threads, cfg.memory_limit, tmp_dir, cfg.max_temp_directory_size, cfg.progress)
 
 
 def _engine(cfg: FeaturesConfig, fn, *args):

@@ -237,8 +237,3 @@ class PersonaMix:
             strata[at] = rng.choice(names, size=len(at), p=q / q.sum())
         intents = np.where(np.isin(strata, BUY_STRATA), "buy", "browse")
         return Population(tokens.astype(np.int64), strata.astype(str), intents)
-
-
-def sample_population(personas_dir: Path, shop: str, n: int, rng: np.random.Generator) -> Population:
-    """Convenience: `PersonaMix(personas_dir).sample_population(shop, n, rng)`."""
-    return PersonaMix(personas_dir).sample_population(shop, n, rng)

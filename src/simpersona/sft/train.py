@@ -37,7 +37,6 @@ from typing import Any, Literal
 
 from simpersona.config import ConfigError, write_meta
 
-STAGES = ("1", "2", "both", "single")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 

@@ -24,10 +24,10 @@ STAT_COLUMNS: tuple[str, ...] = (
 def session_stats(events_path: Path, catalog_path: Path, threads: int = 2) -> pa.Table:
     """One row per (shop_id, buyer_id, session_id): STAT_COLUMNS, from the features aggregation."""
     from simpersona.features import aggregate as agg
-    from simpersona.features.stage import FeaturesConfig, connect
+    from simpersona.features.engine import connect
 
     with tempfile.TemporaryDirectory() as tmp:
-        con = connect(FeaturesConfig(threads=threads, memory_limit="1GB"), Path(tmp))
+        con = connect("duckdb", threads, "1GB", Path(tmp))
         s = agg.session_table(con.read_parquet(str(events_path)), con.read_parquet(str(catalog_path)), context=False)
         out = s.select(*agg.SESSION_KEYS, *STAT_COLUMNS).to_pyarrow()
         con.disconnect()

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from simpersona.config import InputError, load_config
-from simpersona.vqvae.model import VQVAE
+from simpersona.vqvae.model import ModelConfig, VQVAE
 
 
 def _load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -111,12 +111,10 @@ def save_model(run_dir: Path, weights: dict[str, torch.Tensor]) -> None:
 
 
 def load_model(run_dir: Path):
-    """(model in eval mode, TrainConfig) from RUN_DIR/model.safetensors + config.json."""
-    from simpersona.vqvae.train import TrainConfig
-
+    """(model in eval mode, its ModelConfig) from RUN_DIR/model.safetensors + config.json's `model` section."""
     run_dir = Path(run_dir)
-    cfg = load_config(TrainConfig, values=_load_json(run_dir / "config.json", "VQ-VAE config"))
-    model = VQVAE(cfg.model)
+    cfg = load_config(ModelConfig, values=_load_json(run_dir / "config.json", "VQ-VAE config").get("model") or {})
+    model = VQVAE(cfg)
     path = run_dir / "model.safetensors"
     try:
         model.load_state_dict(_load_tensors(path, "VQ-VAE model"))

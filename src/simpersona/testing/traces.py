@@ -1,5 +1,5 @@
-"""FABRICATED traces in the record format, for tests, benchmarks and the demo until the replay
-on the storefront (issue 6 parts 1–2) writes real ones. Nothing here comes from real sessions.
+"""FABRICATED traces in the record format, for tests and benchmarks (the main job's traces are
+replays of real sessions on the storefront). Nothing here comes from real sessions.
 
 A fake codebook (K×96, Gaussian) decides each persona's behaviour through two fixed random
 directions: purchase propensity and browsing depth. A persona's sessions search a category,

@@ -21,9 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from simpersona.contracts.labels import LEVELS
 from simpersona.events.schema import EVENT_SCHEMA
-
-LEVELS = ("low", "medium", "high")
 
 
 def make_toy_world(root: Path, shops: int = 2, codes: int = 4, buyers: int = 150, seed: int = 0,
@@ -86,11 +85,11 @@ def _buyers(ingest: Path) -> pa.Table:
     from simpersona.features import aggregate as agg
     from simpersona.features import labels as lab
     from simpersona.features.layout import SCALAR_NAMES
-    from simpersona.features.stage import FeaturesConfig, connect
+    from simpersona.features.engine import connect
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        con = connect(FeaturesConfig(memory_limit="1GB"), Path(tmp))
+        con = connect("duckdb", 2, "1GB", Path(tmp))
         s = agg.session_table(con.read_parquet(str(ingest / "events.parquet")), con.read_parquet(str(ingest / "catalog.parquet")), context=False)
         raw = agg.buyer_table(s).order_by(list(agg.KEYS)).to_pyarrow()
         con.disconnect()
