@@ -88,7 +88,7 @@ def test_steps_and_targets_follow_the_policy_executor():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from simpersona.simulate.toy import make_toy_world
+    from simpersona.testing.world import make_toy_world
 
     return make_toy_world(tmp_path_factory.mktemp("toy"), shops=3, codes=4, buyers=150, seed=1)  # shop2 has every code
 
