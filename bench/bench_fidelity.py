@@ -32,7 +32,7 @@ def main() -> None:
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     tmp = Path(tempfile.mkdtemp(prefix="bench_fidelity_"))
     if args.run is None:
-        from simpersona.simulate.toy import make_toy_world
+        from simpersona.testing.world import make_toy_world
 
         t = time.perf_counter()
         world = make_toy_world(tmp / "world", shops=6, codes=16, buyers=400, seed=1)

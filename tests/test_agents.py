@@ -92,15 +92,17 @@ def test_parse_output_repairs_and_classifies():
 def test_malformed_output_ends_episode_cleanly(world, env):
     from simpersona.simulate.runner import EpisodeSpec, run_episodes
 
-    backend = Scripted(['{"action": "search", "query": "skirt"}', "Let me think about it…", '{"action": "back"}'])
+    backend = Scripted(['{"action": "search", "query": "skirt"}', "Let me think about it…", '{"action": "back"}',
+                        '{"action": "end_session", "goal_reached": false}'])
     specs = [EpisodeSpec("shop0", "b1", "s1", 1, "A", "buy", "You are here to buy skirts.", 0),
              EpisodeSpec("shop0", "b2", "s2", 1, "A", "buy", "You are here to buy skirts.", 1)]
     out = run_episodes(specs, [env], lambda spec: LLMAgent(backend))
     first, second = out
     assert (first["outcome"], first["failure"], first["steps"]) == ("malformed", "no_json", 1)
     assert "think" in first["failure_output"]
-    assert second["outcome"] == "crash" or second["steps"] >= 1  # the run went on to the next episode
-    assert len(out) == 2
+    # the run went on with the next episode: "back" on its landing page is invalid (counted, no crash), then it ends
+    assert (second["outcome"], second["steps"], second["invalid_actions"], second["failure"]) == ("ended", 2, 1, "")
+    assert len(out) == 2 and backend.texts == []
 
 
 def test_act_batch_turns_backend_exceptions_into_crash_failures():
@@ -136,8 +138,52 @@ def test_tiny_transformers_backend_batched(world):
     obs = {"url": "/s/shop0/", "page": "URL: /s/shop0/\n[nav-home] link: Home", "error": None}
     ds = act_batch(agents, [obs] * 5)
     assert len(ds) == 5 and backend.calls == 2  # 5 prompts, batches of 4
-    assert all(d.action is not None or d.failure in FAILURES for d in ds)
+    prefix = LLMConfig().response_prefix
+    assert prefix and all(d.raw.startswith(prefix) for d in ds)  # the forced answer prefix starts every answer
     assert 0 < backend.tokens_generated <= 5 * 12
+
+
+class _Answers:
+    """A fake causal LM for TransformersBackend: appends fixed answer token ids to every prompt and
+    records the prompts it was given."""
+
+    def __init__(self, answer_ids):
+        self.answer_ids, self.inputs = answer_ids, []
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        return self
+
+    def generate(self, input_ids, attention_mask=None, **kw):
+        import torch
+
+        self.inputs.append(input_ids)
+        return torch.cat([input_ids, torch.tensor([self.answer_ids] * len(input_ids))], 1)  # (B, L + n)
+
+
+@pytest.mark.parametrize("prefix", ['{"action": "', ""])
+def test_forced_answer_prefix(prefix):
+    """The assistant turn is forced to start with `response_prefix`: the prompt ends with it, and the
+    answer is parsed with it, so a model continuing 'view_cart"}' yields the view_cart action;
+    without the prefix the same continuation is no JSON."""
+    from simpersona.contracts.prompt import CHAT_TEMPLATE, SYSTEM_PROMPT
+    from simpersona.sft.train import train_tiny_tokenizer
+
+    tok = train_tiny_tokenizer([SYSTEM_PROMPT, '{"action": "view_cart", "reasoning": "x"}'] * 3, 400)
+    tok.chat_template = CHAT_TEMPLATE
+    model = _Answers(tok('view_cart"}', add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")])
+    backend = TransformersBackend(LLMConfig(max_new_tokens=12, response_prefix=prefix), model=model, tokenizer=tok)
+    agent = LLMAgent(backend)
+    agent.reset("You are interested in skirts.", 1)
+    d = agent.act({"url": "/s/shop0/", "page": "URL: /s/shop0/\n[nav-home] link: Home", "error": None})
+    prompt = tok.decode(model.inputs[0][0], skip_special_tokens=False)
+    assert prompt.endswith("<|im_start|>assistant\n" + prefix)
+    if prefix:
+        assert d.action == {"action": "view_cart"} and d.raw == '{"action": "view_cart"}'
+    else:
+        assert d.action is None and d.failure == "no_json"
 
 
 def test_endpoint_backend_against_a_fake_local_endpoint():

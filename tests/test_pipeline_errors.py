@@ -87,7 +87,7 @@ def test_full_disk_mid_stage_leaves_no_output(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def vqvae_run(tmp_path_factory):
-    from simpersona.vqvae.synthetic import fabricate_features
+    from simpersona.testing.features import fabricate_features
 
     root = tmp_path_factory.mktemp("vq")
     feat = fabricate_features(root / "feat", n_shops=3, buyers_per_shop=60)
