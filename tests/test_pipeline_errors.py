@@ -132,7 +132,7 @@ def test_damaged_training_checkpoint_names_the_file(vqvae_run, tmp_path, damage)
     else:
         (ck / "state.json").write_text("[1, 2]")
         where = "state.json"
-    model = VQVAE(load_model(model_dir)[1].model)
+    model = VQVAE(load_model(model_dir)[1])  # load_model returns (model, ModelConfig)
     opt = torch.optim.Adam(model.parameters())
     with pytest.raises(InputError) as e:
         load_training_state(ck, model, opt, torch.Generator())
