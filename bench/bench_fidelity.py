@@ -1,7 +1,7 @@
 """Benchmark: `evaluate fidelity` on 1,000 evaluation sessions with the fast policy (target ≤ 2 min on 2 cores).
 
     .venv/bin/python bench/bench_fidelity.py                        # a FABRICATED toy world (simulate.toy)
-    .venv/bin/python bench/bench_fidelity.py --run runs/demo        # a main-job run folder (its held-out shops)
+    .venv/bin/python bench/bench_fidelity.py --run runs/demo        # a main-job run folder (its split's evaluation shops)
 
 Prints the machine's load average (before and after: the machine may be shared), the wall time of
 each part (load + fit, next-action prediction, distributions + per persona) and, as the baseline
@@ -42,9 +42,10 @@ def main() -> None:
     else:
         world = {k: args.run / k for k in ("ingest", "features", "personas")}
         eval_shops = []
-        print(f"data: {args.run} (evaluation shops: its held-out shops)")
+        print(f"data: {args.run} (evaluation shops: its split's, else its held-out shops)")
     cfg = F.FidelityConfig(ingest=world["ingest"], features=world["features"], personas=world["personas"],
-                           eval_shops=eval_shops, max_sessions=args.sessions, threads=args.threads)
+                           eval_shops=eval_shops, max_sessions=args.sessions, threads=args.threads,
+                           split=args.run / "split" if args.run is not None and (args.run / "split").exists() else None)
     t = time.perf_counter()
     r = F.run(cfg, tmp / "fidelity")
     wall = time.perf_counter() - t
