@@ -170,6 +170,11 @@ class EventLog:
         if timer is not None:
             timer.cancel()
         self.flush()
+        if self.out_dir is not None:
+            try:
+                (self.out_dir / "journal").rmdir()  # empty after a clean shutdown
+            except OSError:
+                pass
 
     def _read(self, name: str, schema: pa.Schema) -> pa.Table:
         self.flush()
