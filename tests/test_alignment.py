@@ -75,7 +75,10 @@ def test_alignment_and_separation_end_to_end(simulated, tmp_path):
     assert set(r["funnel"]) == {"shop0", "shop1"} and json.loads((tmp_path / "al" / "alignment.json").read_text())
     s = separation.run(separation.SeparationConfig(simulation=sim, personas=w["personas"], n_resamples=999), tmp_path / "sep")
     p = s["heads"]["purchase"]
-    assert p["means"][2] > p["means"][0] and p["d"] > 1 and p["kw_p"] < 0.01 and p["perm_p"] < 0.01
+    assert p["means"][2] > p["means"][0] and p["kw_p"] < 0.01 and p["perm_p"] < 0.01
+    # the toy codes are deterministic and the policy now follows the buyer's intent too (a browse
+    # buyer never carts): the extreme bins can be constant, and Cohen's d is then undefined (None)
+    assert p["d"] is None or p["d"] > 1
     assert "Table 3" in (tmp_path / "sep" / "separation.md").read_text()
 
 
