@@ -108,3 +108,39 @@ def test_simulate_over_http_and_without_persona(world, tmp_path):
     ep = pq.read_table(tmp_path / "http" / "episodes.parquet").to_pylist()
     assert all(not e["persona"] and e["goal"].startswith("You are interested in") for e in ep)
     assert pq.read_table(tmp_path / "http" / "events.parquet").num_rows >= 5
+
+
+def test_llm_checkpoint_must_know_the_runs_persona_tokens(world, tmp_path):
+    """An SFT checkpoint whose tokenizer lacks <|persona_k|> for a code the persona mix can draw is
+    refused before any episode runs, naming the checkpoint; with the tokens it is accepted."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from simpersona.agents.llm import LLMConfig
+    from simpersona.contracts.persona import persona_tokens
+    from simpersona.contracts.prompt import CHAT_TEMPLATE, SYSTEM_PROMPT
+    from simpersona.sft.train import train_tiny_tokenizer
+    from simpersona.simulate.stage import SimulateConfig, make_agents
+
+    def save(path, tokens):
+        tok = train_tiny_tokenizer([SYSTEM_PROMPT] * 2, 300)
+        tok.add_tokens(tokens, special_tokens=True)
+        tok.chat_template = CHAT_TEMPLATE
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, num_key_value_heads=2, pad_token_id=tok.pad_token_id,
+                                             eos_token_id=tok.eos_token_id))
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+        return path
+
+    codes = pq.read_table(world["personas"] / "shop_mix.parquet").column("code").to_numpy()
+    k = int(codes.max()) + 1
+    short = save(tmp_path / "short", persona_tokens(k - 1))  # lacks the last code the mix can draw
+    cfg = SimulateConfig(ingest=world["ingest"], personas=world["personas"], agent="llm", llm=LLMConfig(checkpoint=short))
+    with pytest.raises(ValueError, match=rf"checkpoint {short}: .*<\|persona_{k - 1}\|>"):
+        make_agents(cfg, tmp_path)
+    full = save(tmp_path / "full", persona_tokens(k))
+    _, backend, _ = make_agents(SimulateConfig(ingest=world["ingest"], personas=world["personas"], agent="llm",
+                                               llm=LLMConfig(checkpoint=full)), tmp_path)
+    assert backend.tok.convert_tokens_to_ids(f"<|persona_{k - 1}|>") != backend.tok.unk_token_id

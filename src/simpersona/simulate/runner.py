@@ -29,8 +29,8 @@ class EpisodeSpec:
     shop_id: str
     buyer_id: str
     session_id: str
-    # persona code drawn for this buyer (kept even when the agent gets no token)
-    code: int
+    # persona code drawn for this buyer (kept even when the agent gets no token); None: no persona
+    code: int | None
     stratum: str
     # "buy", "browse" or "neutral"
     intent: str
@@ -88,7 +88,7 @@ def run_episodes(specs: Iterable[EpisodeSpec], envs: list, make_agent: Callable[
                 s.agent.reset(spec.goal, spec.code if spec.persona else None)
                 s.obs, _ = s.env.reset(seed=spec.seed, options={
                     "shop": spec.shop_id, "goal": spec.goal, "buyer_id": spec.buyer_id, "session_id": spec.session_id,
-                    "persona_token": persona_token(spec.code) if spec.persona and spec.code >= 0 else ""})
+                    "persona_token": persona_token(spec.code) if spec.persona and spec.code is not None else ""})
                 s.spec = spec
             except Exception as e:
                 finish(s, _record(spec, "crash", 0, 0, time.perf_counter() - s.t0, error=f"reset: {type(e).__name__}: {e}"))

@@ -147,6 +147,11 @@ def make_agents(cfg: SimulateConfig, run_dir: Path):
     from simpersona.agents.llm import EndpointBackend, LLMAgent, TransformersBackend
 
     backend = TransformersBackend(cfg.llm) if cfg.agent == "llm" else EndpointBackend(cfg.endpoint)
+    if cfg.agent == "llm" and cfg.persona and cfg.personas is not None:
+        from simpersona.contracts.persona import check_tokenizer
+
+        codes = pq.read_table(Path(cfg.personas) / "shop_mix.parquet", columns=["code"]).column("code").to_numpy()
+        check_tokenizer(backend.tok, int(codes.max()) + 1 if len(codes) else 0, cfg.llm.checkpoint)
     return (lambda spec: LLMAgent(backend)), backend, {}
 
 
