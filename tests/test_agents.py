@@ -252,7 +252,7 @@ def test_doctests_of_the_agent_simulation_metric_modules():
     import importlib
 
     for name in ("agents.base", "agents.policy", "contracts.goals", "evaluate.stats", "evaluate.instructions",
-                 "contracts.persona", "contracts.storefront"):
+                 "contracts.persona", "contracts.storefront", "chat"):
         mod = importlib.import_module(f"simpersona.{name}")
         res = doctest.testmod(mod)
         assert res.failed == 0 and res.attempted > 0, name

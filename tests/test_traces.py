@@ -18,7 +18,8 @@ from simpersona.events.schema import CATALOG_SCHEMA
 from simpersona.contracts.records import read_records, records_from_trajectory, validate_record
 from simpersona.traces.goals import Event, Session, make_goals, navigation_template
 from simpersona.traces.judge import rule_verdict
-from simpersona.traces.llm import LLMClient, LLMConfig, LLMError
+from simpersona.chat import EndpointConfig
+from simpersona.traces.llm import LLMClient, LLMError
 from simpersona.traces.replay import Replayer, stage_steps
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -203,7 +204,7 @@ def fake_endpoint(answer: str | None, seen: list | None = None) -> httpx.MockTra
 
 def test_llm_rewriter_and_judge_against_a_fake_endpoint(monkeypatch):
     monkeypatch.setenv("FAKE_KEY", "sk-test")
-    cfg = LLMConfig(base_url="http://llm.local/v1", model="m", api_key_env="FAKE_KEY")
+    cfg = EndpointConfig(url="http://llm.local/v1", model="m", api_key_env="FAKE_KEY")
     s = session("A", PURCHASE)
     g = make_goals(s)
     seen: list = []
@@ -333,7 +334,7 @@ def test_stage_falls_back_to_templates_when_the_endpoint_fails(tiny_run, tmp_pat
 
     cfg = stage.TracesConfig(ingest=tiny_run / "ingest", features=tiny_run / "features", personas=tiny_run / "personas",
                              rewrite_goals=True, llm_judge=True,
-                             llm=LLMConfig(base_url="http://127.0.0.1:9/v1", model="m", timeout_s=2.0))  # nothing listens
+                             llm=EndpointConfig(url="http://127.0.0.1:9/v1", model="m", timeout_s=2.0))  # nothing listens
     cfg.sample.target_sessions, cfg.sample.max_sessions_per_code, cfg.sample.min_sessions_per_code = 6, 1, 1
     s = stage.run(cfg, tmp_path / "t")
     assert s["goals"]["rewritten"] == 0 and s["goals"]["rewrite_fallbacks"] == s["replayed"] > 0

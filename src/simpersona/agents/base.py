@@ -21,11 +21,11 @@ numeric ids → strings; fields the action does not have are dropped. `Decision.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from simpersona.chat import first_object, loads_lenient
 from simpersona.storefront.actions import FIELDS, NAMES, ActionError, action_to_dict, parse_action
 
 FAILURES: tuple[str, ...] = ("empty", "no_json", "invalid_json", "no_action", "unknown_action", "bad_field", "context_length",
@@ -61,68 +61,6 @@ class Agent(Protocol):
     def reset(self, goal: str, persona: int | None) -> None: ...
 
     def act(self, observation: dict[str, Any]) -> Decision: ...
-
-
-def first_object(text: str) -> tuple[str | None, bool]:
-    """(the first balanced {...} in text, or None when there is no "{"; closed: False when the
-    object is truncated and had to be closed here).
-
-    >>> first_object('sure: {"action": "back"} and {"x": 1}')
-    ('{"action": "back"}', True)
-    >>> first_object('{"action": "search", "query": "red')
-    ('{"action": "search", "query": "red"}', False)
-    """
-    start = text.find("{")
-    if start < 0:
-        return None, True
-    depth, in_str, esc, quote = 0, False, False, ""
-    for i in range(start, len(text)):
-        ch = text[i]
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == "\\":
-                esc = True
-            elif ch == quote:
-                in_str = False
-        elif ch in "\"'":
-            in_str, quote = True, ch
-        elif ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start : i + 1], True
-    tail = text[start:].rstrip().rstrip(",")
-    return tail + (quote if in_str else "") + "}" * depth, False
-
-
-_TRAILING_COMMA = re.compile(r",\s*([}\]])")
-_BARE_KEY = re.compile(r'([{,]\s*)([A-Za-z_][A-Za-z0-9_]*)\s*:')
-_PY_LITERALS = ((re.compile(r"\bTrue\b"), "true"), (re.compile(r"\bFalse\b"), "false"), (re.compile(r"\bNone\b"), "null"))
-
-
-def loads_lenient(obj: str) -> tuple[Any, bool]:
-    """(json value, repaired?) of an object's text, trying the common fixes; raises ValueError.
-
-    >>> loads_lenient("{'action': 'end_session', 'goal_reached': True,}")
-    ({'action': 'end_session', 'goal_reached': True}, True)
-    """
-    try:
-        return json.loads(obj), False
-    except (json.JSONDecodeError, RecursionError):
-        pass
-    s = obj
-    if '"' not in s:
-        s = s.replace("'", '"')
-    for pat, rep in _PY_LITERALS:
-        s = pat.sub(rep, s)
-    s = _TRAILING_COMMA.sub(r"\1", s)
-    s = _BARE_KEY.sub(r'\1"\2":', s)
-    try:
-        return json.loads(s), True
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise ValueError(str(e)) from None
 
 
 def normalise_name(name: Any) -> str | None:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from simpersona.agents.base import Decision, first_object, parse_output
+from simpersona.agents.base import Decision, parse_output
+from simpersona.chat import ChatClient, EndpointConfig, first_object
 from simpersona.contracts.persona import persona_token
 from simpersona.contracts.prompt import log_entry, messages
 
@@ -47,24 +48,6 @@ class LLMConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"
     # seed of sampling
     seed: int = 0
-
-
-@dataclass
-class EndpointConfig:
-    # base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8001/v1 ("" = not used)
-    url: str = ""
-    # model name sent with each request
-    model: str = "simpersona"
-    # name of the environment variable holding the API key ("" = no key)
-    api_key_env: str = ""
-    # request timeout in seconds
-    timeout_s: float = 60.0
-    # max_tokens per completion
-    max_tokens: int = 96
-    # sampling temperature
-    temperature: float = 0.0
-    # concurrent requests
-    concurrency: int = 8
 
 
 class ContextLengthError(ValueError):
@@ -202,26 +185,18 @@ class EndpointBackend:
     """An OpenAI-compatible chat-completions endpoint (`cfg.url`), requests sent concurrently."""
 
     def __init__(self, cfg: EndpointConfig, transport=None):
-        import httpx
-
         if not cfg.url:
             raise ValueError("the endpoint agent needs endpoint.url (e.g. http://127.0.0.1:8001/v1)")
-        headers = {}
-        if cfg.api_key_env and os.environ.get(cfg.api_key_env):
-            headers["Authorization"] = f"Bearer {os.environ[cfg.api_key_env]}"
         self.cfg = cfg
-        self.client = httpx.Client(base_url=cfg.url.rstrip("/"), timeout=cfg.timeout_s, headers=headers, transport=transport)
+        self.client = ChatClient(cfg, transport)
         self.tokens_generated = 0
         self.decode_s = 0.0
         self.calls = 0
 
     def _one(self, msgs: list[dict[str, str]]) -> str:
-        r = self.client.post("/chat/completions", json={
-            "model": self.cfg.model, "messages": msgs, "temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens})
-        r.raise_for_status()
-        body = r.json()
-        self.tokens_generated += int((body.get("usage") or {}).get("completion_tokens") or 0)
-        return str(body["choices"][0]["message"]["content"] or "")
+        text, tokens = self.client.complete(msgs)
+        self.tokens_generated += tokens
+        return text
 
     def _safe(self, msgs):
         try:

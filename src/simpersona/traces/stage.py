@@ -35,12 +35,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from simpersona.chat import EndpointConfig
 from simpersona.config import ConfigError, write_meta
 from simpersona.contracts.labels import EVENT_TYPES
 from simpersona.contracts.split import load_split, sample_sessions, validation_shops
 from simpersona.storefront.config import StorefrontConfig
 from simpersona.traces.goals import Event, Session, make_goals
-from simpersona.traces.llm import LLMConfig
 
 # Funnel order: ties on the timestamp are broken by it (a purchase logged in the same instant as
 # its checkout start comes after it).
@@ -87,8 +87,8 @@ class TracesConfig:
     rewrite_goals: bool = False
     # ask the LLM endpoint to confirm every trajectory the rules keep
     llm_judge: bool = False
-    # the OpenAI-compatible endpoint for rewrite_goals / llm_judge (off while base_url is "")
-    llm: LLMConfig = field(default_factory=LLMConfig)
+    # the OpenAI-compatible endpoint for rewrite_goals / llm_judge (off while url is "")
+    llm: EndpointConfig = field(default_factory=EndpointConfig)
     # print progress every this many replayed sessions (0: quiet)
     progress_every: int = 0
 
@@ -182,8 +182,8 @@ def run(cfg: TracesConfig, run_dir: Path) -> dict:
     from simpersona.traces.llm import LLMClient, LLMError
     from simpersona.traces.replay import Replayer, stage_steps
 
-    if (cfg.rewrite_goals or cfg.llm_judge) and not cfg.llm.base_url:
-        raise ConfigError("traces.rewrite_goals / traces.llm_judge need traces.llm.base_url (an OpenAI-compatible endpoint)")
+    if (cfg.rewrite_goals or cfg.llm_judge) and not cfg.llm.url:
+        raise ConfigError("traces.rewrite_goals / traces.llm_judge need traces.llm.url (an OpenAI-compatible endpoint)")
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
