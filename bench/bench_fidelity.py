@@ -1,6 +1,6 @@
 """Benchmark: `evaluate fidelity` on 1,000 evaluation sessions with the fast policy (target ≤ 2 min on 2 cores).
 
-    .venv/bin/python bench/bench_fidelity.py                        # a FABRICATED toy world (simulate.toy)
+    .venv/bin/python bench/bench_fidelity.py                        # a FABRICATED toy world (testing.world)
     .venv/bin/python bench/bench_fidelity.py --run runs/demo        # a main-job run folder (its split's evaluation shops)
 
 Prints the machine's load average (before and after: the machine may be shared), the wall time of

@@ -52,7 +52,7 @@ def test_file_round_trip_and_the_guard_names_shop_and_stage(tmp_path):
 
 def test_vqvae_refuses_features_whose_sample_holds_an_evaluation_shop(tmp_path):
     """Stale features (sampled under another split) must not train the VQ-VAE."""
-    from simpersona.vqvae.synthetic import fabricate_features
+    from simpersona.testing.features import fabricate_features
     from simpersona.vqvae.train import check_sample_shops
 
     feat = fabricate_features(tmp_path, n_shops=3, buyers_per_shop=20, n_holdout=1)  # shop2 held out
