@@ -351,7 +351,7 @@ def test_stage_config_errors(tiny_run, tmp_path):
         stage.run(stage.TracesConfig(ingest=tiny_run / "ingest"), tmp_path / "x")
     with pytest.raises(FileNotFoundError, match="assignments.parquet"):
         stage.run(stage.TracesConfig(ingest=tiny_run / "ingest", features=tiny_run / "features", personas=tmp_path), tmp_path / "x")
-    with pytest.raises(ConfigError, match="base_url"):
+    with pytest.raises(ConfigError, match="traces.llm.url"):
         stage.run(stage.TracesConfig(rewrite_goals=True), tmp_path / "x")
 
 
