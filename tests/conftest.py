@@ -21,3 +21,12 @@ def shared_data() -> Path:
     if not d.exists():
         pytest.skip(f"real data samples not found at {d} (set SIMPERSONA_SHARED)")
     return d
+
+
+@pytest.fixture(autouse=True)
+def _salt_key_file(tmp_path_factory, monkeypatch):
+    """Tests never touch the user's salt key file: one key file per test session, in a tmp folder."""
+    from simpersona.events import deid
+
+    monkeypatch.delenv(deid.SALT_ENV, raising=False)
+    monkeypatch.setenv(deid.SALT_FILE_ENV, str(tmp_path_factory.getbasetemp() / "salt" / "salt.hex"))

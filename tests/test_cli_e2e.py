@@ -9,7 +9,7 @@ import sys
 
 import pyarrow.parquet as pq
 
-from simpersona.events.deid import hash_ids, parse_salt
+from simpersona.events.deid import hash_ids, ingest_key
 
 
 def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -28,8 +28,8 @@ def test_synth_then_ingest(tmp_path):
     raw_rows = pq.read_metadata(tmp_path / "raw" / "catalog.parquet").num_rows
     assert summary["rejected"] == 0 and summary["accepted"] == summary["read"] > 1000
     assert summary["shops"] == 3 and summary["catalog_products"] == raw_rows
-    # The generator's truth maps onto the ingested (hashed) ids with the stored salt.
-    key = parse_salt((tmp_path / "ing" / "salt.hex").read_text())
+    # The generator's truth maps onto the ingested (hashed) ids with the installation's salt.
+    key = ingest_key(tmp_path / "ing")
     truth = pq.read_table(tmp_path / "raw" / "truth" / "buyers.parquet")
     hashed = set(hash_ids(truth.column("buyer_id").to_pylist(), key))
     ingested = set(pq.read_table(tmp_path / "ing" / "events.parquet", columns=["buyer_id"]).column("buyer_id").to_pylist())

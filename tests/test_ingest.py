@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simpersona.events import ingest
+from simpersona.events import deid
 from simpersona.events.deid import hash_id
 from simpersona.events.schema import CATALOG_SCHEMA, EVENT_SCHEMA
 from simpersona.events.validate import IngestError
@@ -79,6 +80,7 @@ def test_outputs_follow_the_canonical_schemas_and_ids_are_hashed(tmp_path):
         assert ev.schema.field(f.name).type == f.type, f.name
     ids = set(ev.column("buyer_id").to_pylist())
     assert ids == {hash_id("b1", bytes(16)), hash_id("b2", bytes(16))}
+    assert set(ev.column("session_id").to_pylist()) == {deid.hash_session("x1", bytes(16)), deid.hash_session("x9", bytes(16))}
     rows = sorted(ev.to_pylist(), key=lambda r: r["ts"])
     assert rows[0]["ts"].isoformat() == "2024-05-01T08:05:00+00:00"  # offsets normalised to UTC
     assert rows[0]["quantity"] == 2 and rows[0]["price"] == 9.5
@@ -86,17 +88,36 @@ def test_outputs_follow_the_canonical_schemas_and_ids_are_hashed(tmp_path):
     assert cat.schema.names == CATALOG_SCHEMA.names
 
 
-def test_salt_generated_once_then_reused(tmp_path):
+def test_salt_lives_outside_the_output_and_is_reused_run_after_run(tmp_path, monkeypatch):
     src = write(tmp_path / "e.csv", [HEADER, GOOD])
-    out = tmp_path / "o"
+    key_file = tmp_path / "config" / "salt.hex"
+    monkeypatch.setenv(deid.SALT_FILE_ENV, str(key_file))
     cfg = ingest.IngestConfig(input=src, progress=False)
-    assert ingest.run(cfg, out)["salt"] == "generated"
-    first = pq.read_table(out / "events.parquet").column("buyer_id").to_pylist()
-    assert ingest.run(cfg, out)["salt"] == "reused"
-    assert pq.read_table(out / "events.parquet").column("buyer_id").to_pylist() == first
+    first_run = ingest.run(cfg, tmp_path / "o")
+    assert first_run["salt"] == f"new key file {key_file}"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    first = pq.read_table(tmp_path / "o" / "events.parquet").column("buyer_id").to_pylist()
+    # A fresh output folder, same installation: same ids; no key anywhere in the output.
+    again = ingest.run(cfg, tmp_path / "o2")
+    assert again["salt"] == f"key file {key_file}" and again["salt_id"] == first_run["salt_id"]
+    assert pq.read_table(tmp_path / "o2" / "events.parquet").column("buyer_id").to_pylist() == first
+    key_hex = key_file.read_text().strip()
+    for f in (tmp_path / "o").rglob("*"):
+        assert key_hex.encode() not in f.read_bytes(), f
+    assert not (tmp_path / "o" / "salt.hex").exists()
+    # The env var wins over the key file; --salt over both.
+    monkeypatch.setenv(deid.SALT_ENV, "22" * 16)
+    env = ingest.run(cfg, tmp_path / "e")
+    assert env["salt"] == "$SIMPERSONA_SALT" and env["salt_id"] == deid.salt_id(bytes([0x22]) * 16)
     other = ingest.run(ingest.IngestConfig(input=src, progress=False, salt="11" * 16), tmp_path / "p")
-    assert other["salt"] == "given"
+    assert other["salt"] == "given (--salt)"
     assert pq.read_table(tmp_path / "p" / "events.parquet").column("buyer_id").to_pylist() != first
+    meta = (tmp_path / "p" / "meta.json").read_text()
+    assert "11" * 16 not in meta and deid.salt_id(bytes([0x11]) * 16) in meta
+    # Rotation: the ingest folder remembers which key made it; a different current key is an error.
+    assert deid.ingest_key(tmp_path / "e") == bytes([0x22]) * 16
+    with pytest.raises(deid.SaltError, match="was keyed with salt"):
+        deid.ingest_key(tmp_path / "o")
 
 
 def test_hmac_stable_for_a_salt_and_different_across_salts():
@@ -108,7 +129,7 @@ def test_hmac_stable_for_a_salt_and_different_across_salts():
 
 def test_strict_names_file_row_and_field_and_writes_no_events(tmp_path):
     src = write(tmp_path / "e.csv", [HEADER, GOOD, "s1,b1,x1,2024-05-01T10:00:00Z,product_view,p1,,,-3,"])
-    with pytest.raises(IngestError, match=r"e\.csv, row 3, field price: negative_price"):
+    with pytest.raises(IngestError, match=r"e\.csv, line 3, field price: negative_price"):
         run(tmp_path, src, strict=True)
     assert not (tmp_path / "out" / "events.parquet").exists()
 

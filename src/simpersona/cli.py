@@ -82,7 +82,7 @@ def run_all(preset, out, data, fmt, sets) -> None:
 @click.option("--catalog", default=None, type=click.Path(path_type=Path), help="Catalog file (canonical format only).")
 @click.option("--out", default=None, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--strict", is_flag=True, default=None, help="Fail on the first rejected row.")
-@click.option("--salt", default=None, help="HMAC key for buyer ids (hex); generated and stored if absent.")
+@click.option("--salt", default=None, help="HMAC key for ids (hex); default $SIMPERSONA_SALT or the user's key file.")
 @PRESET
 @SETS
 def ingest(fmt, input_path, catalog, out, strict, salt, preset, sets) -> None:
@@ -184,7 +184,7 @@ def evaluate_clustering(model, features, out, preset, sets) -> None:
 @click.option("--personas", "personas_dir", default=None, type=click.Path(path_type=Path), help="Output of `personas assign`.")
 @click.option("--features", default=None, type=click.Path(path_type=Path), help="FEAT_DIR.")
 @click.option("--truth", default=None, type=click.Path(path_type=Path), help="Generator truth: buyers.parquet (shop_id, buyer_id, type).")
-@click.option("--ingest", "ingest_dir", default=None, type=click.Path(path_type=Path), help="Ingest folder (its salt.hex keys raw truth ids).")
+@click.option("--ingest", "ingest_dir", default=None, type=click.Path(path_type=Path), help="Ingest folder (raw truth ids are hashed with its salt).")
 @click.option("--out", default=None, type=click.Path(path_type=Path), help="Output folder.")
 @PRESET
 @SETS

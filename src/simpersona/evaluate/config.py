@@ -46,7 +46,7 @@ class PopulationConfig:
     js_good: float = 0.10
     # generator truth: a parquet with shop_id, buyer_id, type (optional)
     truth: Path | None = None
-    # ingest folder whose salt.hex hashes the truth's raw buyer ids (None: truth ids are already hashed)
+    # ingest folder whose salt (checked by its salt_id) hashes the truth's raw buyer ids (None: truth ids are already hashed)
     ingest: Path | None = None
 
 

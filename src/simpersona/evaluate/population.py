@@ -121,9 +121,9 @@ def _truth(con: duckdb.DuckDBPyConnection, cfg: PopulationConfig, shops: list, s
 
     key = "buyer_id"
     if cfg.ingest is not None:
-        from simpersona.events.deid import SALT_FILE, hmac_sql, parse_salt
+        from simpersona.events.deid import hmac_sql, ingest_key
 
-        key = hmac_sql("CAST(buyer_id AS VARCHAR)", parse_salt((Path(cfg.ingest) / SALT_FILE).read_text()))
+        key = hmac_sql("CAST(buyer_id AS VARCHAR)", ingest_key(Path(cfg.ingest)))
     con.execute(f"""CREATE TEMP VIEW tr AS
         SELECT ev.shop_id, ev.code, t.type FROM ev JOIN
           (SELECT shop_id, {key} AS buyer_id, CAST(type AS VARCHAR) AS type FROM read_parquet('{cfg.truth}')) t

@@ -4,36 +4,49 @@
 
 One DuckDB pass per input file maps it to canonical columns and validates every row
 (`validate.py`); exact duplicates are marked in one more pass; then accepted rows are written
-with buyer ids replaced by HMAC-SHA256(salt, id) and rejected rows go, with their reason, field,
-source file, line and raw values, to `rejected.parquet`. `accepted + rejected == read` always.
-DuckDB runs under a memory limit and spills to `run_dir/.tmp`, so memory does not grow with
-the file. Outputs: events.parquet, catalog.parquet, rejected.parquet, summary.json, meta.json,
-salt.hex (when generated).
+with buyer and session ids replaced by HMAC-SHA256(salt, id) and rejected rows go, with their
+reason, field, source file, line and source values (ids hashed unless `keep_raw_rejects`), to
+`rejected.parquet`.
+
+Nothing is lost: every data line of a CSV file (see `lines.py`) is one accepted row or one
+reject, and this is checked against a byte count of the file's lines made apart from any
+parser. DuckDB's parser reads a file first; when its records do not match the file's lines
+(a quote left open, a quoted line break, empty lines, stray `\\r`), the file is read again line
+by line, each line on its own, so a bad line is quarantined as `malformed_row` and never merges
+with or swallows its neighbours. DuckDB runs under a memory limit and spills to `run_dir/.tmp`,
+so memory does not grow with the file. Outputs are made in `run_dir/.tmp` and moved into place
+at the end (meta.json last), so a failed or killed ingest leaves no new file beside old ones:
+events.parquet, catalog.parquet, rejected.parquet, summary.json, meta.json. The salt is not an
+output (see `deid.py`).
 """
 
 from __future__ import annotations
 
+import csv
 import glob
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import duckdb
+import pyarrow as pa
 
 from simpersona.config import write_meta
-from simpersona.events import readers
-from simpersona.events.deid import hmac_sql, load_or_create_salt
-from simpersona.events.readers import FormatError
-from simpersona.events.schema import CATALOG_SCHEMA, EVENT_SCHEMA, EVENT_TYPES, ts_max
-from simpersona.events.validate import IngestError, catalog_check_expr, check_expr
+from simpersona.events import lines, readers
+from simpersona.events.deid import SESSION_HEX, hash_id, hmac_sql, load_or_create_salt, salt_id
+from simpersona.events.readers import FormatError, lit, q
+from simpersona.events.schema import EVENT_TYPES, ts_max
+from simpersona.events.validate import IngestError, catalog_check_expr, check_expr, quantity_sql
 
 Format = Literal["canonical", "rees46", "taobao", "tmall", "gmerch", "otto"]
 
 DEFAULT_SHOP = {"rees46": "rees46", "taobao": "taobao", "gmerch": "google_merch", "otto": "otto"}
 SUFFIXES = {"otto": (".jsonl", ".json"), "canonical": (".csv", ".parquet")}
+OUTPUTS = ("events.parquet", "catalog.parquet", "rejected.parquet")
 
 
 @dataclass
@@ -42,14 +55,16 @@ class IngestConfig:
 
     # Source format: canonical, rees46, taobao, tmall, gmerch, otto.
     format: Format = "canonical"
-    # A file, a folder (every file of the format in it, sorted) or a glob pattern.
+    # A file, a folder (every file of the format in it and its subfolders, sorted) or a glob pattern.
     input: Path | None = None
     # Catalog file in the canonical catalog schema (canonical format; other formats derive it from events).
     catalog: Path | None = None
-    # Fail on the first rejected row, naming file, row and field, and write nothing.
+    # Fail on the first rejected row, naming file, line and field, and write nothing.
     strict: bool = False
-    # HMAC key for buyer ids as hex; None reuses `out/salt.hex` or generates and stores one.
+    # HMAC key for ids as hex; None: $SIMPERSONA_SALT, else the installation's key file (see deid.py).
     salt: str | None = None
+    # Keep rejected rows' raw ids in rejected.parquet (default: ids hashed like the events, other fields kept).
+    keep_raw_rejects: bool = False
     # REES46 storefront key: the whole store, each brand, or each top-level category.
     shop_key: Literal["store", "brand", "category"] = "store"
     # Shop id for single-shop sources (None: the format's name).
@@ -66,106 +81,251 @@ class IngestConfig:
     progress: bool = True
 
 
-def resolve_inputs(cfg: IngestConfig) -> list[Path]:
-    """The input files, sorted; an error naming the path when there are none."""
+def resolve_inputs(cfg: IngestConfig) -> tuple[list[Path], list[Path]]:
+    """The input files, sorted, and the files of a folder that are not of the format (skipped,
+    and listed in the summary); an error naming the path when there is no input file."""
     if cfg.input is None:
         raise IngestError("no input: pass --input FILE|FOLDER|GLOB")
     p = Path(cfg.input)
+    skipped: list[Path] = []
     if p.is_file():
-        return [p]
+        return [p], skipped
     if p.is_dir():
         suffixes = SUFFIXES.get(cfg.format, (".csv",))
-        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in suffixes)
-        if cfg.format == "gmerch":
-            files = [f for f in files if f.name != "products.csv"]
+        files = []
+        for f in sorted(x for x in p.rglob("*") if x.is_file()):
+            ok = f.suffix.lower() in suffixes and not (cfg.format == "gmerch" and f.name == "products.csv")
+            (files if ok else skipped).append(f)
+    elif p.exists():
+        raise IngestError(f"{p}: not a file or folder")
     else:
-        files = sorted(Path(f) for f in glob.glob(str(p)))
+        files = sorted(Path(f) for f in glob.glob(str(p), recursive=True) if Path(f).is_file())
     if not files:
-        raise IngestError(f"{p}: no input file found for format {cfg.format}")
-    return files
+        raise IngestError(f"{p}: no input file found for format {cfg.format}"
+                          + (f" (other files: {[str(f) for f in skipped[:5]]})" if skipped else ""))
+    return files, skipped
 
 
-def _source(cfg: IngestConfig, path: Path, rejects: str) -> readers.Source:
+def _source(cfg: IngestConfig, rows: str) -> readers.Source:
     shop = cfg.shop_name or DEFAULT_SHOP.get(cfg.format, cfg.format)
     if cfg.format == "canonical":
-        return readers.canonical(path, rejects)
+        return readers.canonical(rows)
     if cfg.format == "rees46":
-        return readers.rees46(path, rejects, cfg.shop_key, shop)
+        return readers.rees46(rows, cfg.shop_key, shop)
     if cfg.format == "taobao":
-        return readers.taobao(path, rejects, shop)
+        return readers.taobao(rows, shop)
     if cfg.format == "tmall":
-        return readers.tmall(path, rejects, cfg.tmall_year)
+        return readers.tmall(rows, cfg.tmall_year)
     if cfg.format == "gmerch":
-        return readers.gmerch(path, rejects, shop)
+        return readers.gmerch(rows, shop)
     if cfg.format == "otto":
-        return readers.otto(path, shop)
+        return readers.otto(rows, shop)
     raise IngestError(f"unknown format {cfg.format!r}; one of {readers.FORMATS}")
 
 
-# Rows of malformed CSV lines, duplicates and catalog rejects (small tables beside the staged files).
+# Malformed lines, duplicates and catalog rejects (small tables beside the staged files), and
+# the lines DuckDB's parser skipped (to put parsed rows back on their line numbers).
 SIDE_DDL = """
 CREATE TABLE malformed (_file VARCHAR, _row BIGINT, reason VARCHAR, field VARCHAR, _raw VARCHAR);
 CREATE TABLE line_shift (_file VARCHAR, t BIGINT);
-CREATE TABLE dups (_file VARCHAR, _row BIGINT, reason VARCHAR, field VARCHAR, _raw VARCHAR);
+CREATE TABLE dups (_file VARCHAR, _row BIGINT, _sub BIGINT, reason VARCHAR, field VARCHAR, _raw VARCHAR);
 CREATE TABLE catalog_rejects (_file VARCHAR, _row BIGINT, reason VARCHAR, field VARCHAR, _raw VARCHAR);
 """
 
 
-def _stage_file(con: duckdb.DuckDBPyConnection, cfg: IngestConfig, path: Path, i: int, ts_max_sql: str,
-                tmp: Path) -> int:
-    """Map and validate one file into `tmp/staged_i.parquet`; malformed CSV lines go to `malformed`.
+@dataclass
+class FileRead:
+    """How one input file was read."""
 
-    Returns the rows read from the file (parsed + malformed).
+    # Rows it gave: one per data line (OTTO: one per event plus one per malformed line).
+    rows: int
+    # Non-empty physical lines after the header (None for Parquet).
+    lines: int | None
+    # Empty lines (not rows).
+    empty_lines: int
+    # "duckdb", "line by line" or "parquet".
+    read_by: str
+    # Columns of the file the format does not use.
+    extra_columns: tuple[str, ...] = ()
+    # Optional columns the file lacks.
+    absent_columns: tuple[str, ...] = ()
+
+
+class _Redactor:
+    """Source values of a rejected row as JSON text, ids hashed unless raw rows are kept."""
+
+    def __init__(self, fmt: str, key: bytes, keep_raw: bool):
+        self.cols, self.key, self.keep_raw = readers.COLUMNS[fmt], key, keep_raw
+        self.sessions = self.cols.session is not None
+
+    def sql(self, struct: str) -> str:
+        """JSON of the struct `struct` holding the format's columns."""
+        def val(c: str) -> str:
+            v = f"{struct}.{q(c)}"
+            if self.keep_raw or c not in (*self.cols.ids, self.cols.session):
+                return v
+            h = hmac_sql(v, self.key)
+            return f"left({h}, {SESSION_HEX})" if c == self.cols.session else h
+        return "to_json(struct_pack(" + ", ".join(f"{q(c)} := {val(c)}" for c in self.cols.names) + "))::VARCHAR"
+
+    def line(self, text: str, names: tuple[str, ...]) -> str:
+        """JSON of a malformed line: its fields by column name when they can be bound (ids hashed),
+        else only a keyed fingerprint of the line: it cannot be told which field is an id."""
+        if self.keep_raw:
+            return json.dumps({"line": text}, ensure_ascii=False)
+        if names == ("line",):  # a JSON line (OTTO)
+            try:
+                obj = json.loads(text)
+            except ValueError:
+                obj = None
+            if isinstance(obj, dict) and "session" in obj:
+                return json.dumps({**obj, "session": hash_id(str(obj["session"]), self.key)}, ensure_ascii=False)
+            return self._withheld(text)
+        try:
+            fields = next(csv.reader([text]), [])
+        except csv.Error:  # e.g. a lone `\r` inside the line
+            fields = []
+        if len(fields) != len(names):
+            return self._withheld(text)
+        row = dict(zip(names, fields))
+        for c in (*self.cols.ids, self.cols.session):
+            if c in row:
+                h = hash_id(row[c], self.key)
+                row[c] = h[:SESSION_HEX] if c == self.cols.session else h
+        return json.dumps(row, ensure_ascii=False)
+
+    def _withheld(self, text: str) -> str:
+        return json.dumps({"withheld": "fields cannot be bound to columns (keep_raw_rejects=true keeps the line)",
+                           "line_hmac": hash_id(text, self.key)[:SESSION_HEX], "bytes": len(text.encode())})
+
+
+def _insert_malformed(con: duckdb.DuckDBPyConnection, table: str, file: str,
+                      bad: list[tuple[int, str, str]], raw: Callable[[str], str]) -> None:
+    if not bad:
+        return
+    t = pa.table({"_row": [b[0] for b in bad], "field": [b[1] for b in bad], "_raw": [raw(b[2]) for b in bad]})
+    con.register("_bad", t)
+    con.execute(f"INSERT INTO {table} SELECT {lit(file)}, _row, 'malformed_row', field, _raw FROM _bad")
+    con.unregister("_bad")
+
+
+def _read_csv_sql(path: Path, header: readers.Header, rejects: str) -> str:
+    cols = "{" + ", ".join(f"{lit(c)}: 'VARCHAR'" for c in header.names) + "}"
+    return (
+        f"read_csv({lit(path)}, columns={cols}, header={str(bool(header.lines)).lower()}, auto_detect=false, "
+        f"delim=',', quote='\"', escape='\"', store_rejects=true, ignore_errors=true, "
+        f"rejects_table='{rejects}', rejects_scan='{rejects}_scan', null_padding=false)"
+    )
+
+
+def _read_csv(con: duckdb.DuckDBPyConnection, path: Path, header: readers.Header, tmp: Path, tag: str,
+              stage: Callable[[str], int]) -> tuple[FileRead, list[tuple[int, str, str]]]:
+    """Run `stage(rows)` over the file's rows (`_row` + its columns) and return how it went and
+    the malformed lines, so that parsed rows + malformed lines == the file's data lines.
+
+    Fast path: DuckDB's parser; parsed row r then sits on line r + #{malformed lines before it}
+    (`line_shift`). It is kept only when the byte count agrees that each record was one line;
+    otherwise the file is split line by line (`lines.csv_lines_to_parquet`) and staged again.
     """
-    rejects = f"rej_{i}"
-    try:
-        src = _source(cfg, path, rejects)
-    except FormatError as e:
-        raise IngestError(str(e)) from None
-    chk = check_expr(ts_max_sql, check_session=not src.sessionise)
-    file_lit = _lit(path)
+    count = lines.count_lines(path)
+    data_lines = max(count.lines - header.lines, 0)
+    rej = f"rej_{tag}"
+    if count.empty == 0:
+        inner = f"(SELECT row_number() OVER () + {header.lines} AS _row, * FROM {_read_csv_sql(path, header, rej)})"
+        try:
+            parsed = stage(inner)
+            bad = [(line, err, text.rstrip("\r\n")) for line, err, text in con.execute(
+                f"""SELECT line, arg_min(lower(replace(error_type, ' ', '_')), column_idx), any_value(csv_line)
+                    FROM {rej} GROUP BY line ORDER BY line""").fetchall()]  # one entry per line
+        except duckdb.Error as e:
+            if _write_problem(e):
+                raise
+            parsed = None  # the parser gave up on the file (e.g. `\r` line breaks): go line by line
+        finally:
+            con.execute(f"DROP TABLE IF EXISTS {rej}; DROP TABLE IF EXISTS {rej}_scan")
+        if parsed is not None and parsed + len(bad) == data_lines:
+            if bad:
+                con.execute(f"INSERT INTO line_shift SELECT {lit(path)}, unnest(?::BIGINT[])",
+                            [[line - k for k, (line, _, _) in enumerate(bad)]]).fetchall()
+            return FileRead(parsed, data_lines, 0, "duckdb", header.extra, header.absent), bad
+    split = tmp / f"lines_{tag}.parquet"
+    bad = lines.csv_lines_to_parquet(path, list(header.names), header.lines, split)
+    parsed = stage(f"read_parquet({lit(split)})")
+    split.unlink()
+    return FileRead(parsed, data_lines, count.empty, "line by line", header.extra, header.absent), bad
+
+
+def _stage_file(con: duckdb.DuckDBPyConnection, cfg: IngestConfig, path: Path, i: int, chk: str, tmp: Path,
+                red: _Redactor) -> FileRead:
+    """Map and validate one file into `tmp/staged_i.parquet`; malformed lines go to `malformed`."""
     out = tmp / f"staged_{i}.parquet"
-    try:
+    file_lit = lit(path)
+
+    def stage(rows: str) -> int:
+        src = _source(cfg, rows)
         con.execute(f"""
         COPY (
-            SELECT {file_lit} AS _file, _row, shop_id, buyer_id, session_id, ts, event_type,
+            SELECT {file_lit} AS _file, _row, {src.sub} AS _sub, shop_id, buyer_id, session_id, ts, event_type,
                    nullif(product_id, '') AS product_id, nullif(collection_id, '') AS collection_id,
                    nullif(query, '') AS query,
-                   TRY_CAST(_price_raw AS DOUBLE) AS price, TRY_CAST(_qty_raw AS INTEGER) AS quantity,
+                   TRY_CAST(_price_raw AS DOUBLE) AS price, {quantity_sql('_qty_raw')} AS quantity,
                    _title, _collection, _brand,
                    split_part(_chk, ':', 1) AS reason, split_part(_chk, ':', 2) AS field,
-                   CASE WHEN _chk IS NOT NULL THEN to_json(_raw)::VARCHAR END AS _raw
+                   CASE WHEN _chk IS NOT NULL THEN {red.sql('_raw')} END AS _raw
             FROM (SELECT *, {chk} AS _chk FROM ({src.sql}))
-        ) TO '{out}' (FORMAT parquet, COMPRESSION lz4_raw)
+        ) TO {lit(out)} (FORMAT parquet, COMPRESSION lz4_raw)
         """)
+        return con.execute(f"SELECT count(*) FROM read_parquet({lit(out)})").fetchall()[0][0]
+
+    try:
+        if cfg.format == "otto":
+            read, bad, names = _stage_otto(con, path, tmp, i, stage)
+        elif cfg.format == "canonical" and path.suffix.lower() == ".parquet":
+            rows, header = readers.parquet_rows(path)
+            read, bad, names = FileRead(stage(readers.bind("canonical", header, rows)), None, 0, "parquet",
+                                        header.extra, header.absent), [], header.names
+        else:
+            header = readers.read_header(path, cfg.format)
+            read, bad = _read_csv(con, path, header, tmp, str(i),
+                                  lambda inner: stage(readers.bind(cfg.format, header, inner)))
+            names = header.names
+    except FormatError as e:
+        raise IngestError(str(e)) from None
     except duckdb.Error as e:
+        if _write_problem(e):
+            raise
         raise IngestError(f"{path}: cannot be read as {cfg.format}: {str(e).splitlines()[0]}") from None
-    n_bad = 0
-    if src.csv:
-        bad = con.execute(
-            f"""SELECT line, arg_min(lower(replace(error_type, ' ', '_')), column_idx), any_value(csv_line)
-                FROM {rejects} GROUP BY line ORDER BY line"""  # one entry per line (DuckDB lists each missing column)
-        ).fetchall()
-        if bad:
-            # DuckDB numbers parsed rows without the malformed lines: a parsed row r sits on line
-            # r + #{k : line_k − k ≤ r}; `staged` adds that shift, `malformed` holds the lines.
-            con.executemany(f"INSERT INTO line_shift VALUES ({file_lit}, ?)",
-                            [(line - k,) for k, (line, _, _) in enumerate(bad)])
-            con.executemany(f"INSERT INTO malformed VALUES ({file_lit}, ?, 'malformed_row', ?, ?)", bad)
-            n_bad = len(bad)
-        con.execute(f"DROP TABLE IF EXISTS {rejects}; DROP TABLE IF EXISTS {rejects}_scan")
-    return con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()[0] + n_bad
+    _insert_malformed(con, "malformed", str(path), bad, lambda text: red.line(text, names))
+    read.rows += len(bad)
+    return read
 
 
-def _lit(path: Path | str) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
+def _stage_otto(con, path: Path, tmp: Path, i: int, stage) -> tuple[FileRead, list, tuple[str, ...]]:
+    """OTTO: lines split in Python, parsed as JSON by DuckDB; a line that is not a session with
+    events is one malformed row, each event of a good line one row."""
+    readers.check_otto(path)
+    count = lines.count_lines(path)
+    text = tmp / f"lines_{i}.parquet"
+    sess = tmp / f"sessions_{i}.parquet"
+    bad = lines.text_lines_to_parquet(path, text)
+    con.execute(f"COPY (SELECT * FROM {readers.otto_lines(f'read_parquet({lit(text)})')}) TO {lit(sess)} "
+                "(FORMAT parquet, COMPRESSION lz4_raw)")
+    text.unlink()
+    bad += [(r, "not_a_session_with_events", line) for r, line in con.execute(
+        f"SELECT _row, line FROM read_parquet({lit(sess)}) WHERE NOT _ok ORDER BY _row").fetchall()]
+    n = stage(f"read_parquet({lit(sess)})")
+    good_lines = con.execute(f"SELECT count(*) FROM read_parquet({lit(sess)}) WHERE _ok").fetchall()[0][0]
+    if good_lines + len(bad) != count.lines:
+        raise IngestError(f"internal: {path}: {good_lines} sessions + {len(bad)} malformed lines "
+                          f"!= {count.lines} lines")
+    return FileRead(n, count.lines, count.empty, "line by line"), sorted(bad), ("line",)
 
 
 def _create_staged_view(con: duckdb.DuckDBPyConnection, tmp: Path, n_files: int) -> None:
     """`staged`: every parsed row of every file, on its physical line number."""
-    files = "[" + ", ".join(_lit(tmp / f"staged_{i}.parquet") for i in range(n_files)) + "]"
+    files = "[" + ", ".join(lit(tmp / f"staged_{i}.parquet") for i in range(n_files)) + "]"
     row = "_row"
-    if con.execute("SELECT count(*) FROM line_shift").fetchone()[0]:
+    if con.execute("SELECT count(*) FROM line_shift").fetchall()[0][0]:
         row = "_row + (SELECT count(*) FROM line_shift l WHERE l._file = p._file AND l.t <= p._row)"
     con.execute(f"""CREATE VIEW staged AS
                     SELECT * REPLACE ({row} AS _row) FROM read_parquet({files}) p""")
@@ -174,7 +334,7 @@ def _create_staged_view(con: duckdb.DuckDBPyConnection, tmp: Path, n_files: int)
 DEDUP_KEY = "shop_id, buyer_id, session_id, ts, event_type, product_id, collection_id, query, price, quantity"
 
 
-def _find_duplicates(con: duckdb.DuckDBPyConnection) -> int:
+def _find_duplicates(con: duckdb.DuckDBPyConnection, red: _Redactor) -> int:
     """Fill `dups` with exact copies of an earlier valid event (earliest file/line kept).
 
     A hash aggregate on one 64-bit hash of the event finds candidate groups cheaply; only rows
@@ -185,48 +345,61 @@ def _find_duplicates(con: duckdb.DuckDBPyConnection) -> int:
     h = f"hash({DEDUP_KEY})"
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _duph AS
                     SELECT {h} AS h FROM staged WHERE reason IS NULL GROUP BY 1 HAVING count(*) > 1""")
-    if con.execute("SELECT count(*) FROM _duph").fetchone()[0] == 0:
+    if con.execute("SELECT count(*) FROM _duph").fetchall()[0][0] == 0:
         return 0
-    raw = "to_json(struct_pack(" + ", ".join(f"{c} := {c}" for c in keys) + "))::VARCHAR"
+    ids = {"buyer_id": hmac_sql("buyer_id", red.key)}
+    if red.sessions:
+        ids["session_id"] = f"left({hmac_sql('session_id', red.key)}, {SESSION_HEX})"
+    if red.keep_raw:
+        ids = {}
+    raw = "to_json(struct_pack(" + ", ".join(f"{c} := {ids.get(c, c)}" for c in keys) + "))::VARCHAR"
     con.execute(f"""
     INSERT INTO dups
-    SELECT _file, _row, 'duplicate', NULL, {raw}
+    SELECT _file, _row, _sub, 'duplicate', NULL, {raw}
     FROM staged WHERE reason IS NULL AND {h} IN (SELECT h FROM _duph)
-    QUALIFY row_number() OVER (PARTITION BY {DEDUP_KEY} ORDER BY _file, _row) > 1
+    QUALIFY row_number() OVER (PARTITION BY {DEDUP_KEY} ORDER BY _file, _row, _sub) > 1
     """)
-    return con.execute("SELECT count(*) FROM dups").fetchone()[0]
+    return con.execute("SELECT count(*) FROM dups").fetchall()[0][0]
 
 
 def _accepted_sql(has_dups: bool) -> str:
     """Valid, non-duplicate staged rows."""
     if not has_dups:
         return "SELECT * FROM staged WHERE reason IS NULL"
-    return "SELECT * FROM staged s WHERE reason IS NULL AND NOT EXISTS (SELECT 1 FROM dups d WHERE d._file = s._file AND d._row = s._row)"
+    return ("SELECT * FROM staged s WHERE reason IS NULL AND NOT EXISTS "
+            "(SELECT 1 FROM dups d WHERE d._file = s._file AND d._row = s._row AND d._sub = s._sub)")
 
 
 REJECTS_SQL = """
     SELECT _file, _row, reason, nullif(field, '') AS field, _raw FROM staged WHERE reason IS NOT NULL
     UNION ALL SELECT * FROM malformed
-    UNION ALL SELECT * FROM dups
+    UNION ALL SELECT _file, _row, reason, field, _raw FROM dups
     UNION ALL SELECT * FROM catalog_rejects
 """
 
 
 def _strict_error(con: duckdb.DuckDBPyConnection) -> IngestError | None:
-    row = con.execute(f"SELECT * FROM ({REJECTS_SQL}) ORDER BY _file, _row LIMIT 1").fetchone()
+    """The first rejected row as file, line, field and reason (no source values: they may hold ids)."""
+    row = con.execute(f"SELECT _file, _row, reason, field FROM ({REJECTS_SQL}) ORDER BY _file, _row LIMIT 1").fetchone()
     if row is None:
         return None
-    f, r, reason, field, raw = row
-    return IngestError(f"{f}, row {r}, field {field or '-'}: {reason} (raw: {raw[:200]})")
+    f, r, reason, field = row
+    return IngestError(f"{f}, line {r}, field {field or '-'}: {reason} (--strict stops at the first rejected row)")
 
 
-def _write_events(con, cfg: IngestConfig, path: Path, key: bytes, sessionise: bool, has_dups: bool) -> None:
+def _write_events(con, cfg: IngestConfig, path: Path, key: bytes, has_dups: bool) -> None:
     accepted = _accepted_sql(has_dups)
-    # One HMAC per distinct buyer, joined back: ~1/20 of the hashing of a per-row expression.
+    # One HMAC per distinct buyer (and session), joined back: ~1/20 of the hashing of a per-row expression.
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _ids AS
                     SELECT buyer_id AS _raw_id, {hmac_sql("buyer_id", key)} AS _hashed
                     FROM (SELECT DISTINCT buyer_id FROM ({accepted}))""")
-    if sessionise:
+    session, join = "session_id", ""
+    if readers.COLUMNS[cfg.format].session is not None:
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE _sids AS
+                        SELECT session_id AS _raw_sid, left({hmac_sql("session_id", key)}, {SESSION_HEX}) AS _hsid
+                        FROM (SELECT DISTINCT session_id FROM ({accepted}))""")
+        session, join = "_hsid", "JOIN _sids ON session_id = _raw_sid"
+    if cfg.format == "taobao":
         gap = f"INTERVAL {int(cfg.session_gap_minutes * 60)} SECOND"
         session = f"""'s' || sum(_new) OVER (PARTITION BY shop_id, buyer_id ORDER BY ts, _file, _row
                                            ROWS UNBOUNDED PRECEDING)::VARCHAR"""
@@ -234,53 +407,20 @@ def _write_events(con, cfg: IngestConfig, path: Path, key: bytes, sessionise: bo
                                    <= {gap} THEN 0 ELSE 1 END AS _new
                     FROM ({accepted})"""
     else:
-        session, inner = "session_id", accepted
+        inner = accepted
     con.execute(f"""
     COPY (
         SELECT shop_id, _hashed AS buyer_id, {session} AS session_id, ts, event_type,
                product_id, collection_id, query, price, quantity
-        FROM ({inner}) JOIN _ids ON buyer_id = _raw_id
-    ) TO '{path}' (FORMAT parquet, COMPRESSION zstd)
+        FROM ({inner}) JOIN _ids ON buyer_id = _raw_id {join}
+    ) TO {lit(path)} (FORMAT parquet, COMPRESSION zstd)
     """)
 
 
-def _write_catalog(con, cfg: IngestConfig, path: Path) -> int:
-    """Canonical: the validated catalog file (rejects go to `staged`); otherwise derived from events."""
+def _write_catalog(con, cfg: IngestConfig, path: Path, tmp: Path) -> int:
+    """Canonical: the validated catalog file (rejects go to `catalog_rejects`); otherwise derived from events."""
     if cfg.format == "canonical" and cfg.catalog is not None:
-        cat = Path(cfg.catalog)
-        if not cat.exists():
-            raise IngestError(f"{cat}: catalog file not found")
-        reader = f"read_parquet('{cat}')" if cat.suffix == ".parquet" else f"read_csv('{cat}', all_varchar=true, header=true)"
-        try:
-            names = [d[0] for d in con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()]
-        except duckdb.Error as e:
-            raise IngestError(f"{cat}: cannot be read as a catalog: {str(e).splitlines()[0]}") from None
-        missing = [c for c in ("shop_id", "product_id", "title") if c not in names]
-        if missing:
-            raise IngestError(f"{cat}: not a catalog: missing column(s) {missing}; found {names}")
-        cols = ", ".join(
-            f'"{c}"::VARCHAR AS "{c}"' if c in names else f'NULL::VARCHAR AS "{c}"'
-            for c in CATALOG_SCHEMA.names
-        )
-        raw = "to_json(struct_pack(" + ", ".join(f'"{c}" := "{c}"' for c in names) + "))::VARCHAR"
-        con.execute(f"""
-        CREATE TEMP TABLE cat AS
-        SELECT *, split_part(_chk, ':', 1) AS reason, split_part(_chk, ':', 2) AS field
-        FROM (SELECT *, {catalog_check_expr()} AS _chk
-              FROM (SELECT row_number() OVER () + {0 if cat.suffix == '.parquet' else 1} AS _row, {cols},
-                           {raw} AS _raw
-                    FROM {reader}))
-        """)
-        con.execute("""
-        UPDATE cat SET reason = 'duplicate', field = 'product_id'
-        WHERE reason IS NULL AND rowid IN (
-            SELECT rowid FROM cat WHERE reason IS NULL
-            QUALIFY row_number() OVER (PARTITION BY shop_id, product_id ORDER BY _row) > 1)
-        """)
-        con.execute(f"""
-        INSERT INTO catalog_rejects
-        SELECT {_lit(cat)}, _row, reason, nullif(field, ''), _raw FROM cat WHERE reason IS NOT NULL
-        """)
+        _stage_catalog(con, Path(cfg.catalog), tmp)
         select = """SELECT shop_id, product_id, title, collection, brand, TRY_CAST(price AS DOUBLE) AS price,
                            description FROM cat WHERE reason IS NULL"""
     else:
@@ -289,70 +429,179 @@ def _write_catalog(con, cfg: IngestConfig, path: Path) -> int:
                            median(price) AS price, NULL::VARCHAR AS description
                     FROM staged WHERE reason IS NULL AND product_id IS NOT NULL
                     GROUP BY shop_id, product_id"""
-    con.execute(f"COPY ({select} ORDER BY shop_id, product_id) TO '{path}' (FORMAT parquet)")
-    return con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()[0]
+    con.execute(f"COPY ({select} ORDER BY shop_id, product_id) TO {lit(path)} (FORMAT parquet)")
+    return con.execute(f"SELECT count(*) FROM read_parquet({lit(path)})").fetchall()[0][0]
 
+
+def _stage_catalog(con, cat: Path, tmp: Path) -> None:
+    """`cat`: every catalog row with its reason (NULL when valid); rejects into `catalog_rejects`."""
+    if not cat.is_file():
+        raise IngestError(f"{cat}: catalog file not found")
+    names = readers.COLUMNS["catalog"].names
+    try:
+        if cat.suffix.lower() == ".parquet":
+            rows, header = readers.parquet_rows(cat, "catalog")
+            con.execute(f"CREATE TEMP TABLE cat_rows AS SELECT * FROM {readers.bind('catalog', header, rows)}")
+            bad: list = []
+        else:
+            header = readers.read_header(cat, "catalog")
+
+            def stage(inner: str) -> int:
+                con.execute(f"CREATE OR REPLACE TEMP TABLE cat_rows AS SELECT * FROM {readers.bind('catalog', header, inner)}")
+                return con.execute("SELECT count(*) FROM cat_rows").fetchall()[0][0]
+
+            _, bad = _read_csv(con, cat, header, tmp, "catalog", stage)
+    except FormatError as e:
+        raise IngestError(str(e)) from None
+    except duckdb.Error as e:
+        if _write_problem(e):
+            raise
+        raise IngestError(f"{cat}: cannot be read as a catalog: {str(e).splitlines()[0]}") from None
+    if bad:  # parsed rows back on their line numbers (see _read_csv)
+        con.execute(f"""UPDATE cat_rows SET _row = _row + (SELECT count(*) FROM line_shift l
+                        WHERE l._file = {lit(cat)} AND l.t <= cat_rows._row)""")
+    _insert_malformed(con, "catalog_rejects", str(cat), bad, lambda text: json.dumps({"line": text}, ensure_ascii=False))
+    raw = "to_json(struct_pack(" + ", ".join(f"{q(c)} := {q(c)}" for c in names) + "))::VARCHAR"
+    con.execute(f"""
+    CREATE TEMP TABLE cat AS
+    SELECT *, split_part(_chk, ':', 1) AS reason, split_part(_chk, ':', 2) AS field
+    FROM (SELECT *, {catalog_check_expr()} AS _chk, {raw} AS _raw FROM cat_rows)
+    """)
+    con.execute("""
+    UPDATE cat SET reason = 'duplicate', field = 'product_id'
+    WHERE reason IS NULL AND rowid IN (
+        SELECT rowid FROM cat WHERE reason IS NULL
+        QUALIFY row_number() OVER (PARTITION BY shop_id, product_id ORDER BY _row) > 1)
+    """)
+    con.execute(f"""
+    INSERT INTO catalog_rejects
+    SELECT {lit(cat)}, _row, reason, nullif(field, ''), _raw FROM cat WHERE reason IS NOT NULL
+    """)
+
+
+# --- operator errors -----------------------------------------------------------------------------
+
+_WRITE_ERRORS = ("No space left on device", "Read-only file system", "Disk quota exceeded", "File too large")
+
+
+def _write_problem(e: Exception) -> bool:
+    """True when a DuckDB error is about writing (disk full, read-only), not about the input."""
+    msg = str(e)
+    return any(w in msg for w in _WRITE_ERRORS) or (isinstance(e, duckdb.IOException) and "/.tmp/" in msg)
+
+
+def _output_error(run_dir: Path, e: Exception) -> IngestError:
+    problem = e.strerror if isinstance(e, OSError) and e.strerror else next(
+        (w for w in _WRITE_ERRORS if w in str(e)), str(e).splitlines()[0])
+    return IngestError(f"{run_dir}: cannot write the ingest output: {problem} (nothing was written)")
+
+
+def _prepare_output(run_dir: Path) -> Path:
+    """`run_dir/.tmp`, fresh; an IngestError naming the path when it cannot be made."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise IngestError(f"{run_dir}: output path is a file, not a folder")
+    parent = next((p for p in run_dir.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise IngestError(f"{run_dir}: {parent} is a file, not a folder")
+    tmp = run_dir / ".tmp"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "out").mkdir(parents=True)
+    except OSError as e:
+        raise _output_error(run_dir, e) from None
+    return tmp
+
+
+def _publish(run_dir: Path, tmp: Path, summary: dict, cfg: IngestConfig, files: list[Path]) -> None:
+    """Move the outputs into place: the old meta.json (the completion mark) goes first, the new one last."""
+    try:
+        for name in ("meta.json", "summary.json"):
+            (run_dir / name).unlink(missing_ok=True)
+        for name in OUTPUTS:
+            os.replace(tmp / "out" / name, run_dir / name)
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_meta(run_dir, "ingest", _public(cfg), inputs=[str(f) for f in files], summary=summary)
+    except OSError as e:
+        raise _output_error(run_dir, e) from None
+
+
+def _public(cfg: IngestConfig) -> IngestConfig:
+    """The config as recorded in meta.json: a given salt is replaced by its fingerprint."""
+    from dataclasses import replace
+
+    return replace(cfg, salt=None if cfg.salt is None else f"<given, salt_id {salt_id(bytes.fromhex(cfg.salt.strip()))}>")
+
+
+# --- the stage -------------------------------------------------------------------------------------
 
 def run(cfg: IngestConfig, run_dir: Path) -> dict[str, Any]:
     """Ingest `cfg.input` into `run_dir`; returns the summary (also written to summary.json)."""
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
-    files = resolve_inputs(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    key, salt_origin = load_or_create_salt(run_dir, cfg.salt)
-    tmp = run_dir / ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    con = duckdb.connect(str(tmp / "ingest.duckdb"))
+    files, skipped = resolve_inputs(cfg)
+    key, salt_origin = load_or_create_salt(cfg.salt)
+    tmp = _prepare_output(run_dir)
+    out = tmp / "out"
+    red = _Redactor(cfg.format, key, cfg.keep_raw_rejects)
     try:
-        con.execute(f"SET memory_limit = '{cfg.memory_limit}'; SET threads = {cfg.threads}")
-        con.execute(f"SET temp_directory = '{tmp}'; SET TimeZone = 'UTC'; SET preserve_insertion_order = true")
-        con.execute(f"SET enable_progress_bar = {str(cfg.progress).lower()}")
-        con.execute(SIDE_DDL)
-        ts_max_sql = f"TIMESTAMPTZ '{ts_max().isoformat()}'"
-        read_per_file = {str(path): _stage_file(con, cfg, path, i, ts_max_sql, tmp) for i, path in enumerate(files)}
-        _create_staged_view(con, tmp, len(files))
-        has_dups = _find_duplicates(con) > 0
-        if cfg.strict and (err := _strict_error(con)) is not None:
-            raise err
-        n_catalog = _write_catalog(con, cfg, run_dir / "catalog.parquet")
-        if cfg.strict and (err := _strict_error(con)) is not None:
-            raise err
-        _write_events(con, cfg, run_dir / "events.parquet", key, sessionise=cfg.format == "taobao", has_dups=has_dups)
-        con.execute(f"""
-        COPY (SELECT _file AS source_file, _row AS "row", reason, field, _raw AS raw
-              FROM ({REJECTS_SQL}) ORDER BY _file, _row)
-        TO '{run_dir / 'rejected.parquet'}' (FORMAT parquet)
-        """)
-        summary = _summary(con, run_dir, files, read_per_file, n_catalog)
+        con = duckdb.connect(str(tmp / "ingest.duckdb"))
+        try:
+            con.execute(f"SET memory_limit = '{cfg.memory_limit}'; SET threads = {cfg.threads}")
+            con.execute(f"SET temp_directory = {lit(tmp)}; SET TimeZone = 'UTC'; SET preserve_insertion_order = true")
+            con.execute(f"SET enable_progress_bar = {str(cfg.progress).lower()}")
+            con.execute(SIDE_DDL)
+            chk = check_expr(f"TIMESTAMPTZ '{ts_max().isoformat()}'", check_session=cfg.format != "taobao")
+            reads = {str(path): _stage_file(con, cfg, path, i, chk, tmp, red) for i, path in enumerate(files)}
+            _create_staged_view(con, tmp, len(files))
+            has_dups = _find_duplicates(con, red) > 0
+            if cfg.strict and (err := _strict_error(con)) is not None:
+                raise err
+            n_catalog = _write_catalog(con, cfg, out / "catalog.parquet", tmp)
+            if cfg.strict and (err := _strict_error(con)) is not None:
+                raise err
+            _write_events(con, cfg, out / "events.parquet", key, has_dups)
+            con.execute(f"""
+            COPY (SELECT _file AS source_file, _row AS "row", reason, field, _raw AS raw
+                  FROM ({REJECTS_SQL}) ORDER BY _file, _row)
+            TO {lit(out / 'rejected.parquet')} (FORMAT parquet)
+            """)
+            summary = _summary(con, out, reads, skipped, n_catalog)
+        finally:
+            con.close()
+        summary["salt"] = salt_origin
+        summary["salt_id"] = salt_id(key)
+        summary["seconds"] = round(time.perf_counter() - t0, 3)
+        _publish(run_dir, tmp, summary, cfg, files)
+    except duckdb.Error as e:
+        if _write_problem(e):
+            raise _output_error(run_dir, e) from None
+        raise
+    except OSError as e:
+        raise _output_error(run_dir, e) from None
     finally:
-        con.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    summary["salt"] = salt_origin
-    summary["seconds"] = round(time.perf_counter() - t0, 3)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_meta(run_dir, "ingest", cfg, inputs=[str(f) for f in files], summary=summary)
     return summary
 
 
-def _summary(con, run_dir: Path, files: list[Path], read_per_file: dict, n_catalog: int) -> dict[str, Any]:
-    ev = f"read_parquet('{run_dir / 'events.parquet'}')"
-    rej = f"read_parquet('{run_dir / 'rejected.parquet'}')"
-    read = sum(read_per_file.values())
-    accepted = con.execute(f"SELECT count(*) FROM {ev}").fetchone()[0]
+def _summary(con, out: Path, reads: dict[str, FileRead], skipped: list[Path], n_catalog: int) -> dict[str, Any]:
+    ev = f"read_parquet({lit(out / 'events.parquet')})"
+    rej = f"read_parquet({lit(out / 'rejected.parquet')})"
+    read = sum(r.rows for r in reads.values())
+    accepted = con.execute(f"SELECT count(*) FROM {ev}").fetchall()[0][0]
     rejected_events = con.execute(
-        f"SELECT count(*) FROM {rej} WHERE source_file IN (SELECT unnest(?::VARCHAR[]))", [[str(f) for f in files]]
-    ).fetchone()[0]
-    by_reason = dict(con.execute(f"SELECT reason, count(*) FROM {rej} GROUP BY 1 ORDER BY 2 DESC").fetchall())
+        f"SELECT count(*) FROM {rej} WHERE source_file IN (SELECT unnest(?::VARCHAR[]))", [list(reads)]
+    ).fetchall()[0][0]
+    by_reason = dict(con.execute(f"SELECT reason, count(*) FROM {rej} GROUP BY 1 ORDER BY 2 DESC, 1").fetchall())
     by_type = dict(con.execute(f"SELECT event_type, count(*) FROM {ev} GROUP BY 1").fetchall())
     shops, buyers, sessions, t_min, t_max = con.execute(f"""
         SELECT count(DISTINCT shop_id), count(DISTINCT (shop_id, buyer_id)),
                count(DISTINCT (shop_id, buyer_id, session_id)), min(ts)::VARCHAR, max(ts)::VARCHAR FROM {ev}
-    """).fetchone()
+    """).fetchall()[0]
     if accepted + rejected_events != read:
         raise IngestError(f"internal: accepted {accepted} + rejected {rejected_events} != read {read}")
     return {
-        "files": {k: v for k, v in read_per_file.items()},
+        "files": {f: r.rows for f, r in reads.items()},
         "read": read,
         "accepted": accepted,
         "rejected": rejected_events,
@@ -364,19 +613,35 @@ def _summary(con, run_dir: Path, files: list[Path], read_per_file: dict, n_catal
         "sessions": sessions,
         "catalog_products": n_catalog,
         "time_range": [t_min, t_max],
+        "empty_lines": sum(r.empty_lines for r in reads.values()),
+        "read_line_by_line": [f for f, r in reads.items() if r.read_by == "line by line"],
+        "extra_columns": {f: list(r.extra_columns) for f, r in reads.items() if r.extra_columns},
+        "absent_columns": {f: list(r.absent_columns) for f, r in reads.items() if r.absent_columns},
+        "skipped_files": [str(f) for f in skipped],
     }
 
 
 def format_summary(s: dict[str, Any]) -> str:
     """The summary as a few readable lines."""
-    lines = [
-        f"read {s['read']:,} events from {len(s['files'])} file(s): accepted {s['accepted']:,}, "
-        f"rejected {s['rejected']:,} (accepted + rejected == read) in {s['seconds']:.1f}s",
+    lines_ = [
+        f"read {s['read']:,} rows from {len(s['files'])} file(s): accepted {s['accepted']:,}, "
+        f"rejected {s['rejected']:,} (accepted + rejected == read == data lines) in {s['seconds']:.1f}s",
         f"shops {s['shops']:,} · buyer–shop pairs {s['buyer_shop_pairs']:,} · sessions {s['sessions']:,} · "
         f"catalog products {s['catalog_products']:,}",
         "events by type: " + ", ".join(f"{k} {v:,}" for k, v in s["events_by_type"].items()),
     ]
     if s["rejected_by_reason"]:
-        lines.append("rejected by reason: " + ", ".join(f"{k} {v:,}" for k, v in s["rejected_by_reason"].items()))
-    lines.append(f"time range: {s['time_range'][0]} … {s['time_range'][1]} · salt {s['salt']}")
-    return "\n".join(lines)
+        lines_.append("rejected by reason: " + ", ".join(f"{k} {v:,}" for k, v in s["rejected_by_reason"].items()))
+    for f, cols in s["extra_columns"].items():
+        lines_.append(f"ignored column(s) of {f}: {', '.join(cols)}")
+    for f, cols in s["absent_columns"].items():
+        lines_.append(f"optional column(s) absent from {f}: {', '.join(cols)}")
+    if s["read_line_by_line"]:
+        lines_.append(f"read line by line (quoting or line breaks did not match the lines): {len(s['read_line_by_line'])} file(s)")
+    if s["empty_lines"]:
+        lines_.append(f"empty lines (no data, not rows): {s['empty_lines']:,}")
+    if s["skipped_files"]:
+        lines_.append(f"skipped {len(s['skipped_files'])} file(s) not of the format: "
+                      + ", ".join(s["skipped_files"][:5]) + (" …" if len(s["skipped_files"]) > 5 else ""))
+    lines_.append(f"time range: {s['time_range'][0]} … {s['time_range'][1]} · salt {s['salt_id']} ({s['salt']})")
+    return "\n".join(lines_)

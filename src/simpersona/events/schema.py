@@ -6,13 +6,13 @@ Events: one row per buyer action on a shop.
 |---------------|----------------------|-------|----------------------------------------------------------|
 | shop_id       | string               | no    | the storefront                                           |
 | buyer_id      | string               | no    | keyed hash (HMAC-SHA256) of the source's buyer id        |
-| session_id    | string               | no    | the visit; unique within (shop_id, buyer_id)             |
+| session_id    | string               | no    | the visit, unique within (shop_id, buyer_id); never a raw id |
 | ts            | timestamp[us, UTC]   | no    | when it happened                                         |
 | event_type    | string               | no    | one of EVENT_TYPES                                       |
 | product_id    | string               | yes   | required for product_view, add/remove_from_cart, purchase |
 | collection_id | string               | yes   | required for collection_view                             |
 | query         | string               | yes   | required for search                                      |
-| price         | float64              | yes   | unit price; never NaN or negative                        |
+| price         | float64              | yes   | unit price; finite, never negative                       |
 | quantity      | int32                | yes   | units; ≥ 1 when present                                  |
 
 Catalog: one row per (shop_id, product_id): title, collection (a category path such as

@@ -4,17 +4,17 @@ Reasons (the `reason` column of `rejected.parquet`; `field` names the column at 
 
 | reason                 | meaning |
 |------------------------|---------|
-| malformed_row          | the CSV line has too few/many fields or cannot be parsed (`field`: the parser's message) |
+| malformed_row          | the line has too few/many fields, quoting that does not close on the line, bytes that are not UTF-8, or (OTTO) is not a session with events (`field`: the problem) |
 | empty_id               | shop_id, buyer_id, session_id empty or missing |
 | bad_timestamp          | ts cannot be parsed |
 | timestamp_out_of_range | ts before 1995-01-01 or more than a day in the future |
 | unknown_event_type     | event_type not one of the eight canonical types |
-| bad_price / nan_price / negative_price | price not a number / NaN / below zero |
-| bad_quantity / quantity_out_of_range   | quantity not an integer / outside 1…MAX_QUANTITY |
+| bad_price / nan_price / infinite_price / negative_price | price not a number / NaN / ±inf (also `1e400`) / below zero |
+| bad_quantity / quantity_out_of_range   | quantity not a whole number (`1.5`, `inf`) / outside 1…MAX_QUANTITY |
 | missing_product_id / missing_collection_id / missing_query | the event type needs it |
 | duplicate              | an exact copy of an earlier accepted event (the first is kept) |
 
-Catalog rows: empty_id, missing_title, bad_price, nan_price, negative_price, duplicate (same
+Catalog rows: malformed_row, empty_id, missing_title, bad_price, nan_price, infinite_price, negative_price, duplicate (same
 shop_id and product_id as an earlier row).
 """
 
@@ -37,6 +37,21 @@ def _empty(col: str) -> str:
     return f"({col} IS NULL OR trim({col}) = '')"
 
 
+def _price_rules(col: str) -> list[tuple[str, str]]:
+    x = f"TRY_CAST({col} AS DOUBLE)"
+    return [
+        (f"trim(coalesce({col}, '')) <> '' AND {x} IS NULL", "bad_price:price"),
+        (f"isnan({x})", "nan_price:price"),
+        (f"isinf({x})", "infinite_price:price"),
+        (f"{x} < 0", "negative_price:price"),
+    ]
+
+
+def quantity_sql(col: str) -> str:
+    """The quantity as INTEGER when `col` holds a whole number (`2`, `2.0`), else NULL."""
+    return f"TRY_CAST(TRY_CAST({col} AS DOUBLE) AS INTEGER)"
+
+
 def check_expr(ts_max_sql: str, check_session: bool) -> str:
     """SQL yielding 'reason:field' for the first problem of a mapped row, or NULL when valid."""
     rules = [
@@ -49,11 +64,12 @@ def check_expr(ts_max_sql: str, check_session: bool) -> str:
         ("ts IS NULL", "bad_timestamp:ts"),
         (f"ts < TIMESTAMPTZ '{TS_MIN.isoformat()}' OR ts > {ts_max_sql}", "timestamp_out_of_range:ts"),
         (f"event_type IS NULL OR event_type NOT IN {_in(EVENT_TYPES)}", "unknown_event_type:event_type"),
-        ("trim(coalesce(_price_raw, '')) <> '' AND TRY_CAST(_price_raw AS DOUBLE) IS NULL", "bad_price:price"),
-        ("isnan(TRY_CAST(_price_raw AS DOUBLE))", "nan_price:price"),
-        ("TRY_CAST(_price_raw AS DOUBLE) < 0", "negative_price:price"),
-        ("trim(coalesce(_qty_raw, '')) <> '' AND TRY_CAST(_qty_raw AS BIGINT) IS NULL", "bad_quantity:quantity"),
-        (f"TRY_CAST(_qty_raw AS BIGINT) NOT BETWEEN 1 AND {MAX_QUANTITY}", "quantity_out_of_range:quantity"),
+    ]
+    q = "TRY_CAST(_qty_raw AS DOUBLE)"
+    rules += _price_rules("_price_raw") + [
+        (f"trim(coalesce(_qty_raw, '')) <> '' AND ({q} IS NULL OR NOT isfinite({q}) OR {q} <> floor({q}))",
+         "bad_quantity:quantity"),
+        (f"{q} NOT BETWEEN 1 AND {MAX_QUANTITY}", "quantity_out_of_range:quantity"),
         (f"event_type IN {_in(NEEDS_PRODUCT)} AND {_empty('product_id')}", "missing_product_id:product_id"),
         (f"event_type IN {_in(NEEDS_COLLECTION)} AND {_empty('collection_id')}", "missing_collection_id:collection_id"),
         (f"event_type IN {_in(NEEDS_QUERY)} AND {_empty('query')}", "missing_query:query"),
@@ -68,9 +84,6 @@ def catalog_check_expr() -> str:
         (_empty("shop_id"), "empty_id:shop_id"),
         (_empty("product_id"), "empty_id:product_id"),
         (_empty("title"), "missing_title:title"),
-        ("trim(coalesce(price, '')) <> '' AND TRY_CAST(price AS DOUBLE) IS NULL", "bad_price:price"),
-        ("isnan(TRY_CAST(price AS DOUBLE))", "nan_price:price"),
-        ("TRY_CAST(price AS DOUBLE) < 0", "negative_price:price"),
-    ]
+    ] + _price_rules("price")
     whens = "\n".join(f"        WHEN {cond} THEN '{tag}'" for cond, tag in rules)
     return f"CASE\n{whens}\n        ELSE NULL END"

@@ -3,7 +3,7 @@
 It follows the features → persona contract (buyers.parquet, vectors.parquet, buyer_sessions.parquet,
 transforms.json) without running the features stage. Six planted types differ in funnel depth,
 engagement and product category; each shop mixes them in its own proportions. It also writes
-`ingest/salt.hex` and `truth/buyers.parquet` (raw ids + type) like the generator + ingest would.
+`ingest/summary.json` (the salt id) and `truth/buyers.parquet` (raw ids + type) like the generator + ingest would.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from simpersona.events.deid import hash_ids
+from simpersona.events.deid import hash_ids, load_or_create_salt, salt_id
 from simpersona.features.layout import CHANNEL_DIM, CHANNEL_SLICES, INPUT_DIM, MASKS, N_SCALARS, SCALAR_NAMES
 
 # type → (stratum, sessions mean, duration scale, category)
@@ -60,14 +60,16 @@ def _terciles(v: np.ndarray) -> np.ndarray:
 
 def fabricate_features(root: Path, n_shops: int = 5, buyers_per_shop: int = 160, n_holdout: int = 1,
                        seed: int = 0) -> Path:
-    """Write root/feat, root/ingest/salt.hex, root/truth/buyers.parquet; returns root/feat."""
+    """Write root/feat, root/ingest/summary.json, root/truth/buyers.parquet; returns root/feat.
+
+    Ids are hashed with the installation's salt (`deid.load_or_create_salt`), as an ingest would."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     feat = root / "feat"
     for d in (feat, root / "ingest", root / "truth"):
         d.mkdir(parents=True, exist_ok=True)
-    salt = bytes(range(32))
-    (root / "ingest" / "salt.hex").write_text(salt.hex() + "\n")
+    salt, _ = load_or_create_salt()
+    (root / "ingest" / "summary.json").write_text(json.dumps({"salt_id": salt_id(salt)}) + "\n")
 
     shop, types = [], []
     for s in range(n_shops):

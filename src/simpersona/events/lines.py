@@ -1,0 +1,132 @@
+"""Physical lines of a text file: an independent count, and a line-by-line reader for files whose
+quoting or line breaks the fast DuckDB parse cannot map one record to one line.
+
+A *line* is a run of bytes ended by `\\n` (a final run without `\\n` counts too); a trailing
+`\\r` belongs to the line ending. An *empty line* (no bytes, or only `\\r`) holds no data and is
+neither a row nor a reject; every other line after the header is a *data line*, and every data
+line becomes exactly one accepted row or one reject. A quoted field spanning a line break is not
+a record: each line it touches is quarantined as `malformed_row` on its own line number (none of
+the supported formats puts line breaks inside fields).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+CHUNK = 1 << 24  # bytes per read when counting
+BATCH = 200_000  # lines per Parquet row group when splitting
+_EMPTY_AFTER = re.compile(rb"\n(?=\r?\n)")  # a line break followed by an empty line
+
+
+@dataclass(frozen=True)
+class LineCount:
+    """What `count_lines` found."""
+
+    # Non-empty lines, the header included.
+    lines: int
+    # Empty lines (no bytes, or only `\r`), anywhere in the file.
+    empty: int
+
+
+def count_lines(path: Path) -> LineCount:
+    """Count non-empty and empty lines by scanning bytes (independent of any CSV parser).
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "f.csv"; _ = p.write_bytes(b"h\\n1\\n\\n\\r\\n2")
+    >>> count_lines(p)
+    LineCount(lines=3, empty=2)
+    """
+    breaks = empty = 0
+    carry = b"\n"  # the file starts as if after a line break (not counted)
+    last = b""
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            breaks += chunk.count(b"\n")
+            probe = carry + chunk
+            # Empty lines are rare: the regex runs only on chunks that can hold one. Matches lying
+            # wholly in `carry` (≤ 2 bytes, the longest match is 3) were counted with the last chunk.
+            if b"\n\n" in probe or b"\n\r\n" in probe:
+                empty += len(_EMPTY_AFTER.findall(probe)) - len(_EMPTY_AFTER.findall(carry))
+            carry, last = probe[-2:], chunk[-1:]
+    open_end = last not in (b"", b"\n")  # a final line without a line break
+    if open_end and carry.endswith(b"\n\r"):
+        empty += 1  # the final line is a lone `\r`
+    return LineCount(breaks + open_end - empty, empty)
+
+
+def csv_lines_to_parquet(path: Path, names: list[str], skip: int, out: Path) -> list[tuple[int, str, str]]:
+    """Parse `path` one line at a time into `out` (`_row` + one VARCHAR column per name).
+
+    `skip` header lines are skipped (they still count in line numbers). Returns the malformed
+    lines as (line number, problem, text): a field count other than len(names), quoting that does
+    not close on the line, or bytes that are not UTF-8.
+    """
+    bad: list[tuple[int, str, str]] = []
+    schema = pa.schema([("_row", pa.int64())] + [(n, pa.string()) for n in names])
+    width = len(names)
+    with pq.ParquetWriter(out, schema, compression="lz4") as w:
+        rows: list[int] = []
+        cols: list[list[str]] = [[] for _ in names]
+        for no, raw in enumerate(_raw_lines(path), start=1):
+            if no <= skip or raw in (b"", b"\r"):
+                continue
+            raw = raw[:-1] if raw.endswith(b"\r") else raw
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                bad.append((no, "invalid_encoding", raw.decode("utf-8", "replace")))
+                continue
+            try:
+                fields = next(csv.reader([text], strict=True))
+            except csv.Error:
+                problem = "unterminated_quote" if text.count('"') % 2 else "bad_quoting" if '"' in text else "stray_cr"
+                bad.append((no, problem, text))
+                continue
+            if len(fields) != width:
+                bad.append((no, "missing_columns" if len(fields) < width else "too_many_columns", text))
+                continue
+            rows.append(no)
+            for c, v in zip(cols, fields):
+                c.append(v)
+            if len(rows) >= BATCH:
+                w.write_table(pa.table([rows, *cols], schema=schema))
+                rows, cols = [], [[] for _ in names]
+        w.write_table(pa.table([rows, *cols], schema=schema))
+    return bad
+
+
+def text_lines_to_parquet(path: Path, out: Path) -> list[tuple[int, str, str]]:
+    """Every non-empty line of `path` into `out` as (`_row`, `line`); lines that are not UTF-8
+    are returned as (line number, "invalid_encoding", text) instead."""
+    bad: list[tuple[int, str, str]] = []
+    schema = pa.schema([("_row", pa.int64()), ("line", pa.string())])
+    with pq.ParquetWriter(out, schema, compression="lz4") as w:
+        rows: list[int] = []
+        texts: list[str] = []
+        for no, raw in enumerate(_raw_lines(path), start=1):
+            if raw in (b"", b"\r"):
+                continue
+            raw = raw[:-1] if raw.endswith(b"\r") else raw
+            try:
+                texts.append(raw.decode("utf-8"))
+                rows.append(no)
+            except UnicodeDecodeError:
+                bad.append((no, "invalid_encoding", raw.decode("utf-8", "replace")))
+            if len(rows) >= BATCH:
+                w.write_table(pa.table([rows, texts], schema=schema))
+                rows, texts = [], []
+        w.write_table(pa.table([rows, texts], schema=schema))
+    return bad
+
+
+def _raw_lines(path: Path):
+    """Each line's bytes without its `\\n` (a `\\r` before it is kept for the caller)."""
+    with open(path, "rb") as f:
+        for raw in f:
+            yield raw[:-1] if raw.endswith(b"\n") else raw
