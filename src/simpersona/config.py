@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import platform
 import sys
@@ -245,7 +246,8 @@ def load_config(
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a config dataclass (Paths as strings)."""
+    """A JSON-ready dict of a config dataclass (Paths as strings). A field marked
+    `metadata={"secret": True}` (a key) is recorded only as a fingerprint of its value."""
 
     def conv(v: Any) -> Any:
         if isinstance(v, Path):
@@ -256,7 +258,11 @@ def to_dict(cfg: Any) -> dict[str, Any]:
             return [conv(x) for x in v]
         return v
 
-    return conv(dataclasses.asdict(cfg))
+    d = conv(dataclasses.asdict(cfg))
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("secret") and d.get(f.name) is not None:
+            d[f.name] = "<secret sha256:" + hashlib.sha256(str(d[f.name]).encode()).hexdigest()[:16] + ">"
+    return d
 
 
 # Distributions whose versions every meta.json records (a difference between two runs can be traced

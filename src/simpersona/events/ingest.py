@@ -28,7 +28,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -62,7 +62,7 @@ class IngestConfig:
     # Fail on the first rejected row, naming file, line and field, and write nothing.
     strict: bool = False
     # HMAC key for ids as hex; None: $SIMPERSONA_SALT, else the installation's key file (see deid.py).
-    salt: str | None = None
+    salt: str | None = field(default=None, metadata={"secret": True})
     # Keep rejected rows' raw ids in rejected.parquet (default: ids hashed like the events, other fields kept).
     keep_raw_rejects: bool = False
     # REES46 storefront key: the whole store, each brand, or each top-level category.
@@ -225,12 +225,13 @@ def _read_csv(con: duckdb.DuckDBPyConnection, path: Path, header: readers.Header
 
     Fast path: DuckDB's parser; parsed row r then sits on line r + #{malformed lines before it}
     (`line_shift`). It is kept only when the byte count agrees that each record was one line;
-    otherwise the file is split line by line (`lines.csv_lines_to_parquet`) and staged again.
+    otherwise, and for files with empty lines or mixed line breaks (whose line numbers DuckDB
+    counts differently), the file is split line by line (`lines.csv_lines_to_parquet`) and staged.
     """
     count = lines.count_lines(path)
     data_lines = max(count.lines - header.lines, 0)
     rej = f"rej_{tag}"
-    if count.empty == 0:
+    if count.empty == 0 and count.plain_breaks:
         inner = f"(SELECT row_number() OVER () + {header.lines} AS _row, * FROM {_read_csv_sql(path, header, rej)})"
         try:
             parsed = stage(inner)
@@ -383,8 +384,8 @@ def _strict_error(con: duckdb.DuckDBPyConnection) -> IngestError | None:
     row = con.execute(f"SELECT _file, _row, reason, field FROM ({REJECTS_SQL}) ORDER BY _file, _row LIMIT 1").fetchone()
     if row is None:
         return None
-    f, r, reason, field = row
-    return IngestError(f"{f}, line {r}, field {field or '-'}: {reason} (--strict stops at the first rejected row)")
+    f, r, reason, fld = row
+    return IngestError(f"{f}, line {r}, field {fld or '-'}: {reason} (--strict stops at the first rejected row)")
 
 
 def _write_events(con, cfg: IngestConfig, path: Path, key: bytes, has_dups: bool) -> None:
@@ -521,16 +522,9 @@ def _publish(run_dir: Path, tmp: Path, summary: dict, cfg: IngestConfig, files: 
         for name in OUTPUTS:
             os.replace(tmp / "out" / name, run_dir / name)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        write_meta(run_dir, "ingest", _public(cfg), inputs=[str(f) for f in files], summary=summary)
+        write_meta(run_dir, "ingest", cfg, inputs=[str(f) for f in files], summary=summary)
     except OSError as e:
         raise _output_error(run_dir, e) from None
-
-
-def _public(cfg: IngestConfig) -> IngestConfig:
-    """The config as recorded in meta.json: a given salt is replaced by its fingerprint."""
-    from dataclasses import replace
-
-    return replace(cfg, salt=None if cfg.salt is None else f"<given, salt_id {salt_id(bytes.fromhex(cfg.salt.strip()))}>")
 
 
 # --- the stage -------------------------------------------------------------------------------------

@@ -32,6 +32,9 @@ class LineCount:
     lines: int
     # Empty lines (no bytes, or only `\r`), anywhere in the file.
     empty: int
+    # True when every line break is `\n`, or every one is `\r\n`, and no other `\r` occurs: a
+    # parser that also breaks lines at `\r` then sees the same lines.
+    plain_breaks: bool = True
 
 
 def count_lines(path: Path) -> LineCount:
@@ -40,9 +43,9 @@ def count_lines(path: Path) -> LineCount:
     >>> import tempfile
     >>> p = Path(tempfile.mkdtemp()) / "f.csv"; _ = p.write_bytes(b"h\\n1\\n\\n\\r\\n2")
     >>> count_lines(p)
-    LineCount(lines=3, empty=2)
+    LineCount(lines=3, empty=2, plain_breaks=False)
     """
-    breaks = empty = 0
+    breaks = empty = cr = crlf = 0
     carry = b"\n"  # the file starts as if after a line break (not counted)
     last = b""
     with open(path, "rb") as f:
@@ -53,11 +56,15 @@ def count_lines(path: Path) -> LineCount:
             # wholly in `carry` (≤ 2 bytes, the longest match is 3) were counted with the last chunk.
             if b"\n\n" in probe or b"\n\r\n" in probe:
                 empty += len(_EMPTY_AFTER.findall(probe)) - len(_EMPTY_AFTER.findall(carry))
+            n_cr = chunk.count(b"\r")
+            if n_cr or carry.endswith(b"\r"):
+                cr += n_cr
+                crlf += probe.count(b"\r\n") - carry.count(b"\r\n")
             carry, last = probe[-2:], chunk[-1:]
     open_end = last not in (b"", b"\n")  # a final line without a line break
     if open_end and carry.endswith(b"\n\r"):
         empty += 1  # the final line is a lone `\r`
-    return LineCount(breaks + open_end - empty, empty)
+    return LineCount(breaks + open_end - empty, empty, cr == 0 or cr == crlf == breaks)
 
 
 def csv_lines_to_parquet(path: Path, names: list[str], skip: int, out: Path) -> list[tuple[int, str, str]]:
