@@ -1,12 +1,18 @@
 """Ingest throughput and peak memory against a bare DuckDB copy of the same file, in one run.
 
     .venv/bin/python bench/bench_ingest.py --events 10000000
+    git worktree add --detach /tmp/old <commit> && \
+        .venv/bin/python bench/bench_ingest.py --events 2000000 --repeat 3 --compare-src /tmp/old/src
 
 Generates a canonical CSV with `simpersona synth` (cached under --work), then runs, each in its
 own process so peak RSS is its own:
   1. baseline: DuckDB `COPY (SELECT * FROM read_csv(file)) TO parquet` — no validation;
-  2. `simpersona ingest --format canonical` — mapping, validation, duplicates, HMAC, catalog.
-Prints events/s, wall time, peak RSS and the ratio ingest / baseline.
+  2. `simpersona ingest --format canonical` — mapping, validation, duplicates, HMAC, catalog;
+  3. with --compare-src, the same ingest from another checkout's `src/` (e.g. the code before a
+     change), so a change's cost is a ratio measured in the same run.
+Sides alternate within each repeat (medians reported). Also times the line count alone
+(`events.lines.count_lines`, the check that every data line is accounted for).
+Prints events/s, wall time, peak RSS and the ratios.
 """
 
 from __future__ import annotations
@@ -47,8 +53,11 @@ print(json.dumps({"seconds": time.perf_counter() - t, "cpu": r.ru_utime + r.ru_s
 """
 
 
-def child(code: str, *args: str) -> dict:
-    p = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
+def child(code: str, *args: str, src: Path | None = None) -> dict:
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(Path(src).resolve())
+    p = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env)
     if p.returncode != 0:
         raise SystemExit(p.stderr)
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -61,6 +70,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--memory-limit", default="1500MB", help="DuckDB memory limit for both runs")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each side; the median is reported")
+    ap.add_argument("--compare-src", type=Path, default=None, help="another checkout's src/ to time against")
     args = ap.parse_args()
 
     buyers = max(100, int(args.events / EVENTS_PER_BUYER))
@@ -73,11 +83,19 @@ def main() -> None:
     src, cat = data / "events.csv", data / "catalog.parquet"
     size_mb = src.stat().st_size / 2**20
 
-    base, ing = [], []
+    base, ing, old = [], [], []
     for _ in range(args.repeat):
         base.append(child(CHILD_BASELINE, src, args.work / "baseline.parquet", args.threads, args.memory_limit))
         ing.append(child(CHILD_INGEST, src, cat, args.work / "ingest_out", args.threads, args.memory_limit))
+        if args.compare_src:
+            old.append(child(CHILD_INGEST, src, cat, args.work / "ingest_old", args.threads, args.memory_limit,
+                             src=args.compare_src))
     med = lambda xs, k: sorted(x[k] for x in xs)[len(xs) // 2]  # noqa: E731
+    from simpersona.events.lines import count_lines
+
+    t = time.perf_counter()
+    count = count_lines(src)
+    t_count = time.perf_counter() - t
     n = ing[0]["read"]
     b_s, i_s = med(base, "seconds"), med(ing, "seconds")
     b_c, i_c = med(base, "cpu"), med(ing, "cpu")
@@ -88,6 +106,12 @@ def main() -> None:
     print(f"{'simpersona ingest':28}{i_s:9.2f}{i_c:9.2f}{n / i_s:14,.0f}{med(ing, 'rss_mb'):15,.0f}")
     print(f"ratio ingest / bare copy: wall {i_s / b_s:.2f}×, CPU {i_c / b_c:.2f}×  "
           f"(accepted {ing[0]['accepted']:,}, rejected {ing[0]['rejected']:,})")
+    print(f"line count alone (count_lines, {count.lines:,} lines): {t_count:.2f}s = {t_count / i_s:.1%} of the ingest wall")
+    if old:
+        o_s, o_c = med(old, "seconds"), med(old, "cpu")
+        print(f"{'ingest from --compare-src':28}{o_s:9.2f}{o_c:9.2f}{n / o_s:14,.0f}{med(old, 'rss_mb'):15,.0f}")
+        print(f"ratio ingest / --compare-src ({args.compare_src}): wall {i_s / o_s:.2f}×, CPU {i_c / o_c:.2f}×  "
+              f"(its accepted {old[0]['accepted']:,}, rejected {old[0]['rejected']:,})")
 
 
 if __name__ == "__main__":

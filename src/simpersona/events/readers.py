@@ -119,9 +119,10 @@ def read_header(path: Path, fmt: str) -> Header:
     cols = COLUMNS[fmt]
     line = first_line(path)
     if not cols.header:
-        if fmt == "taobao":
-            first = next(csv.reader([line]), [])
-            if len(first) != 5 or first[3] not in {"pv", "cart", "fav", "buy"}:
+        if fmt == "taobao":  # one good row among the first ten lines (a bad first row is only a reject)
+            rows = [next(csv.reader([h.replace("\r", "")]), []) for h in head_lines(path)]
+            first = rows[0] if rows else []
+            if not any(len(r) == 5 and r[3] in {"pv", "cart", "fav", "buy"} for r in rows):
                 raise FormatError(
                     f"{path}: not a taobao UserBehavior file: expected 5 columns "
                     f"user_id,item_id,category_id,behavior_type(pv|cart|fav|buy),timestamp without a header; "
@@ -319,15 +320,24 @@ OTTO_TYPES = {"clicks": "product_view", "carts": "add_to_cart", "orders": "purch
 OTTO_LINE = '{"session": "VARCHAR", "events": [{"aid": "VARCHAR", "ts": "VARCHAR", "type": "VARCHAR"}]}'
 
 
-def check_otto(path: Path) -> None:
-    """FormatError unless the first line is an OTTO session."""
-    line = first_line(path)
+def head_lines(path: Path, n: int = 10) -> list[str]:
+    """The first `n` non-empty lines (a bad first row alone must not refuse a header-less file)."""
+    with open(path, "r", encoding="utf-8", errors="replace", newline="") as f:
+        return [h for h in (f.readline() for _ in range(n)) if h.strip()]
+
+
+def _is_session(line: str) -> bool:
     try:
         obj = json.loads(line)
-        ok = isinstance(obj, dict) and "session" in obj and isinstance(obj.get("events"), list)
-    except json.JSONDecodeError:
-        ok = False
-    if not ok:
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and "session" in obj and isinstance(obj.get("events"), list)
+
+
+def check_otto(path: Path) -> None:
+    """FormatError unless one of the first ten lines is an OTTO session."""
+    line = first_line(path)
+    if not any(_is_session(h) for h in head_lines(path)):
         raise FormatError(
             f"{path}: not an OTTO JSONL file: each line must be "
             f'{{"session": int, "events": [{{"aid", "ts", "type"}}]}}; first line starts {line[:60]!r}'
