@@ -60,3 +60,39 @@ def test_meta_holds_resolved_config(tmp_path):
     cfg = load_config(Outer, None, ["inner.k=8"])
     meta = json.loads(write_meta(tmp_path, "stage", cfg, note=1).read_text())
     assert meta["config"]["inner"]["k"] == 8 and meta["stage"] == "stage" and meta["note"] == 1
+
+
+def test_storefront_section_reaches_every_step_that_builds_a_storefront(tmp_path):
+    """Regression: the preset's `storefront:` section was accepted and reached no step (traces,
+    simulate, evaluate.instructions and evaluate.ablations.simulate each had their own)."""
+    from simpersona import pipeline
+    from simpersona.config import read_preset
+    from simpersona.layout import RunLayout
+    from simpersona.simulate.stage import SimulateConfig
+
+    preset = tmp_path / "p.yaml"
+    preset.write_text("storefront:\n  page_size: 7\n  env: {max_steps: 11, obs_token_budget: 999}\n"
+                      "simulate:\n  storefront: {env: {max_steps: 13}}\n")
+    sections = read_preset(preset)
+    by_name = {s.name: s for s in pipeline.steps(None, "canonical")}
+    lay = RunLayout(tmp_path / "run")
+    behaviour = by_name["behaviour"].make_config(sections, lay)
+    built = {
+        "traces": by_name["traces"].make_config(sections, lay).storefront,
+        "simulate": by_name["simulate"].make_config(sections, lay).storefront,
+        "evaluate.instructions": behaviour.instructions.storefront,
+        "evaluate.ablations.simulate": behaviour.ablations.simulate.storefront,
+    }
+    for where, sf in built.items():
+        assert sf.page_size == 7 and sf.env.obs_token_budget == 999, where
+        assert sf.env.max_steps == (13 if where == "simulate" else 11), where  # a stage's own keys win
+    # the stage commands resolve the same way (their --set last)
+    cfg = load_config(SimulateConfig, preset, ["storefront.page_size=5"], section="simulate")
+    assert (cfg.storefront.page_size, cfg.storefront.env.max_steps, cfg.storefront.env.obs_token_budget) == (5, 13, 999)
+
+
+def test_field_help_reads_the_comment_docstrings():
+    from simpersona.config import field_help
+
+    assert field_help(Outer) == {"name": "a name", "out": "an optional path", "inner": "nested block"}
+    assert field_help(Inner)["k"] == "number of codes"
