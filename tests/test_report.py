@@ -1,9 +1,13 @@
-"""The HTML report: built from an empty run folder (every part "not run") and from a toy run,
-then rendered in real headless Chromium with a screenshot kept as a test artefact."""
+"""The HTML report: built from an empty run folder (every part "not run"), from a populated run
+whose every number in the page is checked against the JSON it came from (no browser needed), and
+rendered in real headless Chromium with a screenshot kept as a test artefact."""
 
 from __future__ import annotations
 
+import json
+import math
 import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -69,3 +73,148 @@ def test_report_renders_in_chromium(toy_run, tmp_path):
         browser.close()
     assert errors == [] and remote == [] and shot.stat().st_size > 10_000
     print(f"report screenshot: {shot}")
+
+
+@pytest.fixture(scope="module")
+def populated_run(toy_run, tmp_path_factory):
+    """The toy run plus real Table 1 / App. B (a tiny VQ-VAE on fabricated features), Table 4 (the
+    script agent) and the token ablation (the persona policy); stages ablation "not run" (no SFT)."""
+    from simpersona.evaluate import ablations, clustering, instructions, population
+    from simpersona.evaluate.config import ClusteringConfig, PopulationConfig
+    from simpersona.personas import assign
+    from simpersona.simulate.stage import SimulateConfig
+    from simpersona.vqvae import train
+    from simpersona.vqvae.synthetic import fabricate_features
+
+    from simpersona.config import load_config
+
+    lay, side = RunLayout(toy_run), tmp_path_factory.mktemp("side")
+    feat = fabricate_features(side, n_shops=4, buyers_per_shop=60, n_holdout=2)
+    vq = load_config(train.TrainConfig, values={"features": str(feat)},
+                     overrides=["model.codebook_size=8", "batch_size=64", "progress=false", "max_epochs=2"])
+    train.run(vq, side / "vqvae")
+    assign.run(assign.PersonasConfig(model=side / "vqvae", features=feat), side / "personas")
+    clustering.run(ClusteringConfig(model=side / "vqvae", features=feat, kmeans_k=8), lay.clustering)
+    population.run(PopulationConfig(personas=side / "personas", features=feat), lay.population)
+    instructions.run(instructions.InstructionsConfig(ingest=lay.ingest, agent="script", repetitions=1, max_shops=1),
+                     lay.instructions)
+    ablations.run(ablations.AblationsConfig(simulate=SimulateConfig(ingest=lay.ingest, personas=lay.personas, buyers=6)),
+                  lay.ablations)
+    return toy_run
+
+
+class _Tables(HTMLParser):
+    """Every <table> of a page as rows of cell texts, under the title of its <h2> section."""
+
+    def __init__(self):
+        super().__init__()
+        self.sections: dict[str, list[list[list[str]]]] = {}
+        self.title, self.cell, self.in_h2 = "", None, False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "h2":
+            self.in_h2, self.title = True, ""
+        elif tag == "table":
+            self.sections.setdefault(self.title, []).append([])
+        elif tag == "tr":
+            self.sections[self.title][-1].append([])
+        elif tag in ("td", "th"):
+            self.cell = ""
+
+    def handle_endtag(self, tag):
+        if tag == "h2":
+            self.in_h2 = False
+            self.sections.setdefault(self.title, [])
+        elif tag in ("td", "th"):
+            self.sections[self.title][-1][-1].append(self.cell.strip())
+            self.cell = None
+
+    def handle_data(self, data):
+        if self.in_h2:
+            self.title += data
+        elif self.cell is not None:
+            self.cell += data
+
+
+def shows(cell: str, value, pct: bool = False) -> bool:
+    """The page's cell text is `value` (a fraction shown as % when `pct`) to the digits it shows."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return cell == "–"
+    if isinstance(value, str):
+        return cell == value
+    text = cell.removesuffix("%").replace(",", "")
+    x, v = float(text), 100 * value if pct else value
+    if "e" in text.lower():
+        return math.isclose(x, v, rel_tol=5e-3)
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    return abs(x - v) <= 0.5 * 10 ** -decimals + 1e-9
+
+
+def test_every_number_in_the_page_is_the_json_it_came_from(populated_run, tmp_path):
+    s = build.run(build.ReportConfig(run=populated_run), tmp_path / "report")
+    assert set(s["sections"].values()) == {"ok"}, s["sections"]
+    parser = _Tables()
+    parser.feed(Path(s["path"]).read_text())
+    tables = parser.sections
+    lay = RunLayout(populated_run)
+    read = lambda p: json.loads(p.read_text())  # noqa: E731
+    checked = 0
+
+    # Table 1: metric, k-means (ours), VQ-VAE (ours), k-means (paper), VQ-VAE (paper)
+    t1 = read(lay.clustering / "clustering.json")
+    rows = {r[0]: r for r in tables["Table 1 — clustering quality"][0][1:]}
+    assert set(rows) == set(t1["vqvae"])
+    for m, row in rows.items():
+        paper = t1["paper"].get(m, {})
+        for cell, v in zip(row[1:], (t1["kmeans"][m], t1["vqvae"][m], paper.get("kmeans"), paper.get("vqvae"))):
+            assert shows(cell, v), (m, cell, v)
+            checked += 1
+    m = next(m for m in rows if isinstance(t1["vqvae"][m], (int, float)))
+    assert not shows(rows[m][2], t1["vqvae"][m] + 1)  # a different number does not pass
+
+    # Table 2: stratum, cells, ARA correct / all-mismatch / 1-random, paper ×3, ATC, PUR alignment
+    t2 = read(lay.alignment / "alignment.json")
+    rows = {r[0]: r for r in tables["Table 2 — action rate alignment"][0][1:]}
+    assert set(rows) == set(t2["table"])
+    for st, row in rows.items():
+        x, p = t2["table"][st], t2["paper"].get(st, {})
+        want = [x["cells"], *x["ara"], *(p.get("ara") or [None] * 3), x["atc"][0], x["pur"][0]]
+        for cell, v in zip(row[1:], want, strict=True):
+            assert shows(cell, v), (st, cell, v)
+            checked += 1
+
+    # Table 3: per head the bin means, d and p values; the funnel rates by purchase bin
+    t3 = read(lay.separation / "separation.json")
+    heads, funnel = tables["Table 3 — behavioural separation"]
+    for row in heads[1:]:
+        x = t3["heads"][row[0]]
+        for cell, v in zip(row[1:8], [*x["means"], x["d"], x["t_p"], x["kw_p"], x["perm_p"]], strict=True):
+            assert shows(cell, v), (row[0], cell, v)
+            checked += 1
+    for row in funnel[1:]:
+        for cell, v in zip(row[1:], [*t3["funnel"][row[0]], *t3["paper"]["funnel"][row[0]]], strict=True):
+            assert shows(cell, v), (row[0], cell, v)
+            checked += 1
+
+    # Table 4: steps, self-reported and judged completion
+    t4 = read(lay.instructions / "instructions.json")
+    rows = {r[0]: r for r in tables["Table 4 — instruction following"][0][1:]}
+    assert shows(rows["avg steps per run"][1], t4["overall"]["steps"])
+    assert shows(rows["self-reported goal reached"][1], t4["overall"]["self_reported"], pct=True)
+    assert shows(rows["judged completed"][1], t4["overall"]["completed"], pct=True)
+    checked += 3
+
+    # Table 9: with / without the persona token
+    t9 = read(lay.ablations / "ablations.json")["token"]
+    for row in tables["Ablations (Tables 7–9)"][0][1:]:
+        assert shows(row[1], t9["with"][row[0]]) and shows(row[2], t9["without"][row[0]]), row
+        checked += 2
+
+    # the simulation's outcome counts
+    sim = read(lay.simulate / "summary.json")
+    head, row = tables["Simulation: outcomes, simulated vs real funnel"][0]
+    assert shows(row[0], sim["episodes"]) and shows(row[3], sim["mean_steps"])
+    for name, n in sim["outcomes"].items():
+        assert shows(row[head.index(name)], n), name
+        checked += 1
+    assert checked > 60
