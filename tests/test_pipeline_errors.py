@@ -7,6 +7,7 @@ import errno
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,12 @@ from click.testing import CliRunner
 from simpersona import stagedir
 from simpersona.cli import main
 from simpersona.config import InputError
+
+
+@dataclass
+class _Cfg:
+    # a setting
+    x: int = 1
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -138,3 +145,39 @@ def test_damaged_training_checkpoint_names_the_file(vqvae_run, tmp_path, damage)
         load_training_state(ck, model, opt, torch.Generator())
     msg = str(e.value)
     assert str(ck / where) in msg and "resume=false" in msg and "\n" not in msg
+
+
+def test_a_stage_refuses_an_input_stage_that_did_not_finish(tmp_path):
+    """The pipeline checks every input stage's completion marker before a stage runs: a folder
+    without one (killed, copied half, or written by hand) is an error naming it."""
+    from simpersona import pipeline
+    from simpersona.layout import RunLayout
+
+    lay = RunLayout(tmp_path / "run")
+    features = next(s for s in pipeline.steps(None, "canonical") if s.name == "features")
+    lay.ingest.mkdir(parents=True)
+    (lay.ingest / "events.parquet").write_bytes(b"half")
+    with pytest.raises(InputError, match=r"ingest.*no complete ingest output"):
+        pipeline.input_hashes(features, lay, None)
+    (lay.ingest / "meta.json").write_text('{"stage": "ingest", "config": {}}')  # a stage's own meta, no marker
+    with pytest.raises(InputError, match="no complete ingest output"):
+        pipeline.input_hashes(features, lay, None)
+    stagedir.commit(stagedir.begin(lay.ingest, "k"), lay.ingest, "ingest", _Cfg())  # an (empty) committed ingest
+    lay.split.mkdir()
+    with pytest.raises(InputError, match="no complete split output"):
+        pipeline.input_hashes(features, lay, None)
+
+
+def test_commit_replaces_the_old_result_whole(tmp_path):
+    out = tmp_path / "stage"
+    first = stagedir.begin(out, "a")
+    (first / "a.txt").write_text("old")
+    stagedir.commit(first, out, "stage", _Cfg())
+    second = stagedir.begin(out, "b")
+    assert (out / "a.txt").read_text() == "old" and not (second / "a.txt").exists()  # old result stays until commit
+    (second / "b.txt").write_text("new")
+    marker = stagedir.commit(second, out, "stage", _Cfg(), note=1)
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt", "meta.json"] and not (tmp_path / ".partial").exists()
+    assert marker["complete"] and marker["note"] == 1 and set(marker["outputs"]) == {"b.txt"}
+    assert marker["outputs"]["b.txt"]["sha256"] == stagedir.file_hash(out / "b.txt")
+    assert set(marker["libraries"]) >= {"torch", "duckdb", "pyarrow", "numpy", "transformers"}
