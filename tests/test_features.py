@@ -139,14 +139,20 @@ def test_tercile_labels_edges():
 def test_sample_caps():
     shop = np.array(["s"] * 1000 + ["t"] * 200 + ["u"] * 5)
     stratum = np.array(["D"] * 700 + ["A"] * 250 + ["E"] * 50 + ["C"] * 200 + ["A"] * 5)
-    split = lab.sample_split(shop, stratum, 400, 300, 0.15, ["u"], seed=1)
+    buyer = np.array([f"b{i}" for i in range(len(shop))])
+    split = lab.sample_split(shop, buyer, stratum, 400, 300, 0.15, ["u"], seed=1)
     s = split[:1000]
     assert ((s == "train") | (s == "val")).sum() == 400
     assert not np.isin(split[950:1000], ["train", "val"]).any()  # stratum E never sampled
     assert ((split[:700] == "train") | (split[:700] == "val")).sum() <= 300
     assert (split[1000:1200] != "excluded").sum() == 200 and abs((split[1000:1200] == "val").sum() - 30) <= 1
     assert (split[1200:] == "holdout").all()
-    assert (lab.sample_split(shop, stratum, 400, 300, 0.15, ["u"], seed=1) == split).all()
+    assert (lab.sample_split(shop, buyer, stratum, 400, 300, 0.15, ["u"], seed=1) == split).all()
+    # keyed by the ids, not the row position: shuffled rows (numpy or Arrow ids) get the same splits
+    perm = np.random.default_rng(0).permutation(len(shop))
+    again = lab.sample_split(shop[perm], pa.array(buyer[perm]), stratum[perm], 400, 300, 0.15, ["u"], seed=1)
+    assert (again == split[perm]).all()
+    assert (lab.sample_split(shop, buyer, stratum, 400, 300, 0.15, ["u"], seed=2) != split).any()
 
 
 def test_vectors_layout_and_masks(feat):

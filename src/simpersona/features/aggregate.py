@@ -25,6 +25,8 @@ Definitions (written down because the paper leaves them open):
   purchase events. price = event price, else catalog price, else 0; quantity defaults to 1.
   avg_cart_value = mean cart_value over sessions with an add_to_cart event (0 if none);
   avg_order_value = mean order_value over sessions with a purchase (0 for non-buyers).
+  Money is summed and averaged as DECIMAL(38, 6) (exact): a float sum depends on the order in
+  which the engine's threads add the rows, and with it the last bits of every run.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ COUNT_COLUMNS = {
     "n_checkout_start": "checkout_start",
     "n_purchase": "purchase",
 }
+# exact money arithmetic (order-independent sums; 6 decimals hold any source's unit prices)
+MONEY = "decimal(38, 6)"
 
 
 def _enriched(events: ibis.Table, catalog: ibis.Table) -> ibis.Table:
@@ -81,8 +85,8 @@ def session_table(events: ibis.Table, catalog: ibis.Table, context: bool = True)
         n_events=e.count(),
         start_ts=e.ts.min(),
         end_ts=e.ts.max(),
-        cart_value=e.amount.sum(where=et == "add_to_cart").coalesce(0.0),
-        order_value=e.amount.sum(where=et == "purchase").coalesce(0.0),
+        cart_value=e.amount.cast(MONEY).sum(where=et == "add_to_cart").cast("float64").coalesce(0.0),
+        order_value=e.amount.cast(MONEY).sum(where=et == "purchase").cast("float64").coalesce(0.0),
     )
     if context:
         # sorted distinct lists; an empty list (not null) when the session has none
@@ -136,8 +140,8 @@ def buyer_table(sessions: ibis.Table) -> ibis.Table:
         total_product_views=s.n_product_view.sum().cast("int64"),
         browse_only_sessions=i(s.is_browse_only),
         cart_activity_sessions=i(s.has_cart_activity),
-        avg_cart_value=s.cart_value.mean(where=s.n_add_to_cart > 0).coalesce(0.0),
-        avg_order_value=s.order_value.mean(where=s.n_purchase > 0).coalesce(0.0),
+        avg_cart_value=s.cart_value.cast(MONEY).mean(where=s.n_add_to_cart > 0).cast("float64").coalesce(0.0),
+        avg_order_value=s.order_value.cast(MONEY).mean(where=s.n_purchase > 0).cast("float64").coalesce(0.0),
     )
     n = b.n_sessions.cast("float64")
     w = 3.0 * b.sessions_with_atc + 5.0 * b.sessions_with_checkout + 8.0 * b.sessions_with_purchase

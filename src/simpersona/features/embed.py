@@ -7,8 +7,17 @@ concatenated and unpacked once into the cache folder; any other value is a local
 sentence-transformers folder. Nothing is downloaded.
 
 The cache keeps one entry per (model id, sha256(text)): a title is embedded once across runs and
-shops. Layout: `<cache_dir>/<model id>/shard-<n>.npy` (float32 rows) + `shard-<n>.keys.npy`
-(the hex keys, same order).
+shops. Layout: `<cache_dir>/<model id>/shard-<id>.npy` (float32 rows; the model id names the
+precision and the batch rows, e.g. `minilm-bf16.rows32`) +
+`shard-<id>.keys.npy` (the hex keys, same order); `<id>` is a hash of the keys, so two runs
+filling one cache at once never write the same shard.
+
+Same title, same bits: a title's vector must not depend on which other titles were encoded with
+it (a partly warm cache encodes only the misses). Padding to the longest title of a batch and the
+batch's row count both change the matmul shapes and with them the last bits (up to 1e-3 in bf16,
+1e-7 in fp32), so `SentenceEncoder.encode` runs titles grouped by token length (no padding) in
+forward passes of exactly `batch_size` rows (a short group is filled with copies of its last title):
+a cold and a warm run give bit-identical vectors (tests/test_repro.py).
 
 Per-buyer means: a scipy.sparse (buyer × product) matrix with 1/k in each row's k product cells
 times the (product × dim) embedding matrix. On Spark the same product runs as a broadcast of the
@@ -81,7 +90,7 @@ def _mpnet_folder(cache_dir: Path) -> Path:
 class SentenceEncoder:
     """A sentence-transformers model loaded offline; bf16 on CPUs that have bf16 units."""
 
-    def __init__(self, model: str, cache_dir: Path, batch_size: int = 128, bf16: bool = True):
+    def __init__(self, model: str, cache_dir: Path, batch_size: int = 32, bf16: bool = True):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from sentence_transformers import SentenceTransformer
@@ -96,20 +105,31 @@ class SentenceEncoder:
             path = model
         else:
             raise ValueError(f"embedding.model: {model!r} is not 'minilm', 'mpnet' or a local model folder")
-        self.model_id = model if model in ("minilm", "mpnet") else Path(model).name
+        self.model_id = (model if model in ("minilm", "mpnet") else Path(model).name) + f".rows{batch_size}"
         self.st = SentenceTransformer(path, device="cpu")
         self.bf16 = bool(bf16 and _cpu_has_bf16())
         if self.bf16:
             self.st = self.st.to(torch.bfloat16)
-            self.model_id += "-bf16"
+            self.model_id = self.model_id.replace(".rows", "-bf16.rows")
         self.dim = int((getattr(self.st, "get_embedding_dimension", None) or self.st.get_sentence_embedding_dimension)())
         self.batch_size = batch_size
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        out = self.st.encode(texts, batch_size=self.batch_size, convert_to_numpy=False, show_progress_bar=False)
+        """(n, dim) float32; row i depends on texts[i] only (see the module docstring)."""
         import torch
 
-        return torch.stack(list(out)).float().numpy() if len(out) else np.zeros((0, self.dim), np.float32)
+        out = np.zeros((len(texts), self.dim), np.float32)
+        lengths = [len(ids) for ids in self.st.tokenizer(texts, truncation=True, max_length=self.st.max_seq_length)["input_ids"]] if texts else []
+        by_length: dict[int, list[int]] = {}
+        for i, n in enumerate(lengths):
+            by_length.setdefault(n, []).append(i)
+        for _, rows in sorted(by_length.items()):
+            for start in range(0, len(rows), self.batch_size):
+                part = rows[start : start + self.batch_size]
+                batch = [texts[i] for i in part] + [texts[part[-1]]] * (self.batch_size - len(part))
+                vec = self.st.encode(batch, batch_size=self.batch_size, convert_to_numpy=False, show_progress_bar=False)
+                out[part] = torch.stack(list(vec)).float().numpy()[: len(part)]
+        return out
 
 
 def text_key(model_id: str, text: str) -> str:
@@ -122,21 +142,21 @@ class EmbeddingCache:
     def __init__(self, root: Path, model_id: str):
         self.dir = Path(root) / re.sub(r"[^A-Za-z0-9_.-]", "_", model_id)
         self.model_id = model_id
-        self._index: dict[str, tuple[int, int]] | None = None
-        self._shards: dict[int, np.ndarray] = {}
+        self._index: dict[str, tuple[str, int]] | None = None
+        self._shards: dict[str, np.ndarray] = {}
 
-    def _load_index(self) -> dict[str, tuple[int, int]]:
+    def _load_index(self) -> dict[str, tuple[str, int]]:
         if self._index is None:
             self._index = {}
             for kp in sorted(self.dir.glob("shard-*.keys.npy")):
-                n = int(kp.name.split("-")[1].split(".")[0])
+                n = kp.name[len("shard-") : -len(".keys.npy")]
                 for row, k in enumerate(np.load(kp)):
-                    self._index[str(k)] = (n, row)
+                    self._index.setdefault(str(k), (n, row))
         return self._index
 
-    def _shard(self, n: int) -> np.ndarray:
+    def _shard(self, n: str) -> np.ndarray:
         if n not in self._shards:
-            self._shards[n] = np.load(self.dir / f"shard-{n:06d}.npy", mmap_mode="r")
+            self._shards[n] = np.load(self.dir / f"shard-{n}.npy", mmap_mode="r")
         return self._shards[n]
 
     def get(self, keys: list[str]) -> tuple[np.ndarray, list[int]]:
@@ -153,13 +173,13 @@ class EmbeddingCache:
             return
         idx = self._load_index()
         self.dir.mkdir(parents=True, exist_ok=True)
-        n = 1 + max((s for s, _ in idx.values()), default=-1)
-        tmp = self.dir / f".shard-{n:06d}.tmp.npy"
-        np.save(tmp, np.asarray(vectors, dtype=np.float32))
-        tmp.rename(self.dir / f"shard-{n:06d}.npy")  # vectors first, keys last: keys mark it complete
-        np.save(self.dir / f"shard-{n:06d}.keys.npy", np.array(keys))
+        n = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:20]
+        for suffix, arr in ((".npy", np.asarray(vectors, dtype=np.float32)), (".keys.npy", np.array(keys))):
+            tmp = self.dir / f".shard-{n}.{os.getpid()}.tmp.npy"
+            np.save(tmp, arr)
+            tmp.replace(self.dir / f"shard-{n}{suffix}")  # vectors first, keys last: keys mark it complete
         for row, k in enumerate(keys):
-            idx[k] = (n, row)
+            idx.setdefault(k, (n, row))
 
 
 def embed_texts(

@@ -80,8 +80,33 @@ def greedy_bins(score: np.ndarray, n_bins: int = 3) -> np.ndarray:
     return value_bin[inverse]
 
 
+def stable_keys(seed: int, shop, buyer, n: int = 2, block: int = 1 << 18) -> np.ndarray:
+    """(len, n) uint64 per (shop, buyer): BLAKE2b(seed, shop, buyer) cut into n 8-byte keys.
+    `shop`, `buyer`: numpy or Arrow string arrays (converted `block` rows at a time).
+
+    Sorting by a key column is a seeded shuffle keyed by the ids alone: a buyer's place does not
+    depend on the row order or on which other buyers are present.
+
+    >>> k = stable_keys(0, np.array(["s", "s"]), np.array(["b1", "b2"]))
+    >>> bool((stable_keys(0, np.array(["s"]), np.array(["b2"])) == k[1]).all()), bool(k[0, 0] != k[1, 0])
+    (True, True)
+    """
+    import hashlib
+
+    def pylist(x) -> list:
+        return x.to_pylist() if hasattr(x, "to_pylist") else x.tolist()
+
+    tag = f"{int(seed)}\x00".encode()
+    parts = []
+    for i in range(0, len(shop), block):
+        parts.append(b"".join(hashlib.blake2b(tag + f"{s}\x00{b}".encode(), digest_size=8 * n).digest()
+                              for s, b in zip(pylist(shop[i : i + block]), pylist(buyer[i : i + block]))))
+    return np.frombuffer(b"".join(parts), dtype="<u8").reshape(len(shop), n)
+
+
 def sample_split(
     shop: np.ndarray,
+    buyer: np.ndarray,
     stratum: np.ndarray,
     per_shop: int,
     per_stratum: int,
@@ -90,17 +115,23 @@ def sample_split(
     seed: int,
 ) -> np.ndarray:
     """§1.6: per shop ≤ per_stratum buyers of each stratum A–D, then ≤ per_shop in all, drawn at
-    random (seeded); 85/15 train/val within each shop. Others "excluded"; held-out shops "holdout"."""
-    rng = np.random.default_rng(seed)
+    random (seeded); 85/15 train/val within each shop. Others "excluded"; held-out shops "holdout".
+
+    The draws are keyed by (seed, shop, buyer) (`stable_keys`), not by row position: the same
+    ids and seed give the same sample in any row order. `buyer`: numpy or Arrow strings."""
     split = np.full(len(shop), "excluded", dtype=object)
     held = np.isin(shop, list(holdout_shops))
     split[held] = "holdout"
-    for s in np.unique(shop[~held]):
+    cand = np.flatnonzero(~held & np.isin(stratum, list("ABCD")))
+    c_shop, c_stratum = shop[cand], stratum[cand]
+    keys = stable_keys(seed, c_shop, buyer.take(cand))  # (n, 2): the stratum draw, the shop draw
+    for s in np.unique(c_shop):
         chosen = []
         for st in "ABCD":
-            idx = np.flatnonzero((shop == s) & (stratum == st))
-            chosen.append(rng.permutation(idx)[:per_stratum])
-        pool = rng.permutation(np.concatenate(chosen))[:per_shop]
+            j = np.flatnonzero((c_shop == s) & (c_stratum == st))
+            chosen.append(j[np.argsort(keys[j, 0], kind="stable")][:per_stratum])
+        j = np.concatenate(chosen)
+        pool = cand[j[np.argsort(keys[j, 1], kind="stable")][:per_shop]]
         n_val = int(round(val_fraction * len(pool)))
         split[pool[:n_val]] = "val"
         split[pool[n_val:]] = "train"

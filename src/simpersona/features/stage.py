@@ -54,8 +54,8 @@ class EmbeddingConfig:
     model: str = "minilm"
     # content-addressed embedding cache (one entry per model id + title hash), shared across runs
     cache_dir: Path = Path("runs/cache/embeddings")
-    # sentence-transformers encode batch size
-    batch_size: int = 128
+    # rows of every encoder forward pass, all of one token length (fixed shapes: same title, same bits)
+    batch_size: int = 32
     # run the encoder in bf16 when the CPU has bf16 units (≈3× faster, cosine ≥ 0.998 to fp32)
     bf16: bool = True
     # titles per cache shard / progress step
@@ -291,7 +291,7 @@ def run(cfg: FeaturesConfig, run_dir: Path, encoder=None) -> dict:
     s = cfg.sample
     run_split = load_split(cfg.split)
     holdout = sorted(set(cfg.holdout_shops) | set(run_split.eval if run_split is not None else ()))
-    split = lab.sample_split(shop, stratum, s.per_shop, s.per_stratum, s.val_fraction, holdout, s.seed)
+    split = lab.sample_split(shop, raw["buyer_id"], stratum, s.per_shop, s.per_stratum, s.val_fraction, holdout, s.seed)
     if run_split is not None:
         run_split.check_training(np.unique(shop[np.isin(split, ["train", "val"])]).tolist(), "features (§1.6 sample)")
     train = split == "train"
@@ -345,11 +345,13 @@ def run(cfg: FeaturesConfig, run_dir: Path, encoder=None) -> dict:
     t = time.perf_counter()
     e = cfg.embedding
     embed_info: dict = {"enabled": e.enabled}
+    cache_info: dict = {}  # this run's cache hits: summary only (transforms.json is the same cold or warm)
     if e.enabled:
         if encoder is None:
             encoder = SentenceEncoder(e.model, e.cache_dir, batch_size=e.batch_size, bf16=e.bf16)
         emb, info = embed_texts(titles, encoder, EmbeddingCache(e.cache_dir, encoder.model_id), e.chunk, cfg.progress)
-        embed_info.update(info, model_id=encoder.model_id, dim=encoder.dim)
+        cache_info = {k: info[k] for k in ("cache_hits", "encoded")}
+        embed_info.update(texts=info["texts"], model_id=encoder.model_id, dim=encoder.dim)
     else:
         emb = np.zeros((len(titles), 1), dtype=np.float32)
         embed_info.update(model_id=None, dim=0)
@@ -394,6 +396,7 @@ def run(cfg: FeaturesConfig, run_dir: Path, encoder=None) -> dict:
         "pca_variance_kept": {c: round(p.variance_kept_, 4) for c, p in zip(CHANNELS, pcas, strict=True)},
         "pca_components_fitted": {c: p.n_fitted_ for c, p in zip(CHANNELS, pcas, strict=True)},
         "embedding": embed_info,
+        "embedding_cache": cache_info,
         "engine": cfg.engine,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "wall_s": round(time.perf_counter() - t0, 3),
