@@ -85,10 +85,7 @@ def test_persona_cards(trained, tmp_path):
     assert set(c["labels"].values()) <= {"low", "medium", "high"}
     assert sum(c["strata"].values()) == pytest.approx(1.0)
     assert "atc_rate" in c["centroid"] and c["top"]["collections"]
-    # purchaser-only codes have a positive raw average order value; window-shopper-only codes zero
-    for card in cards:
-        if card["strata"].get("A", 0) == 1.0:
-            assert card["centroid"]["avg_order_value"] > 0
-        if card["strata"].get("D", 0) == 1.0:
-            assert card["centroid"]["avg_order_value"] == 0
+    # a code's raw average order value is positive exactly when some of its buyers purchased (stratum A)
+    assert [c["centroid"]["avg_order_value"] > 0 for c in cards] == [c["strata"].get("A", 0) > 0 for c in cards]
+    assert any(c["strata"].get("A", 0) > 0 for c in cards) and any(c["strata"].get("A", 0) == 0 for c in cards)
     assert "# Persona cards" in (tmp_path / "cards.md").read_text()
