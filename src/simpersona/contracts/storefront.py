@@ -87,6 +87,16 @@ def shop_base(shop_id: str) -> str:
     return "/s/" + quote(shop_id, safe="")
 
 
+def product_path(shop_id: str, product_id: str) -> str:
+    """`product_path("s", "p 1")` → `'/s/s/products/p%201'`."""
+    return f"{shop_base(shop_id)}/products/{quote(product_id, safe='')}"
+
+
+def collection_path(shop_id: str, path: str) -> str:
+    """`collection_path("s", "a/b c")` → `'/s/s/collections/a/b%20c'`."""
+    return f"{shop_base(shop_id)}/collections/{quote(path, safe='/')}"
+
+
 def page_type(url: str) -> str:
     """The page type (one of PAGE_TYPES) of a storefront URL.
 

@@ -30,10 +30,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
 
 import pyarrow as pa
 
+from simpersona.contracts import storefront as V
 from simpersona.contracts.storefront import CHECKOUT_VALUES, FIELD_NAMES
 from simpersona.traces.goals import Event, Goals, Session, leaf
 
@@ -100,7 +100,7 @@ class Replayer:
                                                           "persona_token": persona_token})
         self.traj, self.cart = traj, {}
         self.shop = self.store.shops[session.shop_id]
-        self.base = "/s/" + quote(session.shop_id, safe="")
+        self.shop_id = session.shop_id
         try:
             events = [e for e in session.events if e.kind != "page_view"]
             i = 0
@@ -142,13 +142,13 @@ class Replayer:
         return self.obs["url"]
 
     def _product_url(self, pid: str) -> str:
-        return f"{self.base}/products/{quote(pid, safe='')}"
+        return V.product_path(self.shop_id, pid)
 
     def _open_product(self, e: Event) -> bool:
         """Reach e's product page (click if listed, else search its title); False if impossible."""
         if self._url() == self._product_url(e.product_id):
             return True
-        link = f"product-{e.product_id}"
+        link = V.product_link(e.product_id)
         if e.product_id not in self.shop.products:
             self.traj.skipped.append(f"{e.kind}: product not in the catalog")
             return False
@@ -156,9 +156,9 @@ class Replayer:
             title = self.shop.products[e.product_id].title
             self._act({"action": "search", "query": title[:200]}, ("find", title))
             for _ in range(self.result_pages - 1):  # shared titles: the product may be further down
-                if _rendered(self.obs, link) or not _rendered(self.obs, "page-next"):
+                if _rendered(self.obs, link) or not _rendered(self.obs, V.PAGE_NEXT):
                     break
-                self._act({"action": "click", "element_id": "page-next"}, ("next_page", title))
+                self._act({"action": "click", "element_id": V.PAGE_NEXT}, ("next_page", title))
             if not _rendered(self.obs, link):
                 self.traj.skipped.append(f"{e.kind}: product not found by searching its title")
                 return False
@@ -171,11 +171,11 @@ class Replayer:
 
     def _collection(self, e: Event) -> None:
         c = (e.collection_id or "").strip("/")
-        link = f"collection-{c}"
-        if self._url().split("?")[0] == f"{self.base}/collections/{quote(c, safe='/')}":
+        link = V.collection_link(c)
+        if self._url().split("?")[0] == V.collection_path(self.shop_id, c):
             return  # already on it (a reload or a second page): not repeated
-        if not _rendered(self.obs, link) and self._url() != f"{self.base}/":
-            self._act({"action": "click", "element_id": "nav-home"}, ("home", leaf(c)))
+        if not _rendered(self.obs, link) and self._url() != V.shop_base(self.shop_id) + "/":
+            self._act({"action": "click", "element_id": V.NAV_HOME}, ("home", leaf(c)))
         if not _rendered(self.obs, link):
             # a parent collection: open a listed descendant, whose breadcrumbs link to it
             below = next((eid for eid in self.env.snap.elements if eid.startswith(link + "/") and _rendered(self.obs, eid)), None)
@@ -201,7 +201,7 @@ class Replayer:
         self.cart[e.product_id] = self.cart.get(e.product_id, 0) + qty
 
     def _view_cart(self) -> None:
-        if self._url() != f"{self.base}/cart":
+        if self._url() != V.shop_base(self.shop_id) + V.CART_PATH:
             self._act({"action": "view_cart"}, ("cart",))
 
     def _remove(self, e: Event) -> None:
@@ -230,23 +230,23 @@ class Replayer:
                 self._act({"action": "remove_from_cart", "product_id": p}, ("remove", self.shop.products[p].title))
                 del self.cart[p]
             for p in changed:
-                self._act({"action": "fill", "element_id": f"qty-{p}", "value": str(min(want[p], 99))}, ("quantity", self.shop.products[p].title, want[p]))
-                self._act({"action": "submit", "element_id": f"update-{p}"}, ("update", self.shop.products[p].title))
+                self._act({"action": "fill", "element_id": V.QTY_PREFIX + p, "value": str(min(want[p], 99))}, ("quantity", self.shop.products[p].title, want[p]))
+                self._act({"action": "submit", "element_id": V.UPDATE_PREFIX + p}, ("update", self.shop.products[p].title))
                 self.cart[p] = want[p]
         if not self.cart:
             self.traj.skipped.append("purchase: nothing in the replay's cart")
             return
-        if "checkout-form" not in self.env.snap.forms:
+        if V.CHECKOUT_FORM not in self.env.snap.forms:
             self._checkout()
         for _ in range(2):  # a one-page form, or contact then shipping
-            form = self.env.snap.forms.get("checkout-form")
+            form = self.env.snap.forms.get(V.CHECKOUT_FORM)
             if form is None:
                 break
             for _, _, eid in form.fields:
                 if eid in CHECKOUT_VALUES:
                     self._act({"action": "fill", "element_id": eid, "value": CHECKOUT_VALUES[eid]}, ("fill", FIELD_NAMES[eid]))
-            button = "place-order" if "place-order" in self.env.snap.elements else "continue"
-            self._act({"action": "submit", "element_id": button}, ("order",) if button == "place-order" else ("continue",))
+            button = V.PLACE_ORDER if V.PLACE_ORDER in self.env.snap.elements else V.CONTINUE_BUTTON
+            self._act({"action": "submit", "element_id": button}, ("order",) if button == V.PLACE_ORDER else ("continue",))
         self.cart = {}
 
 
