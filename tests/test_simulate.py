@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from simpersona.agents.llm import LLMAgent
 from simpersona.events.schema import EVENT_SCHEMA
-from simpersona.simulate.runner import OUTCOMES, EpisodeSpec, run_episodes
+from simpersona.contracts.storefront import OUTCOMES
+from simpersona.simulate.runner import EpisodeSpec, run_episodes
 
 
 @pytest.fixture(scope="module")

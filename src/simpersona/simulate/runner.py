@@ -2,7 +2,7 @@
 
 Each round asks every running episode's agent for a decision (one batched generate per LLM
 backend, `agents.base.act_batch`), then steps each environment. A finished slot takes the next
-episode. Outcomes (`OUTCOMES`): the env's goal_reached / ended / steps_limit / time_limit / crash,
+episode. Outcomes (`contracts.storefront.OUTCOMES`): the env's goal_reached / ended / steps_limit / time_limit / crash,
 plus `malformed` (the agent's output was no valid action: the failure kind is recorded and the
 episode ends there) — context_length and backend_error count as crash. Nothing aborts the run: a
 reset or step that raises ends that episode as a crash.
@@ -18,7 +18,6 @@ from typing import Any
 from simpersona.agents.base import Decision, act_batch
 from simpersona.contracts.persona import persona_token
 
-OUTCOMES: tuple[str, ...] = ("goal_reached", "ended", "steps_limit", "time_limit", "malformed", "crash")
 CRASH_FAILURES = frozenset({"backend_error", "context_length"})
 
 

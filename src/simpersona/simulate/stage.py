@@ -40,9 +40,10 @@ from simpersona.agents.llm import EndpointConfig, LLMConfig
 from simpersona.config import ConfigError, write_meta
 from simpersona.contracts.goals import goal_text, topic_name
 from simpersona.contracts.split import load_split
+from simpersona.contracts.storefront import OUTCOMES
 from simpersona.storefront.config import StorefrontConfig
 
-from simpersona.simulate.runner import OUTCOMES, EpisodeSpec, run_episodes
+from simpersona.simulate.runner import EpisodeSpec, run_episodes
 
 
 @dataclass
