@@ -5,6 +5,7 @@
   is repaired and validated by `base.parse_output`, every failure classified (`base.FAILURES`).
 - `policy.PolicyAgent`: the fast persona policy — per code, the real clickstream's next-event and
   stop probabilities given the page type (`policy.PolicyModel`), executed on the storefront.
+- `script.ScriptAgent`: follows a fixed plan (the instruction tasks' reference).
 - No-persona variants: `LLMAgent` with persona None ("Buyer profile: none"), `PolicyAgent` with
   code None (the population-wide policy).
 

@@ -3,5 +3,7 @@ concurrently on the storefront; the storefront's canonical event log is the outp
 
 `stage.run(SimulateConfig, run_dir)` (CLI `simpersona simulate`), `runner.run_episodes` (the
 lock-step episode loop, any agents), `logs.session_stats` (simulated sessions through the
-features aggregation). Nothing is built at import time.
+features aggregation), and the evaluations' scenarios: `instructions.run` (Table 4's tasks) and
+`ablations.run` (Tables 7–9's conditions); `evaluate` only reads what they write. Nothing is
+built at import time.
 """
