@@ -172,9 +172,13 @@ def test_cli_evaluate_fidelity(world, tmp_path):
     from click.testing import CliRunner
 
     from simpersona.cli import main
+    from simpersona.contracts.split import ShopSplit
 
+    split = tmp_path / "split"
+    ShopSplit(("shop0", "shop1"), ("shop2",)).save(split / "shops.json")
     res = CliRunner().invoke(main, ["evaluate", "fidelity", "--ingest", str(world["ingest"]), "--features", str(world["features"]),
-                                    "--personas", str(world["personas"]), "--eval-shop", "shop2", "--out", str(tmp_path / "o"),
+                                    "--personas", str(world["personas"]), "--split", str(split), "--out", str(tmp_path / "o"),
                                     "--set", "n_boot=50", "--set", "min_buyers=5"])
     assert res.exit_code == 0, res.output
-    assert "persona − baseline" in res.output and (tmp_path / "o" / "fidelity.json").exists()
+    assert "persona − baseline" in res.output
+    assert json.loads((tmp_path / "o" / "fidelity.json").read_text())["data"]["eval_shops"] == ["shop2"]

@@ -363,7 +363,8 @@ def evaluate_alignment(cfg, out) -> None:
 
 @evaluate.command("fidelity", cls=ConfigCommand, config="simpersona.evaluate.fidelity:FidelityConfig",
                   section="evaluate.fidelity",
-                  flags=("ingest", "features", "personas", "simulation", ("eval-shop", "eval_shops"), "max_sessions"))
+                  flags=("ingest", "features", "personas", "simulation", ("eval-shop", "eval_shops"), "split",
+                         "max_sessions"))
 @_out("Output folder [default: runs/behaviour/fidelity].")
 @SETS
 def evaluate_fidelity(cfg, out) -> None:
