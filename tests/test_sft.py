@@ -164,7 +164,7 @@ def test_persona_tokens_are_single_special_tokens(base):
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied, resized together
 
 
-@pytest.mark.parametrize("init", ["mean", "codebook", "card"])
+@pytest.mark.parametrize("init", ["mean", "codebook", "card", "random"])
 def test_init_modes(records, traces, init):
     model, tok = load_base(ModelConfig(), [m["content"] for r in records[:40] for m in r["messages"]], seed=0)
     old = model.get_input_embeddings().weight.detach().clone()  # (V, d)
@@ -177,6 +177,11 @@ def test_init_modes(records, traces, init):
         assert len({tuple(r.tolist()) for r in rows}) == K  # a different row per code
     if init == "codebook":
         assert info["cards_used"] == K and 0 < info["train_r2"] <= 1
+    if init == "random":  # the paper's: seeded, at the scale of the existing rows
+        assert info["sigma"] > 0 and abs(float(rows.std()) / info["sigma"] - 1) < 0.3
+        model2, tok2 = load_base(ModelConfig(), [m["content"] for r in records[:40] for m in r["messages"]], seed=0)
+        ids2, _ = add_persona_tokens(model2, tok2, K, "random", seed=0)
+        assert torch.equal(model2.get_input_embeddings().weight[ids2], rows)
 
 
 def test_codebook_init_falls_back_to_mean_without_cards(records, traces):
@@ -307,3 +312,131 @@ def test_config_errors():
         load_config(SftConfig, "tiny", ("stage=3",), "sft")
     assert load_config(SftConfig, "qwen3", section="sft").model.dtype == "bfloat16"
     assert load_config(SftConfig, "smollm2", section="sft").model.preset == "smollm2"
+
+
+# -- the real CPU preset: validation curve, bucketed batches, bf16 only where the CPU has it ------
+def test_validation_curve_every_eval_step_and_bucketed_batches(base, records, tmp_path):
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    model, tok, _ = copy.deepcopy(base)
+    stage2 = [r for r in records if r["stage"] == 2]
+    s = train_stage("stage2", model, tok, stage2[:8], stage2[8:12], hp(max_steps=4, eval_steps=2, sampling="group_by_length"),
+                    tmp_path, seed=0)
+    assert [step for step, _ in s["val_curve"]] == [0, 2, 4]
+    assert s["val_curve"][0][1] == s["val_loss_before"] and s["val_curve"][-1][1] == s["val_loss_after"]
+    assert s["step_s_median"] > 0 and s["examples_per_step"] == 2 and "load_average" in s
+    trainer = make_trainer(model, tok, stage2[:8], [], hp(sampling="group_by_length"), tmp_path, seed=0)
+    assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
+
+
+def test_bf16_only_where_the_cpu_has_it(monkeypatch):
+    from simpersona.sft import train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
+    on, why = train.use_bf16(StageConfig(bf16=True))
+    assert not on and "lacks avx512_bf16" in why
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)
+    assert train.use_bf16(StageConfig(bf16=True))[0] and not train.use_bf16(StageConfig(bf16=False))[0]
+
+
+def test_agent_preset_extends_demo_and_trains_for_real():
+    from simpersona.config import read_preset
+
+    demo, agent = read_preset("demo"), read_preset("agent")
+    assert "extends" not in agent and agent["synth"] == demo["synth"] and agent["traces"] == demo["traces"]
+    cfg = load_config(SftConfig, "agent", section="sft")
+    for st in (cfg.stage1, cfg.stage2):
+        assert st.max_steps >= 50 and st.batch_size * st.grad_accum >= 8 and st.sampling == "group_by_length"
+        assert st.bf16 and st.eval_steps > 0 and st.max_length >= cfg.model.max_record_tokens
+    assert cfg.model.preset == "smollm2" and cfg.stage1.weight_decay == 0 and not cfg.single_ablation
+
+
+def test_checkpoint_meta_names_its_content_hash(base, tmp_path):
+    from simpersona.sft.train import checkpoint_id
+
+    model, tok, _ = base
+    save_checkpoint(tmp_path / "ck", model, tok, SftConfig())
+    ident = json.loads((tmp_path / "ck" / "meta.json").read_text())["checkpoint"]
+    assert ident == checkpoint_id(tmp_path / "ck") and len(ident["sha256"]) == 12
+    with torch.no_grad():
+        model.get_input_embeddings().weight[0, 0] += 1
+    save_checkpoint(tmp_path / "ck2", model, tok, SftConfig())
+    assert checkpoint_id(tmp_path / "ck2")["sha256"] != ident["sha256"]
+    with torch.no_grad():
+        model.get_input_embeddings().weight[0, 0] -= 1
+
+
+# -- bad input: every check before any training or episode ------------------------------------
+@pytest.fixture(scope="module")
+def trained(traces, tmp_path_factory) -> Path:
+    """A tiny two-stage SFT run folder (K persona tokens), 1 step per stage."""
+    from simpersona.sft.train import run
+
+    out = tmp_path_factory.mktemp("trained")
+    run(load_config(SftConfig, "tiny", (f"tokens.k={K}", "stage1.max_steps=1", "stage2.max_steps=1"), "sft", {"data": traces}), out)
+    return out
+
+
+def test_a_trained_checkpoint_plugs_into_a_run(traces, trained, tmp_path):
+    from simpersona.sft.train import checkpoint_id, run
+
+    cfg = load_config(SftConfig, "tiny", (f"tokens.k={K}", f"checkpoint={trained}"), "sft", {"data": traces})
+    s = run(cfg, tmp_path / "sft")
+    assert (tmp_path / "sft" / "stage2").resolve() == (trained / "stage2").resolve()
+    assert s["stage2"]["checkpoint"] == checkpoint_id(trained / "stage2") and s["stage2_val_loss"] > 0
+    assert json.loads((tmp_path / "sft" / "meta.json").read_text())["summary"]["checkpoint"] == str(trained.resolve())
+
+
+def test_a_checkpoint_without_the_runs_persona_tokens_is_refused(traces, trained, tmp_path):
+    from simpersona.sft import train
+
+    # another run's K: 2 more codes than the checkpoint knows, or 2 fewer
+    for k, match in ((K + 2, r"lacks persona token\(s\) <\|persona_4\|>"), (K - 2, f"trained for K = {K} .* K = {K - 2}")):
+        with pytest.raises(ConfigError, match=match) as e:
+            train.check_checkpoint(trained / "stage2", k)
+        assert str(trained / "stage2") in str(e.value)
+    cfg = load_config(SftConfig, "tiny", (f"tokens.k={K + 2}", f"checkpoint={trained}"), "sft", {"data": traces})
+    with pytest.raises(ConfigError, match=str(trained)):
+        train.run(cfg, tmp_path / "a")
+    assert not (tmp_path / "a" / "stage2").exists()
+    # stage 2 alone, from a stage-1 checkpoint of another K
+    cfg = load_config(SftConfig, "tiny", (f"tokens.k={K + 1}", f"init_from={trained / 'stage1'}"), "sft",
+                      {"data": traces, "stage": "2"})
+    with pytest.raises(ConfigError, match=f"checkpoint {trained / 'stage1'}"):
+        train.run(cfg, tmp_path / "b")
+    assert not (tmp_path / "b" / "stage2").exists()
+
+
+def test_k_mismatch_with_the_codebook_and_a_record_over_budget_of_a_plugged_checkpoint(traces, trained, tmp_path):
+    from simpersona.contracts.records import RecordError
+    from simpersona.sft.train import run
+
+    cfg = load_config(SftConfig, "tiny", (f"tokens.k={K + 1}", f"tokens.vqvae={traces / 'vqvae'}"), "sft", {"data": traces})
+    with pytest.raises(ConfigError, match=f"tokens.k = {K + 1} but the codebook of .*vqvae has K = {K}"):
+        run(cfg, tmp_path / "a")
+    cfg = load_config(SftConfig, "tiny", (f"tokens.k={K}", f"checkpoint={trained}", "model.max_record_tokens=64"), "sft",
+                      {"data": traces})
+    with pytest.raises(RecordError, match=r"record .* step \d+.*max_record_tokens=64"):
+        run(cfg, tmp_path / "b")
+    assert not (tmp_path / "b" / "stage2").exists()
+
+
+def test_report_names_the_checkpoint_and_shows_the_validation_curve(trained, tmp_path):
+    import shutil
+
+    from simpersona.layout import RunLayout
+    from simpersona.report import build
+    from simpersona.sft.train import checkpoint_id
+
+    lay = RunLayout(tmp_path / "run")
+    shutil.copytree(trained, lay.sft)
+    lay.instructions.mkdir(parents=True)
+    (lay.instructions / "instructions.json").write_text(json.dumps({
+        "tasks": 1, "runs": 1, "agent": "llm", "overall": {"steps": 3, "self_reported": 0.0, "completed": 0.0}, "types": {},
+        "paper": {"steps": 1, "self_reported": 1, "cart->atc": 1, "checkout->checkout": 1, "purchase->checkout": 1}}))
+    page, status = build.render(build.ReportConfig(run=lay.root))
+    ident = checkpoint_id(lay.stage2)
+    assert status["SFT — the agent's checkpoints and validation curves"] == "ok"
+    assert f"{ident['path']} (sha256 {ident['sha256']})" in page  # the SFT table and Table 4's agent line
+    assert page.count(ident["sha256"]) >= 2 and "Validation loss per evaluation step" in page

@@ -158,8 +158,9 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def read_preset(preset: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """The preset's sections (`{}` without a preset), with `--set section.key=value` merged on top."""
+def read_preset(preset: str | Path | None, overrides: list[str] | tuple[str, ...] = (), _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The preset's sections (`{}` without a preset), with `--set section.key=value` merged on top.
+    A preset may start from another (`extends: demo`): its sections merge under this one's."""
     data: dict[str, Any] = {}
     if preset is not None:
         path = preset_path(preset)
@@ -169,6 +170,11 @@ def read_preset(preset: str | Path | None, overrides: list[str] | tuple[str, ...
             raise ConfigError(f"preset {path}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"preset {path}: top level must be a mapping of sections")
+        if "extends" in data:
+            if path.resolve() in _seen:
+                raise ConfigError(f"preset {path}: `extends` loops back to itself")
+            parent = data.pop("extends")
+            data = merge(read_preset(parent, (), _seen + (path.resolve(),)), data)
     return merge(data, parse_overrides(overrides))
 
 

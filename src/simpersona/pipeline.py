@@ -174,7 +174,7 @@ def _sft() -> Step:
     def run(cfg, stage_dir: Path) -> dict[str, Any]:
         """Stages 1 then 2; then the single-stage model of the paper's ablation (Tables 7–8)."""
         summary = train.run(cfg, stage_dir)
-        if cfg.stage == "both":
+        if cfg.stage == "both" and cfg.single_ablation and cfg.checkpoint is None:
             summary["single"] = train.run(dataclasses.replace(cfg, stage="single"), stage_dir)["single"]
         return summary
 

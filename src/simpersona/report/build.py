@@ -222,6 +222,40 @@ def sec_table3(cfg: ReportConfig, lay: RunLayout) -> str:
             + _table(["purchase bin → rate", "low", "medium", "high", "paper low", "paper medium", "paper high"], frows))
 
 
+def _checkpoint(path: Path) -> str:
+    """A checkpoint as every figure made with it names it: its path and short content hash (the
+    `checkpoint` entry its meta.json got from `sft.train.save_checkpoint`)."""
+    ident = (_json(path / "meta.json") or {}).get("checkpoint") or {}
+    where = str(path.resolve())  # where it is now (a plugged-in checkpoint: the folder the link points at)
+    return f"{where} (sha256 {ident['sha256']})" if ident.get("sha256") else f"{where} (no content hash recorded)"
+
+
+def _agent(agent: Any, lay: RunLayout) -> str:
+    """An agent's name; the LLM agent with the checkpoint it ran."""
+    return f"{agent}, checkpoint {_checkpoint(lay.stage2)}" if agent == "llm" else str(agent)
+
+
+def sec_sft(cfg: ReportConfig, lay: RunLayout) -> str:
+    meta = _json(lay.sft / "meta.json")
+    if not meta:
+        return _notrun(f"no {_rel(lay, lay.sft)}/meta.json")
+    s = meta.get("summary", {})
+    if "checkpoint" in s:
+        return (f'<p class="small">Nothing trained in this run: the agent is the trained checkpoint '
+                f'{escape(_checkpoint(lay.stage2))}; its stage-2 validation loss on this run\'s records '
+                f'{_num(s.get("stage2_val_loss"))}.</p>')
+    rows, curves = [], {}
+    for name in ("stage1", "stage2", "single"):
+        if name in s:
+            st = s[name]
+            rows.append([name, st.get("steps"), st.get("examples_per_step"), st.get("precision"), st.get("step_s_median"),
+                         _num(st.get("val_loss_before")), _num(st.get("val_loss_after")), _checkpoint(lay.sft / name)])
+            if st.get("val_curve"):
+                curves[name] = [tuple(p) for p in st["val_curve"]]
+    return (_table(["stage", "steps", "examples/step", "precision", "s/step", "val loss before", "val loss after", "checkpoint"], rows)
+            + (svg.lines(curves, "Validation loss per evaluation step (held-out shops)", "optimizer step") if curves else ""))
+
+
 def sec_table4(cfg: ReportConfig, lay: RunLayout) -> str:
     r = _json(lay.instructions / "instructions.json")
     if not r:
@@ -233,7 +267,7 @@ def sec_table4(cfg: ReportConfig, lay: RunLayout) -> str:
             ["cart tasks → added to cart", _num(t.get("cart", {}).get("reached_atc"), True), _num(p["cart->atc"], True)],
             ["checkout tasks → reached checkout", _num(t.get("checkout", {}).get("reached_checkout"), True), _num(p["checkout->checkout"], True)],
             ["purchase tasks → reached checkout", _num(t.get("purchase", {}).get("reached_checkout"), True), _num(p["purchase->checkout"], True)]]
-    return f'<p class="small">{r["tasks"]} tasks, {r["runs"]} runs, agent {escape(r["agent"])}</p>' + _table(["metric", "ours", "paper"], rows)
+    return f'<p class="small">{r["tasks"]} tasks, {r["runs"]} runs, agent {escape(_agent(r["agent"], lay))}</p>' + _table(["metric", "ours", "paper"], rows)
 
 
 def sec_ablations(cfg: ReportConfig, lay: RunLayout) -> str:
@@ -245,7 +279,7 @@ def sec_ablations(cfg: ReportConfig, lay: RunLayout) -> str:
         t, p = r["token"], r["paper"]["table9"]
         rows = [[m, t["with"][m], t["without"][m], p["with"][m], p["without"][m]] for m in
                 ("crash_rate", "goal_reached", "atc_events", "checkout_reached", "actions", "pages", "products")]
-        out.append(f"<h3>Persona token vs none (neutral intents, agent {escape(t['agent'])})</h3>"
+        out.append(f"<h3>Persona token vs none (neutral intents, agent {escape(_agent(t['agent'], lay))})</h3>"
                    + _table(["metric", "with token", "no token", "paper with", "paper without"], rows))
     if "stages" in r:
         s = r["stages"]
@@ -253,7 +287,8 @@ def sec_ablations(cfg: ReportConfig, lay: RunLayout) -> str:
             out.append("<h3>Two-stage vs single-stage</h3>" + _notrun(s.get("reason", "")))
         else:
             rows = [[k, s["two_stage"]["shares"][k], s["single_stage"]["shares"][k]] for k in s["two_stage"]["shares"]]
-            out.append("<h3>Two-stage vs single-stage</h3>" + _table(["outcome share", "two-stage", "single-stage"], rows))
+            out.append("<h3>Two-stage vs single-stage</h3>" + f'<p class="small">two-stage {escape(_checkpoint(lay.stage2))}; '
+                       f'single-stage {escape(_checkpoint(lay.single))}</p>' + _table(["outcome share", "two-stage", "single-stage"], rows))
     return "".join(out) or _notrun("no ablation in ablations.json")
 
 
@@ -265,7 +300,7 @@ def sec_simulation(cfg: ReportConfig, lay: RunLayout) -> str:
     out = []
     if s is not None:
         out.append(_table(["episodes", "agent", "sessions/s", "mean steps", *s["outcomes"]],
-                          [[s["episodes"], str(s.get("agent")), s.get("sessions_per_s"), s["mean_steps"], *s["outcomes"].values()]]))
+                          [[s["episodes"], _agent(s.get("agent"), lay), s.get("sessions_per_s"), s["mean_steps"], *s["outcomes"].values()]]))
     if a and a.get("funnel"):
         rows = []
         for shop, v in list(a["funnel"].items())[: cfg.max_shops]:
@@ -332,7 +367,8 @@ def sec_fidelity(cfg: ReportConfig, lay: RunLayout) -> str:
 SECTIONS = (("Codebook usage and health", sec_codebook), ("Persona cards", sec_cards), ("Persona mix per shop", sec_mix),
             ("Real vs recovered stratum mix", sec_strata), ("Feature reconstruction R²", sec_r2),
             ("Table 1 — clustering quality", sec_table1), ("Table 2 — action rate alignment", sec_table2),
-            ("Table 3 — behavioural separation", sec_table3), ("Table 4 — instruction following", sec_table4),
+            ("Table 3 — behavioural separation", sec_table3),
+            ("SFT — the agent's checkpoints and validation curves", sec_sft), ("Table 4 — instruction following", sec_table4),
             ("Ablations (Tables 7–9)", sec_ablations), ("Simulation: outcomes, simulated vs real funnel", sec_simulation),
             ("Fidelity on evaluation shops", sec_fidelity))
 

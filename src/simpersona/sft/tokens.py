@@ -8,7 +8,9 @@ rows never train). The K new input rows start as one of:
               space (K×96) to the LM embedding space on pairs (code vector e_k → mean input
               embedding of persona card k's text), applied to every e_k — so codes without a card,
               or seen rarely, still land near behaviourally similar codes;
-- `card`      the mean input embedding of each persona card's text (codes without a card: mean).
+- `card`      the mean input embedding of each persona card's text (codes without a card: mean);
+- `random`    the paper's choice: each row drawn from N(0, σ²), σ the standard deviation of the
+              existing rows' entries, from a generator seeded with `seed`.
 
 With too few cards (`min_cards`), `codebook` and `card` fall back to `mean` and say so in the
 returned info (written to meta.json). A tied output matrix (SmolLM2) shares the rows; an untied
@@ -27,7 +29,7 @@ from tokenizers import AddedToken
 from simpersona.contracts.labels import STRATUM_NAMES
 from simpersona.contracts.persona import persona_token
 
-INITS = ("mean", "codebook", "card")
+INITS = ("mean", "codebook", "card", "random")
 
 
 def load_codebook(vqvae_dir: Path) -> torch.Tensor:
@@ -88,7 +90,7 @@ def fit_projection(x: torch.Tensor, y: torch.Tensor, alpha: float) -> tuple[torc
 
 def add_persona_tokens(
     model, tokenizer, k: int, init: str = "mean", codebook: torch.Tensor | None = None,
-    cards: dict[int, dict] | None = None, ridge_alpha: float = 1.0, min_cards: int = 2,
+    cards: dict[int, dict] | None = None, ridge_alpha: float = 1.0, min_cards: int = 2, seed: int = 0,
 ) -> tuple[list[int], dict[str, Any]]:
     """Add the K persona tokens (special, never split), resize the embeddings to len(tokenizer),
     initialise the new rows; returns (token ids in code order, info for meta.json)."""
@@ -104,7 +106,11 @@ def add_persona_tokens(
     rows = base.float().mean(0, keepdim=True).repeat(k, 1)  # (K, d) mean init
     info: dict[str, Any] = {"k": k, "init_requested": init, "init": "mean", "token_ids": [ids[0], ids[-1]]}
     have = {c: card for c, card in (cards or {}).items() if 0 <= c < k}
-    if init in ("codebook", "card") and len(have) < min_cards:
+    if init == "random":
+        sigma = float(base.float().std())
+        rows = torch.randn(k, base.shape[1], generator=torch.Generator().manual_seed(seed)) * sigma  # (K, d)
+        info.update(init="random", sigma=sigma, seed=seed)
+    elif init in ("codebook", "card") and len(have) < min_cards:
         info["fallback"] = f"{init} init needs ≥ {min_cards} persona cards, found {len(have)}: used mean"
     elif init == "card":
         for c, card in have.items():

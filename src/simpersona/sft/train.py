@@ -70,8 +70,9 @@ class ModelConfig:
 class TokensConfig:
     # number of persona tokens K (0: the codebook's row count, needs `vqvae`)
     k: int = 256
-    # init of the new rows: mean of existing rows, codebook (ridge projection), card (card text)
-    init: Literal["mean", "codebook", "card"] = "mean"
+    # init of the new rows: mean of existing rows, codebook (ridge projection), card (card text),
+    # random (the paper's: N(0, σ²) with the existing rows' σ, seeded by `seed`)
+    init: Literal["mean", "codebook", "card", "random"] = "mean"
     # VQ-VAE run folder (its model.safetensors holds the codebook), for init=codebook
     vqvae: Path | None = None
     # persona cards: cards.json or the personas folder holding it, for init=codebook/card
@@ -104,7 +105,8 @@ class StageConfig:
     max_grad_norm: float = 1.0
     # longest tokenised example; longer records are dropped, not truncated (paper: 16,384)
     max_length: int = 16384
-    # bf16 mixed precision (autocast); fp32 when false
+    # bf16 mixed precision (autocast) where the hardware has it (a GPU, or a CPU with avx512_bf16 /
+    # amx_bf16: `cpu_has_bf16`); elsewhere fp32, said in the stage summary
     bf16: bool = False
     # gradient checkpointing (activations recomputed; for long sequences on GPUs)
     gradient_checkpointing: bool = False
@@ -114,6 +116,10 @@ class StageConfig:
     eval_batch_size: int = 4
     # validation records scored before/after the stage (0: all; else a seeded subset — CPU runs)
     max_eval_records: int = 0
+    # validation loss every this many optimizer steps: the stage's validation curve (0: before and after only)
+    eval_steps: int = 0
+    # batch order: random, or group_by_length (batches of similar token length: less padding on CPU)
+    sampling: Literal["random", "group_by_length"] = "random"
 
 
 @dataclass
@@ -126,6 +132,12 @@ class SftConfig:
     split: Path | None = None
     # --stage 2 alone: the stage-1 checkpoint to start from (default RUN_DIR/stage1)
     init_from: Path | None = None
+    # an SFT run folder trained before (its stage2/, and single/ if present) used as this run's agent
+    # instead of training: checked against the run's K and record budget, scored on its validation
+    # records, linked as RUN_DIR/stage2 (and single)
+    checkpoint: Path | None = None
+    # the main job also trains the single-stage ablation model (Tables 7–8), after stages 1 and 2
+    single_ablation: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
     tokens: TokensConfig = field(default_factory=TokensConfig)
     stage1: StageConfig = field(default_factory=lambda: StageConfig(weight_decay=0.0))
@@ -194,11 +206,26 @@ def load_base(mc: ModelConfig, texts: list[str], seed: int):
     return AutoModelForCausalLM.from_pretrained(mc.name, dtype=dtype, local_files_only=True), tok
 
 
+def checkpoint_id(path: Path) -> dict[str, str]:
+    """A checkpoint's name in every figure made with it: its resolved path and a short content hash
+    (sha256 over its *.safetensors files, 12 hex digits)."""
+    import hashlib
+
+    path = Path(path).resolve()
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*.safetensors")):
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return {"path": str(path), "sha256": h.hexdigest()[:12]}
+
+
 def save_checkpoint(out: Path, model, tokenizer, cfg: SftConfig, **extra: Any) -> None:
-    """Model (safetensors), tokenizer with persona tokens and chat template, meta.json."""
+    """Model (safetensors), tokenizer with persona tokens and chat template, meta.json (with
+    `checkpoint_id`)."""
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    write_meta(out, "sft-checkpoint", cfg, **extra)
+    write_meta(out, "sft-checkpoint", cfg, checkpoint=checkpoint_id(out), **extra)
 
 
 def load_checkpoint(path: Path):
@@ -206,6 +233,36 @@ def load_checkpoint(path: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     return AutoModelForCausalLM.from_pretrained(path, local_files_only=True), AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def check_checkpoint(path: Path, k: int):
+    """The tokenizer of checkpoint `path`, after checking it holds exactly the run's K persona tokens
+    (each one id of its own); a missing folder, a missing token or another K is a ConfigError naming
+    the checkpoint — raised before any training or episode."""
+    from transformers import AutoTokenizer
+
+    from simpersona.contracts.persona import check_tokenizer, parse_persona_token
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"checkpoint {path}: no model there (config.json missing); give an SFT stage folder")
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    try:
+        check_tokenizer(tok, k, path)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    has = sum(1 for t in tok.get_vocab() if t.startswith("<|persona_") and _is_persona(t, parse_persona_token))
+    if has != k:
+        raise ConfigError(f"checkpoint {path}: trained for K = {has} persona codes, the run's codebook has K = {k} "
+                          f"(a checkpoint of another run's personas); fine-tune it on this run's traces")
+    return tok
+
+
+def _is_persona(token: str, parse) -> bool:
+    try:
+        return parse(token) is not None
+    except ValueError:
+        return False
 
 
 # -- training ----------------------------------------------------------------------------------
@@ -229,26 +286,83 @@ def fits(records: list[dict], tokenizer, max_length: int) -> tuple[list[dict], i
     return keep, len(records) - len(keep)
 
 
-def make_trainer(model, tokenizer, train: list[dict], val: list[dict], hp: StageConfig, out: Path, seed: int):
-    """An SFTTrainer over `messages` records with assistant-only loss."""
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (avx512_bf16 or amx_bf16 in /proc/cpuinfo's flags);
+    without either, bf16 autocast is emulated and slower than fp32."""
+    try:
+        flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def use_bf16(hp: StageConfig) -> tuple[bool, str]:
+    """(bf16 autocast on?, why): on when asked for and the hardware has it."""
+    import torch
+
+    if not hp.bf16:
+        return False, "fp32 (bf16 off)"
+    if torch.cuda.is_available():
+        return True, "bf16 (GPU)"
+    if cpu_has_bf16():
+        return True, "bf16 (CPU with avx512_bf16/amx_bf16)"
+    return False, "fp32 (bf16 asked for, but this CPU lacks avx512_bf16 and amx_bf16)"
+
+
+def make_trainer(model, tokenizer, train: list[dict], val: list[dict], hp: StageConfig, out: Path, seed: int,
+                 bf16: bool | None = None):
+    """An SFTTrainer over `messages` records with assistant-only loss; `bf16` None: `use_bf16(hp)`."""
     import datasets
     import torch
     from trl import SFTConfig, SFTTrainer
 
     datasets.disable_progress_bars()
-
+    every = hp.eval_steps if hp.eval_steps and val else 0
     args = SFTConfig(
         output_dir=str(out / "trainer"), learning_rate=hp.learning_rate, num_train_epochs=hp.epochs,
         max_steps=hp.max_steps, per_device_train_batch_size=hp.batch_size, per_device_eval_batch_size=hp.eval_batch_size,
         gradient_accumulation_steps=hp.grad_accum, warmup_steps=hp.warmup_steps, lr_scheduler_type=hp.lr_scheduler,
-        weight_decay=hp.weight_decay, max_grad_norm=hp.max_grad_norm, max_length=hp.max_length, bf16=hp.bf16,
+        weight_decay=hp.weight_decay, max_grad_norm=hp.max_grad_norm, max_length=hp.max_length,
+        bf16=use_bf16(hp)[0] if bf16 is None else bf16,
         gradient_checkpointing=hp.gradient_checkpointing, assistant_only_loss=True, logging_steps=hp.logging_steps,
-        use_cpu=not torch.cuda.is_available(), report_to=[], save_strategy="no", eval_strategy="no", seed=seed,
-        data_seed=seed, disable_tqdm=True, dataloader_num_workers=0, packing=False,
+        use_cpu=not torch.cuda.is_available(), report_to=[], save_strategy="no",
+        eval_strategy="steps" if every else "no", eval_steps=every or None, train_sampling_strategy=hp.sampling,
+        seed=seed, data_seed=seed, disable_tqdm=True, dataloader_num_workers=0, packing=False,
     )
     as_ds = lambda rs: datasets.Dataset.from_list([{"messages": r["messages"]} for r in rs])  # noqa: E731
     return SFTTrainer(model=model, args=args, train_dataset=as_ds(train), eval_dataset=as_ds(val) if val else None,
                       processing_class=tokenizer)
+
+
+def step_clock():
+    """A trainer callback timing each optimizer step (forward, backward, update; not evaluation)."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+            self.t0 = 0.0
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter() - self.t0)
+
+    return StepClock()
+
+
+def val_curve(log_history: list[dict], before: float) -> list[list[float]]:
+    """[[step, validation loss], …]: step 0 = `before` (scored before `train()`, which starts a new
+    log), then the trainer's evaluations, one per step.
+
+    >>> val_curve([{"loss": 2.0, "step": 1}, {"eval_loss": 1.5, "step": 2}, {"eval_loss": 1.5, "step": 2}], 1.9)
+    [[0, 1.9], [2, 1.5]]
+    """
+    by_step = {0: before} | {e["step"]: e["eval_loss"] for e in log_history if "eval_loss" in e}
+    return [[k, by_step[k]] for k in sorted(by_step)]
 
 
 def train_stage(name: str, model, tokenizer, train: list[dict], val: list[dict], hp: StageConfig,
@@ -272,16 +386,24 @@ def train_stage(name: str, model, tokenizer, train: list[dict], val: list[dict],
     else:
         for p in model.parameters():
             p.requires_grad_(True)
-    trainer = make_trainer(model, tokenizer, train, val, hp, out, seed)
+    bf16, precision = use_bf16(hp)
+    trainer = make_trainer(model, tokenizer, train, val, hp, out, seed, bf16)
+    clock = step_clock()
+    trainer.add_callback(clock)
     summary: dict[str, Any] = {"train_records": len(train), "val_records": len(val),
                                "dropped_too_long": {"train": dropped_train, "val": dropped_val},
-                               "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+                               "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                               "precision": precision, "examples_per_step": hp.batch_size * hp.grad_accum,
+                               "load_average": os.getloadavg()[0]}
     if val:
         summary["val_loss_before"] = trainer.evaluate()["eval_loss"]
     result = trainer.train()
-    summary.update(train_loss=result.training_loss, steps=result.global_step, train_runtime_s=result.metrics["train_runtime"])
+    summary.update(train_loss=result.training_loss, steps=result.global_step, train_runtime_s=result.metrics["train_runtime"],
+                   step_s_median=round(sorted(clock.times)[len(clock.times) // 2], 3) if clock.times else None,
+                   load_average_after=os.getloadavg()[0])
     if val:
         summary["val_loss_after"] = trainer.evaluate()["eval_loss"]
+        summary["val_curve"] = val_curve(trainer.state.log_history, summary["val_loss_before"])
     if handle is not None:
         handle.remove()
         if verify:
@@ -337,6 +459,9 @@ def run(cfg: SftConfig, run_dir: Path) -> dict[str, Any]:
     k = cfg.tokens.k or (codebook.shape[0] if codebook is not None else 0)
     if k <= 0:
         raise ConfigError("tokens.k = 0 needs tokens.vqvae (K = the codebook's rows)")
+    if codebook is not None and k != codebook.shape[0]:
+        raise ConfigError(f"tokens.k = {k} but the codebook of {cfg.tokens.vqvae} has K = {codebook.shape[0]} rows "
+                          f"(set tokens.k=0 to take K from the codebook)")
     train, val = read_trace_split(cfg.data, num_personas=k)
     records = train + val
     split_file = load_split(cfg.split)
@@ -349,10 +474,13 @@ def run(cfg: SftConfig, run_dir: Path) -> dict[str, Any]:
     of = lambda rs, *stages: [r for r in rs if r["stage"] in stages]  # noqa: E731
 
     summary: dict[str, Any] = {}
+    if cfg.checkpoint is not None:
+        return use_checkpoint(cfg, run_dir, k, records, of(val, 2), split)
     if cfg.stage == "2":
         start = cfg.init_from or run_dir / "stage1"
         if not (Path(start) / "config.json").exists():
             raise FileNotFoundError(f"--stage 2 starts from a stage-1 checkpoint; none at {start} (set init_from)")
+        check_checkpoint(start, k)
         model, tok = load_checkpoint(start)
         persona_ids = tok.convert_tokens_to_ids([f"<|persona_{i}|>" for i in range(k)])
         init_info = {"from": str(start)}
@@ -362,7 +490,7 @@ def run(cfg: SftConfig, run_dir: Path) -> dict[str, Any]:
         tok.chat_template = CHAT_TEMPLATE
         cards = load_cards(cfg.tokens.cards) if cfg.tokens.cards else None
         persona_ids, init_info = add_persona_tokens(model, tok, k, cfg.tokens.init, codebook, cards,
-                                                    cfg.tokens.ridge_alpha, cfg.tokens.min_cards)
+                                                    cfg.tokens.ridge_alpha, cfg.tokens.min_cards, cfg.seed)
     summary["persona_init"] = init_info
     # every record within the model's budget, counted with its tokenizer, before any step
     split["record_tokens"] = check_budget(records, tok, cfg.model.max_record_tokens or 1 << 62, f"sft ({cfg.data})")
@@ -382,6 +510,42 @@ def run(cfg: SftConfig, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def use_checkpoint(cfg: SftConfig, run_dir: Path, k: int, records: list[dict], val2: list[dict],
+                   split: dict[str, Any]) -> dict[str, Any]:
+    """`cfg.checkpoint`'s stage2/ (and single/) as this run's agent: checked (K persona tokens, every
+    record within the budget with its tokenizer), scored on the run's stage-2 validation records,
+    linked into RUN_DIR; nothing trains."""
+    from simpersona.contracts.records import check_budget
+
+    src = Path(cfg.checkpoint).resolve()
+    names = [n for n in ("stage2", "single") if (src / n / "config.json").is_file()]
+    if "stage2" not in names:
+        raise ConfigError(f"sft.checkpoint {src}: no stage2/ checkpoint there (give the folder of a `simpersona sft` run)")
+    toks = {n: check_checkpoint(src / n, k) for n in names}
+    split["record_tokens"] = check_budget(records, toks["stage2"], cfg.model.max_record_tokens or 1 << 62, f"sft ({cfg.data})")
+    model, tok = load_checkpoint(src / "stage2")
+    hp = cfg.stage2
+    if hp.max_eval_records and len(val2) > hp.max_eval_records:
+        val2 = random.Random(cfg.seed).sample(val2, hp.max_eval_records)
+    summary: dict[str, Any] = {"split": split, "persona_init": {"from": str(src)}, "checkpoint": str(src)}
+    if val2:
+        summary["stage2_val_loss"] = eval_loss(model, tok, val2, hp, run_dir, cfg.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        (run_dir / n).symlink_to(src / n, target_is_directory=True)
+        summary[n] = {"linked_from": str(src / n), "checkpoint": checkpoint_id(src / n)}
+    (run_dir / "split.json").write_text(json.dumps(split, indent=2) + "\n")
+    write_meta(run_dir, "sft", cfg, summary=summary)
+    return summary
+
+
+def eval_loss(model, tokenizer, records: list[dict], hp: StageConfig, out: Path, seed: int) -> float:
+    """Mean assistant-token loss of `model` on `records` (as the trainer's validation loss)."""
+    records, _ = fits(records, tokenizer, hp.max_length)
+    trainer = make_trainer(model, tokenizer, records[:1], records, hp, out, seed)
+    return float(trainer.evaluate()["eval_loss"])
+
+
 def _sessions_per_code(records: list[dict]) -> dict[int, int]:
     seen: dict[int, set] = {}
     for r in records:
@@ -391,10 +555,15 @@ def _sessions_per_code(records: list[dict]) -> dict[int, int]:
 
 def format_summary(summary: dict[str, Any]) -> str:
     lines = [f"split: {summary['split']}", f"persona init: {summary['persona_init']}"]
+    if "checkpoint" in summary:
+        lines.append(f"agent: trained checkpoint {summary['checkpoint']} (stage-2 val loss "
+                     f"{summary.get('stage2_val_loss', float('nan')):.4f} on this run's records); nothing trained")
+        return "\n".join(lines)
     for name in ("stage1", "stage2", "single"):
         if name in summary:
             s = summary[name]
             lines.append(f"{name}: steps={s['steps']} train_loss={s['train_loss']:.4f} "
-                         f"val_loss {s.get('val_loss_before', float('nan')):.4f} → {s.get('val_loss_after', float('nan')):.4f}"
+                         f"val_loss {s.get('val_loss_before', float('nan')):.4f} → {s.get('val_loss_after', float('nan')):.4f} "
+                         f"({s.get('precision', '')}, {s.get('step_s_median')} s/step × {s.get('examples_per_step')} examples)"
                          + (f" frozen_check={s['frozen_check']}" if "frozen_check" in s else ""))
     return "\n".join(lines)
