@@ -173,7 +173,7 @@ def _out(text: str = "Output folder."):
 
 
 @main.command(cls=ConfigCommand, config="simpersona.events.ingest:IngestConfig", section="ingest",
-              flags=("format", "input", "catalog", "strict", "salt"))
+              flags=("format", "input", "catalog", "strict", "salt", "keep_raw_rejects"))
 @_out("Output folder [default: runs/ingest].")
 @SETS
 def ingest(cfg, out) -> None:

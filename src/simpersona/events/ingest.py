@@ -61,9 +61,9 @@ class IngestConfig:
     catalog: Path | None = None
     # Fail on the first rejected row, naming file, line and field, and write nothing.
     strict: bool = False
-    # HMAC key for ids as hex; None: $SIMPERSONA_SALT, else the installation's key file (see deid.py).
+    # HMAC key for ids, hex (default: $SIMPERSONA_SALT, else the user's key file; see README, "The salt").
     salt: str | None = field(default=None, metadata={"secret": True})
-    # Keep rejected rows' raw ids in rejected.parquet (default: ids hashed like the events, other fields kept).
+    # Keep raw ids in rejected.parquet (default: ids hashed like the events, other fields kept).
     keep_raw_rejects: bool = False
     # REES46 storefront key: the whole store, each brand, or each top-level category.
     shop_key: Literal["store", "brand", "category"] = "store"
