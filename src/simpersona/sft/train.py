@@ -342,14 +342,16 @@ def step_clock():
 
     class StepClock(TrainerCallback):
         def __init__(self):
-            self.times: list[float] = []
-            self.t0 = 0.0
+            self.times: list[float] = []  # wall seconds per step
+            self.cpu: list[float] = []  # CPU seconds per step, all threads (the work, whatever the machine's load)
+            self.t0 = self.c0 = 0.0
 
         def on_step_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
             self.times.append(time.perf_counter() - self.t0)
+            self.cpu.append(time.process_time() - self.c0)
 
     return StepClock()
 
@@ -400,6 +402,7 @@ def train_stage(name: str, model, tokenizer, train: list[dict], val: list[dict],
     result = trainer.train()
     summary.update(train_loss=result.training_loss, steps=result.global_step, train_runtime_s=result.metrics["train_runtime"],
                    step_s_median=round(sorted(clock.times)[len(clock.times) // 2], 3) if clock.times else None,
+                   step_cpu_s_median=round(sorted(clock.cpu)[len(clock.cpu) // 2], 3) if clock.cpu else None,
                    load_average_after=os.getloadavg()[0])
     if val:
         summary["val_loss_after"] = trainer.evaluate()["eval_loss"]
