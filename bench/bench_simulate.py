@@ -82,12 +82,13 @@ def main() -> None:
     model.generation_config.eos_token_id = None
     prompt_len = len(tok.apply_chat_template(LLMAgent(None).prompt(obs), tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"])
     for bs in (1, 16):
-        backend = TransformersBackend(LLMConfig(max_new_tokens=48, batch_size=bs, threads=2), model=model, tokenizer=tok)
+        backend = TransformersBackend(LLMConfig(decoding="free", max_new_tokens=48, batch_size=bs, threads=2, prefix_cache=0),
+                                      model=model, tokenizer=tok)
         backend.stop_ids = [10**6]  # an id never generated: the full 48 tokens, a fixed decode length for the figure
-        backend._stopper = lambda width: (lambda ids, scores, **kw: torch.zeros(ids.shape[0], dtype=torch.bool))
+        backend._closed = lambda: None  # no JSON stop either (SmolLM2 itself, constrained and cached: bench_agent.py)
         agents = [LLMAgent(backend) for _ in range(args.llm_prompts)]
         for i, a in enumerate(agents):
-            a.reset("You are here to buy skirts.", i % 4)
+            a.reset("You are here to buy skirts.", None)  # the tiny tokenizer has no persona tokens
         t = time.perf_counter()
         backend.generate([a.prompt(obs) for a in agents])
         dt = time.perf_counter() - t

@@ -126,12 +126,13 @@ def test_tiny_transformers_backend_batched(world):
     from simpersona.sft.train import train_tiny_tokenizer
 
     tok = train_tiny_tokenizer([SYSTEM_PROMPT, '{"action": "view_cart", "reasoning": "x"}'] * 3, 400)
+    tok.add_special_tokens({"additional_special_tokens": ["<|persona_1|>", "<|persona_3|>"]})
     tok.chat_template = CHAT_TEMPLATE
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=8192,
                                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
-    backend = TransformersBackend(LLMConfig(max_new_tokens=12, batch_size=4), model=model, tokenizer=tok)
+    backend = TransformersBackend(LLMConfig(decoding="free", max_new_tokens=12, batch_size=4), model=model, tokenizer=tok)
     agents = [LLMAgent(backend) for _ in range(5)]
     for i, a in enumerate(agents):
         a.reset("You are interested in skirts.", i if i % 2 else None)

@@ -2,10 +2,15 @@
 
 Backends (`generate(list of chat messages) -> list of str | Exception`, one entry per prompt):
 - `TransformersBackend`: a local checkpoint (an SFT stage folder: model + tokenizer with the
-  persona tokens and chat template), batched left-padded generation, stopped per row as soon as
-  its JSON object closes (or at <|im_end|>); counts generated tokens and decode seconds.
+  persona tokens and chat template), decoded by `agents.decoding`: constrained to the actions the
+  current page can execute (`llm.decoding: constrained`, llguidance) or free text (`free`: the
+  paper's malformed-output comparison), greedy or seeded sampling, each prompt prefilled only past
+  its longest cached prefix (`llm.prefix_cache`); counts generated / prefilled / cached tokens.
 - `EndpointBackend`: any OpenAI-compatible `/chat/completions` endpoint (httpx, concurrent
   requests); the only network use, and only when the user configures a URL.
+
+A prompt is a `ChatPrompt`: the chat messages (a plain list to any backend) carrying the page
+snapshot and whether the episode has a previous page, from which the decoder builds its grammar.
 """
 
 from __future__ import annotations
@@ -19,25 +24,39 @@ from typing import Any, Literal
 
 from simpersona.agents.base import Decision, parse_output
 from simpersona.chat import ChatClient, EndpointConfig, first_object
-from simpersona.contracts.persona import persona_token
+from simpersona.contracts.persona import check_tokenizer, persona_token
 from simpersona.contracts.prompt import log_entry, messages
+
+# Safety cap on a constrained answer's tokens (its grammar bounds it far below: capped free text, finite ids).
+CONSTRAINED_CAP = 4096
+# Actions after which the environment has one more page in its history (`back` has one fewer).
+NAVIGATING = ("search", "click", "add_to_cart", "remove_from_cart", "view_cart", "checkout", "submit")
 
 
 @dataclass
 class LLMConfig:
     # SFT checkpoint folder (model + tokenizer with persona tokens), e.g. RUN/sft/stage2
     checkpoint: Path | None = None
-    # most tokens generated per step (an action JSON with a short reasoning fits in ~80)
+    # constrained: only actions executable on the current page (llguidance grammar); free: any text
+    # (repaired / classified by `base.parse_output`; the paper's malformed-output comparison)
+    decoding: Literal["constrained", "free"] = "constrained"
+    # most tokens generated per step in free mode (constrained answers close by their grammar)
     max_new_tokens: int = 96
+    # constrained: most tokens of a search query or a typed value
+    max_text_tokens: int = 24
+    # constrained: most tokens of the reasoning sentence
+    max_reasoning_tokens: int = 32
     # text the assistant turn is forced to start with (every SFT answer starts so): a cheap
     # constraint that keeps an under-trained model from answering in prose; "" = none
     response_prefix: str = '{"action": "'
-    # sampling temperature; 0 = greedy
+    # sampling temperature; 0 = greedy (Table 4); > 0 for population simulation
     temperature: float = 0.0
     # nucleus sampling mass (temperature > 0)
     top_p: float = 1.0
-    # prompts per generate call (episodes decoded together)
+    # prompts per batched decode (episodes decoded together)
     batch_size: int = 16
+    # prompt KV caches kept (recent prompts; a prompt prefills only past its longest cached prefix); 0 = none
+    prefix_cache: int = 64
     # prompts longer than this many tokens are not generated: failure "context_length"
     max_prompt_tokens: int = 8192
     # torch CPU threads
@@ -54,6 +73,15 @@ class ContextLengthError(ValueError):
     """The prompt is longer than the backend accepts."""
 
 
+class ChatPrompt(list):
+    """One step's chat messages (a list, as every backend reads it) with what the decoder's action
+    grammar is built from: the page snapshot and whether `back` has a page to go to."""
+
+    def __init__(self, msgs: list[dict[str, str]], page: str = "", can_go_back: bool = True, persona: str | None = None):
+        super().__init__(msgs)
+        self.page, self.can_go_back, self.persona = page, can_go_back, persona
+
+
 class LLMAgent:
     """One episode's LLM agent; many share one backend (batched by `base.act_batch`)."""
 
@@ -65,17 +93,22 @@ class LLMAgent:
         self.goal, self.persona = goal, persona
         self.log: list[str] = []
         self.steps = 0
+        self.pages = 1  # pages in the environment's history (back needs 2)
         self._pending: Decision | None = None
 
-    def prompt(self, observation: dict[str, Any]) -> list[dict[str, str]]:
+    def prompt(self, observation: dict[str, Any]) -> ChatPrompt:
         """This step's chat messages; the previous action's log line is written now, from the
         observation it led to (its URL or its error), exactly as `contracts.records` does."""
         if self._pending is not None:
-            a = self._pending
-            self.log.append(log_entry(self.steps, a.action, observation.get("url"), observation.get("error")))
+            a = self._pending.action
+            err = observation.get("error")
+            self.log.append(log_entry(self.steps, a, observation.get("url"), err))
+            if not err:
+                self.pages += -1 if a["action"] == "back" else int(a["action"] in NAVIGATING)
             self._pending = None
         token = persona_token(self.persona) if self.persona is not None else None
-        return messages(self.goal, token, list(self.log), observation)
+        return ChatPrompt(messages(self.goal, token, list(self.log), observation), str(observation.get("page", "")),
+                          self.pages > 1, token)
 
     def decide(self, text: str | Exception) -> Decision:
         """The backend's answer → Decision (an exception becomes backend_error / context_length)."""
@@ -98,11 +131,13 @@ class LLMAgent:
 
 
 class TransformersBackend:
-    """Batched generation with a local causal LM checkpoint."""
+    """Batched generation with a local causal LM checkpoint (`agents.decoding`)."""
 
     def __init__(self, cfg: LLMConfig, model=None, tokenizer=None):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
+
+        from simpersona.agents.decoding import Constraint, PrefixCache
 
         torch.set_num_threads(cfg.threads)
         if model is None:
@@ -114,70 +149,91 @@ class TransformersBackend:
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=getattr(torch, cfg.dtype))
         self.cfg, self.model, self.tok = cfg, model.to(cfg.device).eval(), tokenizer
-        self.tok.padding_side = "left"
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
         ids = [self.tok.convert_tokens_to_ids(t) for t in ("<|im_end|>",)] + [self.tok.eos_token_id]
         self.stop_ids = sorted({i for i in ids if isinstance(i, int) and i >= 0 and i != self.tok.unk_token_id})
+        self.vocab = self.tok.get_vocab()
+        self.constraint = Constraint(self.tok) if cfg.decoding == "constrained" else None
+        self.prefix_ids = self.tok(cfg.response_prefix, add_special_tokens=False)["input_ids"] if cfg.response_prefix else []
+        self.cache = PrefixCache(cfg.prefix_cache)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.tokens_generated = 0
         self.decode_s = 0.0
         self.calls = 0
 
-    def _stopper(self, prompt_len: int):
-        import torch
-        from transformers import StoppingCriteria
+    def check_personas(self, n_codes: int) -> None:
+        """Raise ValueError naming the checkpoint unless its tokenizer has the run's K persona tokens."""
+        check_tokenizer(self.tok, n_codes, self.cfg.checkpoint or "(in memory)")
 
-        tok = self.tok
+    @property
+    def prefill_tokens(self) -> int:
+        return self.cache.prefill_tokens
 
+    @property
+    def cached_tokens(self) -> int:
+        return self.cache.hit_tokens
+
+    def _matcher(self, prompt):
+        """The llguidance matcher of a prompt's page, past the response prefix."""
+        from simpersona.agents.decoding import action_grammar
+
+        page, back = (prompt.page, prompt.can_go_back) if isinstance(prompt, ChatPrompt) else ("", True)
+        m = self.constraint.matcher(action_grammar(page, back, self.cfg.max_text_tokens, self.cfg.max_reasoning_tokens))
+        if self.prefix_ids and not m.consume_tokens(self.prefix_ids):
+            raise ValueError(f"llm.response_prefix {self.cfg.response_prefix!r} does not start an action")
+        return m
+
+    def _closed(self):
+        """Free mode's stop test: the row's text holds a closed JSON object."""
         prefix = self.cfg.response_prefix
 
-        class JsonClosed(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kw):  # (B, L) → (B,) bool
-                done = [first_object(prefix + tok.decode(row[prompt_len:], skip_special_tokens=True)) for row in input_ids]
-                return torch.tensor([o is not None and closed for o, closed in done], device=input_ids.device)
+        def closed(i: int, ids: list[int]) -> bool:
+            if "}" not in self.tok.decode(ids[-1:], skip_special_tokens=True):
+                return False
+            obj, ok = first_object(prefix + self.tok.decode(ids, skip_special_tokens=True))
+            return obj is not None and ok
 
-        return JsonClosed()
+        return closed
 
     def generate(self, prompts: list[list[dict[str, str]]]) -> list[str | Exception]:
-        import torch
-        from transformers import StoppingCriteriaList
+        from simpersona.agents.decoding import generate_ids
 
-        texts = [self.tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) + self.cfg.response_prefix
+        texts = [self.tok.apply_chat_template(list(m), add_generation_prompt=True, tokenize=False) + self.cfg.response_prefix
                  for m in prompts]
         out: list[str | Exception] = [""] * len(texts)
-        lens = [len(self.tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
-        ok = [i for i, n in enumerate(lens) if n <= self.cfg.max_prompt_tokens]
-        for i, n in enumerate(lens):
-            if n > self.cfg.max_prompt_tokens:
-                out[i] = ContextLengthError(f"prompt of {n} tokens > {self.cfg.max_prompt_tokens}")
-        ok.sort(key=lambda i: lens[i])  # similar lengths together: less padding
+        enc = [self.tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        matchers: list[Any] = [None] * len(texts)
+        ok = []
+        for i, ids in enumerate(enc):
+            persona = getattr(prompts[i], "persona", None)
+            if len(ids) > self.cfg.max_prompt_tokens:
+                out[i] = ContextLengthError(f"prompt of {len(ids)} tokens > {self.cfg.max_prompt_tokens}")
+            elif persona and persona not in self.vocab:
+                out[i] = ValueError(f"checkpoint {self.cfg.checkpoint or '(in memory)'}: its tokenizer lacks {persona}")
+            else:
+                try:
+                    matchers[i] = self._matcher(prompts[i]) if self.constraint is not None else None
+                    ok.append(i)
+                except ValueError as e:
+                    out[i] = e
+        ok.sort(key=lambda i: len(enc[i]))  # similar lengths together: less padding
         bs = max(1, self.cfg.batch_size)
         for c in range(0, len(ok), bs):
             idx = ok[c : c + bs]
-            enc = self.tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(self.cfg.device)
-            width = enc["input_ids"].shape[1]
-            sample = self.cfg.temperature > 0
             t0 = time.perf_counter()
-            with torch.inference_mode():
-                gen = self.model.generate(
-                    **enc, max_new_tokens=self.cfg.max_new_tokens, do_sample=sample,
-                    temperature=self.cfg.temperature if sample else None, top_p=self.cfg.top_p if sample else None,
-                    top_k=None, eos_token_id=self.stop_ids, pad_token_id=self.tok.pad_token_id,
-                    stopping_criteria=StoppingCriteriaList([self._stopper(width)]),
-                )  # (B, width + new)
+            gen = generate_ids(
+                self.model, [enc[i] for i in idx], self.cache, max_new_tokens=self.cfg.max_new_tokens if self.constraint is None else CONSTRAINED_CAP,
+                stop_ids=self.stop_ids, temperature=self.cfg.temperature, top_p=self.cfg.top_p, generator=self.generator,
+                matchers=[matchers[i] for i in idx] if self.constraint is not None else None, constraint=self.constraint,
+                closed=self._closed(),
+            )
             self.decode_s += time.perf_counter() - t0
             self.calls += 1
-            for row, i in zip(gen[:, width:], idx):
-                ids = row.tolist()
-                n = len(ids)
-                for j, t in enumerate(ids):
-                    if t in self.stop_ids or t == self.tok.pad_token_id:
-                        n = j + (1 if t in self.stop_ids else 0)
-                        break
-                self.tokens_generated += n
-                out[i] = self.cfg.response_prefix + self.tok.decode(ids[:n], skip_special_tokens=True)
+            for ids, i in zip(gen, idx):
+                self.tokens_generated += len(ids)
+                out[i] = self.cfg.response_prefix + self.tok.decode(ids, skip_special_tokens=True)
         return out
 
 

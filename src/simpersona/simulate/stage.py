@@ -243,6 +243,11 @@ def run(cfg: SimulateConfig, run_dir: Path, echo=print) -> dict[str, Any]:
         raise ConfigError(f"shops {missing} are not in both the catalog and the persona mix")
     specs = draw_specs(mix, shops_obj, shops, cfg.buyers, cfg.intent, cfg.persona, cfg.seed)
     make_agent, backend, info = make_agents(cfg, run_dir)
+    if cfg.agent == "llm" and cfg.persona and specs:  # before any episode: the checkpoint knows the run's personas
+        try:
+            backend.check_personas(1 + max(s.code for s in specs))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     episodes, events, wall = simulate(cfg, run_dir, specs, catalog_path, make_agent, echo)
     pq.write_table(events, run_dir / "events.parquet")
     shutil.copyfile(catalog_path, run_dir / "catalog.parquet")
