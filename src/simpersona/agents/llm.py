@@ -55,8 +55,9 @@ class LLMConfig:
     top_p: float = 1.0
     # prompts per batched decode (episodes decoded together)
     batch_size: int = 16
-    # prompt KV caches kept (recent prompts; a prompt prefills only past its longest cached prefix); 0 = none
-    prefix_cache: int = 64
+    # prompt KV caches kept (recent prompts; a prompt prefills only past its longest cached prefix; SmolLM2
+    # fp32: ~46 kB per prompt token, ~30 MB per prompt); keep ≥ batch_size; 0 = none
+    prefix_cache: int = 32
     # prompts longer than this many tokens are not generated: failure "context_length"
     max_prompt_tokens: int = 8192
     # torch CPU threads
