@@ -145,11 +145,11 @@ def test_tiny_transformers_backend_batched(world):
 
 
 class _Answers:
-    """A fake causal LM for TransformersBackend: appends fixed answer token ids to every prompt and
-    records the prompts it was given."""
+    """A fake causal LM for TransformersBackend's token loop (`agents.decoding`): its logits put all
+    mass on the fixed answer's next token; records the prompts (first call of each row) it was given."""
 
-    def __init__(self, answer_ids):
-        self.answer_ids, self.inputs = answer_ids, []
+    def __init__(self, answer_ids, vocab: int = 400):
+        self.answer_ids, self.vocab, self.inputs, self.prompt_len = answer_ids, vocab, [], 0
 
     def to(self, device):
         return self
@@ -157,11 +157,20 @@ class _Answers:
     def eval(self):
         return self
 
-    def generate(self, input_ids, attention_mask=None, **kw):
+    def __call__(self, input_ids, cache, position_ids, use_cache=True, logits_to_keep=1, attention_mask=None):
         import torch
+        from types import SimpleNamespace
 
-        self.inputs.append(input_ids)
-        return torch.cat([input_ids, torch.tensor([self.answer_ids] * len(input_ids))], 1)  # (B, L + n)
+        B, n = input_ids.shape
+        if n > 1:  # a prefill (prefix cache off: the whole prompt)
+            self.inputs.append(input_ids)
+            self.prompt_len = n
+        cache.update(torch.zeros(B, 1, n, 1), torch.zeros(B, 1, n, 1), 0)
+        nxt = position_ids[:, -1] + 1 - self.prompt_len  # (B,) answer tokens already given
+        logits = torch.zeros(B, 1, self.vocab)
+        for b, i in enumerate(nxt.tolist()):
+            logits[b, 0, self.answer_ids[min(i, len(self.answer_ids) - 1)]] = 1.0
+        return SimpleNamespace(logits=logits, cache=cache)
 
 
 @pytest.mark.parametrize("prefix", ['{"action": "', ""])
@@ -174,10 +183,11 @@ def test_forced_answer_prefix(prefix):
 
     tok = train_tiny_tokenizer([SYSTEM_PROMPT, '{"action": "view_cart", "reasoning": "x"}'] * 3, 400)
     tok.chat_template = CHAT_TEMPLATE
-    model = _Answers(tok('view_cart"}', add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")])
-    backend = TransformersBackend(LLMConfig(max_new_tokens=12, response_prefix=prefix), model=model, tokenizer=tok)
+    model = _Answers(tok('view_cart"}', add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")], len(tok))
+    backend = TransformersBackend(LLMConfig(decoding="free", prefix_cache=0, max_new_tokens=12, response_prefix=prefix),
+                                  model=model, tokenizer=tok)
     agent = LLMAgent(backend)
-    agent.reset("You are interested in skirts.", 1)
+    agent.reset("You are interested in skirts.", None)
     d = agent.act({"url": "/s/shop0/", "page": "URL: /s/shop0/\n[nav-home] link: Home", "error": None})
     prompt = tok.decode(model.inputs[0][0], skip_special_tokens=False)
     assert prompt.endswith("<|im_start|>assistant\n" + prefix)

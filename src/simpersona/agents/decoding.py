@@ -6,8 +6,9 @@ sampling, and a prompt-prefix KV cache, in one token loop over a transformers ca
   fields…, "reasoning": …}`): `click` only on the page's links and buttons, `fill` only on its
   inputs (a select only with one of its options), `remove_from_cart` only for products the page can
   remove, `search` / `add_to_cart` only where the page has the search box / add form, `back` only
-  when there is a previous page. Free text (query, typed value, reasoning) has no quote, backslash
-  or control character and a token cap (`[max_tokens=N]`), so every constrained answer closes.
+  when there is a previous page; the reasoning may be left out (as `parse_action` allows). Free
+  text (query, typed value, reasoning) has no quote, backslash or control character and a token
+  cap (`[max_tokens=N]`), so every constrained answer closes.
 - `Constraint`: llguidance's tokenizer view of a Hugging Face tokenizer (built once) → a matcher
   per answer, and the allowed-token mask of its next step.
 - `PrefixCache`: the KV cache of recent prompts by token ids; a new prompt prefills only the
@@ -97,7 +98,7 @@ def action_grammar(page: str, can_go_back: bool = True, max_text_tokens: int = 2
     n = max(0, int(max_text_chars) - 1)
     # The token caps sit on the strings' contents, so a capped string still gets its closing quote.
     return "\n".join([
-        'start: "{\\"action\\": " body ", \\"reasoning\\": " "\\"" reason? "\\"" "}"',
+        'start: "{\\"action\\": " body (", \\"reasoning\\": " "\\"" reason? "\\"")? "}"',
         "body: " + "\n    | ".join(bodies),
         'text: "\\"" words "\\""',
         f"words[max_tokens={int(max_text_tokens)}]: WORDS",
