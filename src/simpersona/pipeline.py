@@ -342,7 +342,7 @@ def run(preset: str | Path, run_dir: Path, overrides: tuple[str, ...] = (), data
         echo(f"[{i}/{len(plan)}] {step.name} …")
         key = json.dumps({"config": to_dict(cfg), "inputs": inputs}, sort_keys=True, default=str)
         part = stagedir.begin(stage_dir, key, resume=step.resumes)
-        with stagedir.discard_on_error(part, keep=step.resumes):
+        with stagedir.discard_on_error(part, keep=step.resumes, out=stage_dir):
             summary = stagedir.relocate(step.run(cfg, part), part, stage_dir)
         stagedir.commit(part, stage_dir, step.name, cfg, summary=summary, input_hashes=inputs)
         results[step.name] = summary

@@ -17,6 +17,7 @@ written: the kill/resume test uses it to stop a run inside a stage at the worst 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -30,6 +31,8 @@ from simpersona.config import InputError, write_meta
 MARKER = "meta.json"
 PENDING = ".pending.json"
 KILL_ENV = "SIMPERSONA_KILL_AT"
+# errors of the disk rather than of the program (full, read-only, quota, I/O)
+_DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO, errno.EACCES, errno.EPERM)
 # meta.json keys write_meta sets itself (a stage's own meta.json keeps its other keys in the marker)
 _META_KEYS = {"stage", "simpersona_version", "python", "platform", "libraries", "written_at", "config"}
 
@@ -173,23 +176,26 @@ def run_atomic(out: Path, stage: str, cfg: Any, fn, resume: bool = False, **extr
     from simpersona.config import to_dict
 
     part = begin(out, json.dumps(to_dict(cfg), sort_keys=True, default=str), resume)
-    with discard_on_error(part, keep=resume):
+    with discard_on_error(part, keep=resume, out=Path(out)):
         result = relocate(fn(cfg, part), part, Path(out))
     commit(part, out, stage, cfg, **extra)
     return result
 
 
 @contextlib.contextmanager
-def discard_on_error(part: Path, keep: bool = False):
+def discard_on_error(part: Path, keep: bool = False, out: Path | None = None):
     """Remove the partial folder when the stage fails (nothing half-written stays), unless `keep`
-    (a stage that resumes from its files)."""
+    (a stage that resumes from its files). A disk error that names no file (a full disk inside a
+    library's writer) is re-raised as an InputError naming the output folder."""
     try:
         yield
-    except BaseException:
+    except BaseException as e:
         if not keep:
             shutil.rmtree(part, ignore_errors=True)
             try:
                 part.parent.rmdir()
             except OSError:
                 pass
+        if isinstance(e, OSError) and e.filename is None and e.errno in _DISK_ERRORS:
+            raise InputError(f"{out or part}: {e.strerror or e} (while the stage wrote its outputs)") from None
         raise
