@@ -223,6 +223,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> dict:
 
     save_model(run_dir, best)
     model.load_state_dict(best)
+    model.eval()  # a resumed run never validated: its model is still in train mode (dropout)
     val_codes = model.encode_codes(torch.from_numpy(val.x)) if len(val.x) else torch.zeros(0, dtype=torch.long)
     summary = {
         "steps": state["step"],
