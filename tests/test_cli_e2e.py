@@ -1,4 +1,4 @@
-"""End-to-end runs of the command line in subprocesses: synth → ingest, and the main job."""
+"""End-to-end runs of the command line in subprocesses: synth → ingest (the main job: test_pipeline_resume)."""
 
 from __future__ import annotations
 
@@ -36,23 +36,3 @@ def test_synth_then_ingest(tmp_path):
     assert ingested == hashed
     meta = json.loads((tmp_path / "ing" / "meta.json").read_text())
     assert meta["stage"] == "ingest" and meta["config"]["format"] == "canonical"
-
-
-def test_main_job_tiny_preset_runs_and_resumes(tmp_path):
-    out = tmp_path / "run"
-    first = cli("run", "--preset", "tiny", "--out", str(out))
-    assert "main job finished" in first.stdout
-    for stage in ("synth", "ingest", "features", "vqvae", "personas", "evaluate", "traces", "sft", "simulate",
-                  "behaviour", "report"):
-        assert (out / stage / "meta.json").exists(), stage
-    assert (out / "report" / "index.html").stat().st_size > 10_000
-    # Regression: `simpersona report --run RUN` on its own finds every part where the main job wrote it
-    # (it looked under evaluate/alignment while the main job writes behaviour/alignment).
-    cli("report", "--run", str(out), "--out", str(tmp_path / "report"))
-    sections = json.loads((tmp_path / "report" / "summary.json").read_text())["sections"]
-    assert set(sections.values()) == {"ok"}, sections
-    again = cli("run", "--preset", "tiny", "--out", str(out))
-    assert "ingest: done already" in again.stdout and "report: done already" in again.stdout
-    # A changed setting re-runs that stage (and any after it), nothing before it.
-    third = cli("run", "--preset", "tiny", "--out", str(out), "--set", "report.max_cards=3")
-    assert "behaviour: done already" in third.stdout and "report: done already" not in third.stdout
