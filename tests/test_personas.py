@@ -67,9 +67,9 @@ def test_shop_mix_and_sampling(trained, tmp_path):
     pm = assign_mod.PersonaMix(tmp_path)
     pop = pm.sample_population("shop0", 2000, np.random.default_rng(0))
     again = pm.sample_population("shop0", 2000, np.random.default_rng(0))
-    assert np.array_equal(pop.tokens, again.tokens)
+    assert np.array_equal(pop.codes, again.codes)
     codes, p = pm.mix["shop0"]
-    freq = np.array([(pop.tokens == c).mean() for c in codes])
+    freq = np.array([(pop.codes == c).mean() for c in codes])
     assert np.abs(freq - p).max() < 0.05
     assert set(pop.intents[np.isin(pop.strata, ["A", "B", "C"])]) <= {"buy"}
     assert set(pop.intents[pop.strata == "D"]) <= {"browse"}

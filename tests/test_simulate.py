@@ -73,7 +73,7 @@ def test_sampling_codes_converges_to_shop_mix(world):
     mix = PersonaMix(world["personas"])
     codes, p = mix.mix["shop1"]
     pop = mix.sample_population("shop1", 40_000, np.random.default_rng(0))
-    freq = np.array([(pop.tokens == c).mean() for c in codes])
+    freq = np.array([(pop.codes == c).mean() for c in codes])
     assert np.abs(freq - p / p.sum()).max() < 0.01
     assert set(np.unique(pop.intents)) <= {"buy", "browse"}
 

@@ -201,9 +201,9 @@ def run(cfg: PersonasConfig, out_dir: Path) -> dict:
 
 @dataclass
 class Population:
-    """Simulated buyers of one shop: persona tokens, strata drawn from P(stratum | k), intents."""
+    """Simulated buyers of one shop: persona codes k ~ p̂_s, strata drawn from P(stratum | k), intents."""
 
-    tokens: np.ndarray  # (n,) int
+    codes: np.ndarray  # (n,) int, the persona ids
     strata: np.ndarray  # (n,) str
     intents: np.ndarray  # (n,) "buy" (A–C) or "browse" (D, E)
 

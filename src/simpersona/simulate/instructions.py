@@ -167,7 +167,7 @@ def run(cfg: TasksConfig, run_dir: Path) -> dict[str, Any]:
     specs = []
     for ti, t in enumerate(tasks):
         for r in range(cfg.repetitions):
-            code = int(mix.sample_population(t.shop_id, 1, rng).tokens[0]) if mix is not None and t.shop_id in mix.mix else None
+            code = int(mix.sample_population(t.shop_id, 1, rng).codes[0]) if mix is not None and t.shop_id in mix.mix else None
             specs.append(EpisodeSpec(t.shop_id, f"task{ti:03d}r{r:02d}", f"task{ti:03d}r{r:02d}s", code, "", "task", t.instruction,
                                      int(rng.integers(1 << 31)), persona=code is not None, tag=t.task_id))
     sim = SimulateConfig(ingest=cfg.ingest, personas=cfg.personas, agent="policy" if cfg.agent == "script" else cfg.agent,

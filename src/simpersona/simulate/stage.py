@@ -121,7 +121,7 @@ def draw_specs(mix, shops_obj: dict, shops: list[str], n: int, intent_mode: str,
             intent = "neutral" if intent_mode == "neutral" else str(pop.intents[i])
             specs.append(EpisodeSpec(
                 shop_id=shop, buyer_id=f"{prefix}{si:03d}b{i:06d}", session_id=f"{prefix}{si:03d}s{i:06d}",
-                code=int(pop.tokens[i]), stratum=str(pop.strata[i]), intent=intent,
+                code=int(pop.codes[i]), stratum=str(pop.strata[i]), intent=intent,
                 goal=goal_text(intent, topics[picks[i]]), seed=int(rng.integers(1 << 31)), persona=persona))
     return specs
 
