@@ -37,7 +37,7 @@ def test_real_sample_shares_sane(real):
     assert s["buyers"] == len(buyers) > 0
     assert abs(sum(s["strata_shares"].values()) - 1) < 1e-3
     assert s["strata_shares"]["D"] + s["strata_shares"]["A"] > 0  # real logs have browsers or buyers
-    assert s["strata_shares"]["D"] < 1.0 or fmt == "otto"
+    assert s["strata_shares"]["D"] < 1.0  # every sample (otto too: D 0.65) has buyers past browsing
     for sh in s["label_shares"].values():
         assert abs(sum(sh.values()) - 1) < 1e-3
     # purchase label 2 ⇔ at least one checkout or two add-to-cart sessions; purchasers are always 2

@@ -141,8 +141,7 @@ def next_empty_field(els: dict[str, tuple[str, str]]) -> str | None:
 
 
 # -- episode outcomes --------------------------------------------------------------------------
-# The environment's end states: the agent ended (saying it reached its goal or not), the step
-# budget or the wall clock ran out, the transport / server / agent backend failed.
-ENV_OUTCOMES: tuple[str, ...] = ("goal_reached", "ended", "steps_limit", "time_limit", "crash")
-# The simulation's: the environment's, plus `malformed` (the agent answered no valid action).
+# How an episode ends: the agent ended (saying it reached its goal or not), the step budget or the
+# wall clock ran out, the agent answered no valid action (`malformed`, the simulation's), the
+# transport / server / agent backend failed (`crash`).
 OUTCOMES: tuple[str, ...] = ("goal_reached", "ended", "steps_limit", "time_limit", "malformed", "crash")
