@@ -173,6 +173,11 @@ def test_step_budget_and_time_limit():
     now[0] = 10.5
     obs, reward, term, trunc, info = env.step({"action": "view_cart"})
     assert trunc and info["outcome"] == "time_limit"
+    # 0: no wall-clock limit (the main job's presets: outcomes must not depend on the machine's load)
+    env = make_env(EnvConfig(time_limit_s=0), clock=lambda: now[0])
+    env.reset(seed=0, options=OPTS)
+    now[0] = 1e9
+    assert env.step({"action": "view_cart"})[3] is False
 
 
 def test_transport_failure_is_a_crash_not_an_exception():

@@ -47,8 +47,10 @@ STATES: tuple[str, ...] = ("start", *V.PAGE_TYPES)
 EVENTS: tuple[str, ...] = (*EVENT_TYPES, "stop")
 STOP = EVENTS.index("stop")
 INTENTS: tuple[str, ...] = ("buy", "browse")
-# how events of one session are ordered (time, then funnel order for ties), as a DuckDB ORDER BY
-EVENT_ORDER_SQL = "ts, CASE event_type " + " ".join(f"WHEN '{e}' THEN {i}" for i, e in enumerate(EVENTS[:-1])) + " ELSE 9 END"
+# how events of one session are ordered, as a DuckDB ORDER BY: time, funnel order, then the event's
+# other fields (a total order: events in the same second never take the file's row order)
+EVENT_ORDER_SQL = ("ts, CASE event_type " + " ".join(f"WHEN '{e}' THEN {i}" for i, e in enumerate(EVENTS[:-1]))
+                   + " ELSE 9 END, product_id, collection_id, query, price, quantity")
 EVENT_STATE: dict[str, str] = {"page_view": "home", "collection_view": "collection", "search": "search",
                                "product_view": "product", "add_to_cart": "cart", "remove_from_cart": "cart",
                                "checkout_start": "checkout", "purchase": "order"}

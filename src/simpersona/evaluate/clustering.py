@@ -71,6 +71,7 @@ def run(cfg: ClusteringConfig, out_dir: Path) -> dict:
     if cfg.model is None or cfg.features is None:
         raise ConfigError("evaluate clustering needs --model RUN_DIR and --features FEAT_DIR")
     from sklearn.cluster import MiniBatchKMeans
+    from threadpoolctl import threadpool_limits
 
     out_dir = Path(out_dir)
     torch.set_num_threads(cfg.threads)
@@ -82,8 +83,11 @@ def run(cfg: ClusteringConfig, out_dir: Path) -> dict:
     k_km = cfg.kmeans_k or k_vq
     vq = np.concatenate([model.encode_codes(torch.from_numpy(x[i : i + 65536])).numpy()
                          for i in range(0, len(x), 65536)])
-    km = MiniBatchKMeans(n_clusters=min(k_km, len(x)), random_state=cfg.kmeans_seed,
-                         batch_size=cfg.kmeans_batch_size).fit_predict(x)
+    # one OpenMP/BLAS thread: sklearn's threaded inertia sums (which drive early stopping) add the
+    # threads' partial sums in arrival order, so more threads could end the fit at another step
+    with threadpool_limits(limits=1):
+        km = MiniBatchKMeans(n_clusters=min(k_km, len(x)), random_state=cfg.kmeans_seed,
+                             batch_size=cfg.kmeans_batch_size).fit_predict(x)
     report = {
         "n_buyers": len(x), "splits": cfg.splits, "k": {"kmeans": k_km, "vqvae": k_vq},
         "definitions": {

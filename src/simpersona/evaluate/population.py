@@ -13,7 +13,8 @@ report `held_out: false` (in-sample figures).
   in the truth, and each shop's recovered type mix Σ_k p̂_s(k) P(type | k) against its true mix
   (total variation and JS). Raw truth ids are hashed with the ingest folder's salt (HMAC-SHA256,
   inside DuckDB) when `ingest` is given.
-Aggregations run in DuckDB over the Parquet files, so memory stays small for millions of buyers.
+Aggregations run in DuckDB over the Parquet files, so memory stays small for millions of buyers;
+on one thread, so the float means (and every figure) are the same run to run.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def run(cfg: PopulationConfig, out_dir: Path) -> dict:
     out_dir = Path(out_dir)
     assign = Path(cfg.personas) / "assignments.parquet"
     buyers = Path(cfg.features) / "buyers.parquet"
-    con = duckdb.connect()
+    # one thread: a parallel avg() adds the rows in a varying order, and the R² would move in the last bits
+    con = duckdb.connect(config={"threads": 1})
     splits = cfg.splits
     n = _evaluated_view(con, buyers, assign, splits, cfg.strata)
     if n == 0 and cfg.fallback_splits:

@@ -41,7 +41,8 @@ class EnvConfig:
 
     # Step budget per episode; the step that reaches it ends the episode as truncated.
     max_steps: int = 30
-    # Wall-clock limit per episode in seconds (truncated when passed).
+    # Wall-clock limit per episode in seconds (truncated when passed; 0: none, as in the main job's
+    # presets, where an outcome must not depend on the machine's load).
     time_limit_s: float = 300.0
     # Token budget of the observation's page text (estimated as characters / chars_per_token).
     obs_token_budget: int = 1500

@@ -134,7 +134,7 @@ class ShopEnv:
         if not (self.terminated or self.truncated):
             if self.steps >= self.config.max_steps:
                 self.truncated, self.outcome = True, "steps_limit"
-            elif self.clock() - self.started > self.config.time_limit_s:
+            elif self.config.time_limit_s and self.clock() - self.started > self.config.time_limit_s:
                 self.truncated, self.outcome = True, "time_limit"
         self.done = self.terminated or self.truncated
         return self._obs(error), reward, self.terminated, self.truncated, self._info(error, parsed)

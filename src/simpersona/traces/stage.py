@@ -140,7 +140,8 @@ def load_sessions(cfg: TracesConfig, con, chosen: list[dict]) -> dict[str, Sessi
         FROM read_parquet('{events}') e
         JOIN chosen_keys k USING (shop_id, buyer_id, session_id)
         LEFT JOIN cat USING (shop_id, product_id)
-        ORDER BY e.shop_id, e.buyer_id, e.session_id, e.ts, CASE e.event_type {order} ELSE 99 END""").to_arrow_table()
+        ORDER BY e.shop_id, e.buyer_id, e.session_id, e.ts, CASE e.event_type {order} ELSE 99 END,
+                 e.product_id, e.collection_id, e.query, e.price, e.quantity""").to_arrow_table()  # a total order
     rows = zip(*(rows.column(c).to_pylist() for c in rows.column_names))
     meta = {r["ids"]: r for r in chosen}
     out: dict[str, Session] = {}

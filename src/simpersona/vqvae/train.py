@@ -5,10 +5,14 @@ epoch e from numpy's generator seeded by (seed, e), k-means++ seeding and dead-c
 dedicated torch.Generator. A checkpoint (weights, Adam moments, both RNG states, early-stopping
 state) is written every `checkpoint_every` steps and at every validation; re-running the same
 command after a kill resumes from it and ends with the same weights as an uninterrupted run.
+Training runs with torch's deterministic algorithms on (free on CPU) and `threads` intra-op
+threads: the same seed and thread count give bit-identical weights run to run; another thread
+count or CPU may change the last bits (the reduction order of the matmuls).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -133,8 +137,24 @@ def check_sample_shops(feat_dir: Path, split_path: Path | None) -> None:
         split.check_training(pc.unique(b.filter(sampled)["shop_id"]).to_pylist(), f"vqvae ({feat_dir} train/val buyers)")
 
 
+@contextlib.contextmanager
+def deterministic_torch():
+    """torch's deterministic algorithms on (an op without one raises), the old setting restored after."""
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was)
+
+
 def run(cfg: TrainConfig, run_dir: Path) -> dict:
     """Train (or resume) into run_dir; returns the summary written to run_dir/summary.json."""
+    with deterministic_torch():
+        return _train(cfg, run_dir)
+
+
+def _train(cfg: TrainConfig, run_dir: Path) -> dict:
     if cfg.features is None:
         raise ConfigError("vqvae train needs --features FEAT_DIR")
     run_dir = Path(run_dir)
