@@ -5,12 +5,12 @@ outputs in every stage; another seed gives other results.
 Every file both runs wrote is compared by content: Parquet as tables (rows in order), JSON and
 JSONL as values, safetensors / npy / npz as arrays (bit for bit), text as text. Tolerance: NONE
 on any result. Left out of the comparison, because they are facts about the run and not results:
-  - timings and throughputs (RUN_FACT_KEYS), completion-marker file hashes and times (META_KEYS),
-    the embedding cache's hit counts, where the salt came from (its salt_id is compared), and the
-    run folder's own path inside configs and reports;
+  - timings, throughputs and the machine's load (RUN_FACT), completion-marker file hashes and
+    times (META_KEYS), the embedding cache's hit counts, where the salt came from (its salt_id is
+    compared), and the run folder's own path inside configs and reports;
   - the HTML report (RENDERED) and its size: built from the JSON compared here, it also shows its
     build time and the simulation's sessions/s;
-  - the row order of the two tables written unordered by design (UNORDERED: compared sorted);
+  - the row order of the tables written unordered by design (UNORDERED: compared sorted);
   - the simulated storefront's wall-clock stamps (WALL_CLOCK_COLUMNS: the time a simulated event
     was logged; no figure reads them) and how its journal is cut into part files (by time; the
     same events are compared in events.parquet).
@@ -31,14 +31,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-# JSON keys that hold facts about the run, not results: durations, rates, clock times, cache hits,
-# where the salt came from ("new key file …" in the first run, "key file …" after; salt_id is compared)
-RUN_FACT_KEYS = frozenset({
-    "wall_s", "seconds", "timings_s", "timing_s", "train_runtime_s", "replay_s", "decode_s", "traces_per_min",
-    "sessions_per_s", "steps_per_s", "tokens_per_s", "kernel_rows_per_s", "train_runtime", "train_samples_per_second",
-    "train_steps_per_second", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second",
-    "eval_model_preparation_time", "written_at", "embedding_cache", "salt",
-})
+from simpersona.features.layout import SCALAR_NAMES
+
+# JSON keys that hold facts about the run, not results: durations (`*_s`, `*_s_median`, `*_time`),
+# rates (`*_per_s`, `*_per_second`, `*_per_min`), clock times (`*_at`), the machine's load, cache hits,
+# and where the salt came from ("new key file …" in the first run, "key file …" after; salt_id is compared).
+# The 16 scalar names (e.g. total_duration_s, keys of App. B's R²) are results.
+RUN_FACT = re.compile(r"(_s|_s_median|_s_mean|_time|_runtime|_per_s|_per_second|_per_min|_at)$"
+                      r"|^(seconds|train_runtime|load_average.*|embedding_cache|salt)$")
 # completion-marker entries that hash files (differ where bytes differ but content does not: UNORDERED, timings)
 META_KEYS = frozenset({"outputs", "outputs_digest", "input_hashes"})
 # tables written in engine order by design; compared sorted
@@ -64,7 +64,7 @@ def _json_diff(a, b, where: str, paths: tuple[str, str]) -> list[str]:
         out = []
         for k in sorted(set(a) | set(b)):
             skip = (where.endswith("meta.json") and k in META_KEYS) or (where.startswith("report/") and k == "bytes")
-            if k not in RUN_FACT_KEYS and not skip:
+            if (k in SCALAR_NAMES or not RUN_FACT.search(k)) and not skip:
                 out += _json_diff(a.get(k), b.get(k), f"{where}.{k}", paths)
         return out
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
