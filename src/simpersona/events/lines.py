@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 CHUNK = 1 << 24  # bytes per read when counting
-BATCH = 200_000  # lines per Parquet row group when splitting
+BATCH = 200_000  # lines per Parquet row group when splitting CSV
+TEXT_BATCH = 20_000  # JSON lines per row group (an OTTO line can hold hundreds of events)
 _EMPTY_AFTER = re.compile(rb"\n(?=\r?\n)")  # a line break followed by an empty line
 
 
@@ -125,7 +126,7 @@ def text_lines_to_parquet(path: Path, out: Path) -> list[tuple[int, str, str]]:
                 rows.append(no)
             except UnicodeDecodeError:
                 bad.append((no, "invalid_encoding", raw.decode("utf-8", "replace")))
-            if len(rows) >= BATCH:
+            if len(rows) >= TEXT_BATCH:
                 w.write_table(pa.table([rows, texts], schema=schema))
                 rows, texts = [], []
         w.write_table(pa.table([rows, texts], schema=schema))
