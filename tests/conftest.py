@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,10 +25,16 @@ def shared_data() -> Path:
     return d
 
 
-@pytest.fixture(autouse=True)
-def _salt_key_file(tmp_path_factory, monkeypatch):
-    """Tests never touch the user's salt key file: one key file per test session, in a tmp folder."""
+def pytest_configure(config):
+    """Tests never touch the user's salt key file: one key file for the session, in a tmp folder, set
+    before any fixture runs (module-scoped fixtures fabricate hashed ids too)."""
     from simpersona.events import deid
 
-    monkeypatch.delenv(deid.SALT_ENV, raising=False)
-    monkeypatch.setenv(deid.SALT_FILE_ENV, str(tmp_path_factory.getbasetemp() / "salt" / "salt.hex"))
+    os.environ.pop(deid.SALT_ENV, None)
+    os.environ[deid.SALT_FILE_ENV] = str(Path(tempfile.mkdtemp(prefix="simpersona-test-salt-")) / "salt.hex")
+
+
+def pytest_unconfigure(config):
+    from simpersona.events import deid
+
+    shutil.rmtree(Path(os.environ.get(deid.SALT_FILE_ENV, "/nonexistent")).parent, ignore_errors=True)

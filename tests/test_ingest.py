@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -12,8 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simpersona.events import ingest
-from simpersona.events import deid
+from simpersona.events import deid, ingest
 from simpersona.events.deid import hash_id
 from simpersona.events.schema import CATALOG_SCHEMA, EVENT_SCHEMA
 from simpersona.events.validate import IngestError
@@ -194,3 +195,8 @@ def test_accepted_plus_rejected_equals_read(tmp_path_factory, rows):
     assert s["accepted"] + s["rejected"] == s["read"]
     assert pq.read_metadata(d / "out" / "events.parquet").num_rows == s["accepted"]
     assert pq.read_metadata(d / "out" / "rejected.parquet").num_rows == s["rejected"]
+
+
+def test_tests_never_use_the_users_salt_key_file():
+    assert deid.SALT_ENV not in os.environ
+    assert Path(tempfile.gettempdir()) in deid.salt_file().parents  # set in conftest.pytest_configure

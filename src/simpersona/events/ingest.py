@@ -253,6 +253,8 @@ def _read_csv(con: duckdb.DuckDBPyConnection, path: Path, header: readers.Header
     bad = lines.csv_lines_to_parquet(path, list(header.names), header.lines, split)
     parsed = stage(f"read_parquet({lit(split)})")
     split.unlink()
+    if parsed + len(bad) != data_lines:  # the byte count is the reference, whatever the reader did
+        raise IngestError(f"internal: {path}: {parsed} rows + {len(bad)} malformed lines != {data_lines} data lines")
     return FileRead(parsed, data_lines, count.empty, "line by line", header.extra, header.absent), bad
 
 
