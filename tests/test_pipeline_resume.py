@@ -48,7 +48,8 @@ ALL_KILLS = [
 ]
 FAST_KILLS = [("vqvae", None), ("sft", "stage1/meta.json"), ("sft", "meta.json"), ("report", None)]
 # What differs between two uninterrupted runs too, so is compared without it: the run folder's own
-# path (in configs and summaries), wall-clock durations and rates (JSON keys, the `wall_s` column),
+# path (in configs and summaries), wall-clock durations and rates (JSON keys, the `wall_s` column;
+# SFT's seconds per step and the machine's load average),
 # the write time of meta.json, the storefront's event and session timestamps (the simulated
 # sessions run on the wall clock), the title-embedding cache's hit counts (cold in the first run,
 # warm after), the VQ-VAE's `resumed` flag (checked on its own). The report page shows a wall-clock
@@ -56,7 +57,7 @@ FAST_KILLS = [("vqvae", None), ("sft", "stage1/meta.json"), ("sft", "meta.json")
 # page or its size. Tables documented as unordered are compared as sorted rows. Everything else
 # must be identical.
 VOLATILE_KEYS = ("wall", "runtime", "per_second", "_per_s", "per_min", "written_at", "elapsed", "seconds", "timing",
-                 "preparation_time", "cache_hits", "encoded", "resumed", "bytes")
+                 "preparation_time", "cache_hits", "encoded", "resumed", "bytes", "load_average", "_s_median")
 UNORDERED = {"buyer_sessions.parquet": ["shop_id", "buyer_id", "session_id"]}
 WALL_CLOCK_STAGES = ("simulate", "behaviour")
 
