@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -177,9 +178,13 @@ def test_commit_replaces_the_old_result_whole(tmp_path):
     second = stagedir.begin(out, "b")
     assert (out / "a.txt").read_text() == "old" and not (second / "a.txt").exists()  # old result stays until commit
     (second / "b.txt").write_text("new")
-    marker = stagedir.commit(second, out, "stage", _Cfg(), note=1)
-    assert sorted(p.name for p in out.iterdir()) == ["b.txt", "meta.json"] and not (tmp_path / ".partial").exists()
-    assert marker["complete"] and marker["note"] == 1 and set(marker["outputs"]) == {"b.txt"}
+    (second / "ck").mkdir()  # a checkpoint that records where it was written
+    (second / "ck" / "meta.json").write_text(json.dumps({"checkpoint": {"path": str(second / "ck")}}))
+    marker = stagedir.commit(second, out, "stage", _Cfg(), note=1, where=str(second / "b.txt"))
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt", "ck", "meta.json"] and not (tmp_path / ".partial").exists()
+    assert json.loads((out / "ck" / "meta.json").read_text())["checkpoint"]["path"] == str(out / "ck")
+    assert marker["complete"] and marker["note"] == 1 and set(marker["outputs"]) == {"b.txt", "ck/meta.json"}
+    assert marker["where"] == str(out / "b.txt")
     assert marker["outputs"]["b.txt"]["sha256"] == stagedir.file_hash(out / "b.txt")
     assert set(marker["libraries"]) >= {"torch", "duckdb", "pyarrow", "numpy", "transformers"}
 

@@ -154,8 +154,14 @@ def commit(part: Path, out: Path, stage: str, cfg: Any, **extra: Any) -> dict[st
     except (OSError, ValueError):
         pass
     (part / PENDING).unlink(missing_ok=True)
+    for sub in sorted(part.rglob(MARKER)):  # inner meta.json files (a checkpoint's) name their final path
+        try:
+            if sub != part / MARKER and str(part) in (text := sub.read_text()):
+                sub.write_text(json.dumps(relocate(json.loads(text), part, out), indent=2, default=str) + "\n")
+        except ValueError:  # not JSON: left as the stage wrote it
+            pass
     outputs = manifest(part)
-    write_meta(part, stage, cfg, **{**own, **extra, "complete": True, "outputs": outputs,
+    write_meta(part, stage, cfg, **{**own, **relocate(extra, part, out), "complete": True, "outputs": outputs,
                                     "outputs_digest": digest(outputs)})
     old = part.with_name(part.name + ".old")
     if old.exists():
