@@ -84,7 +84,7 @@ def run(cfg: AblationsConfig, out_dir: Path) -> dict[str, Any]:
         if runs["stages"]["status"] != "run":
             report["stages"] = dict(runs["stages"])
         else:
-            res = {"status": "run"}
+            res = {"status": "run", "decoding": runs["stages"].get("decoding", "constrained")}
             for name in ("two_stage", "single_stage"):
                 sub = sim_dir / runs["stages"][name]
                 summary = json.loads((sub / "summary.json").read_text())
@@ -118,7 +118,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"\nShops with a higher crash rate without the token: {t['shops_higher_crash_without']}/{t['shops']} (paper 38/42).")
     if "stages" in report:
         s = report["stages"]
-        lines += ["", "Table 7–8 (two-stage vs single-stage SFT)", ""]
+        how = f", {s['decoding']} decoding" if "decoding" in s else ""
+        lines += ["", f"Table 7–8 (two-stage vs single-stage SFT{how})", ""]
         if s.get("status") != "run":
             lines.append(f"not run: {s['reason']}")
         else:

@@ -18,7 +18,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from simpersona.config import write_meta
 from simpersona.simulate.stage import SimulateConfig
@@ -32,6 +32,9 @@ class AblationRunsConfig:
     sft: Path | None = None
     # ablations to run: token, stages
     which: list[str] = field(default_factory=lambda: ["token", "stages"])
+    # decoding of the two-stage vs single-stage runs: free text, so the paper's malformed-output
+    # comparison (Tables 7–8 "other") measures the models (constrained decoding makes it 0 by construction)
+    stages_decoding: Literal["constrained", "free"] = "free"
 
 
 def run(cfg: AblationRunsConfig, run_dir: Path) -> dict[str, Any]:
@@ -54,9 +57,11 @@ def run(cfg: AblationRunsConfig, run_dir: Path) -> dict[str, Any]:
             runs["stages"] = {"status": "not run", "reason": f"needs the two-stage and single-stage SFT checkpoints: {why}"}
         else:
             for name, path in ckpts.items():
-                sim = dataclasses.replace(cfg.simulate, agent="llm", llm=dataclasses.replace(cfg.simulate.llm, checkpoint=path))
+                sim = dataclasses.replace(cfg.simulate, agent="llm", llm=dataclasses.replace(
+                    cfg.simulate.llm, checkpoint=path, decoding=cfg.stages_decoding))
                 stage.run(sim, run_dir / name, echo=lambda s: None)
-            runs["stages"] = {"status": "run", "two_stage": "two_stage", "single_stage": "single_stage"}
+            runs["stages"] = {"status": "run", "two_stage": "two_stage", "single_stage": "single_stage",
+                              "decoding": cfg.stages_decoding}
     (run_dir / "runs.json").write_text(json.dumps(runs, indent=2) + "\n")
     write_meta(run_dir, "simulate.ablations", cfg)
     return runs
