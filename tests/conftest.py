@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import shutil
 import tempfile
 from pathlib import Path
@@ -38,3 +40,22 @@ def pytest_unconfigure(config):
     from simpersona.events import deid
 
     shutil.rmtree(Path(os.environ.get(deid.SALT_FILE_ENV, "/nonexistent")).parent, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, options: str):
+    """A small tmpfs at `path` (root only); skips the test where it cannot be mounted."""
+    path.mkdir(parents=True, exist_ok=True)
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if p.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.fixture
+def tmpfs():
+    """`with tmpfs(path, "size=96k") as disk:` — a real small (or read-only) disk for operator-error tests."""
+    return _tmpfs

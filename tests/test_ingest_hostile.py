@@ -7,7 +7,6 @@ buyer or session id reaches any output file, rejects included.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -439,20 +438,8 @@ def test_bad_salt_and_output_that_is_a_file_are_one_clear_line(tmp_path):
             run(src, out)
 
 
-@contextlib.contextmanager
-def tmpfs(path: Path, options: str):
-    """A small tmpfs at `path` (root only); skips the test where it cannot be mounted."""
-    path.mkdir(parents=True)
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
-    if p.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
-
-def test_full_disk_is_an_output_error_not_a_bad_input(tmp_path):
+def test_full_disk_is_an_output_error_not_a_bad_input(tmp_path, tmpfs):
     src = write(tmp_path / "in.csv", make("canonical", 20_000))
     with tmpfs(tmp_path / "disk", "size=96k") as disk:
         out = disk / "o"
@@ -466,7 +453,7 @@ def test_full_disk_is_an_output_error_not_a_bad_input(tmp_path):
         assert sorted(x.name for x in out.iterdir()) == []
 
 
-def test_read_only_output_is_one_clear_line(tmp_path):
+def test_read_only_output_is_one_clear_line(tmp_path, tmpfs):
     src = write(tmp_path / "in.csv", make("canonical", 3))
     with tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
         p = cli("--input", str(src), "--out", str(ro / "o"))

@@ -3,7 +3,6 @@ code 2, no traceback, nothing half-written (issue 10 item 6). Ingest's own error
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -189,26 +188,14 @@ def test_commit_replaces_the_old_result_whole(tmp_path):
     assert set(marker["libraries"]) >= {"torch", "duckdb", "pyarrow", "numpy", "transformers"}
 
 
-@contextlib.contextmanager
-def tmpfs(path: Path, options: str):
-    """A small tmpfs at `path` (root only); skips the test where it cannot be mounted."""
-    path.mkdir(parents=True, exist_ok=True)
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
-    if p.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
-
-def test_main_job_on_a_read_only_disk(tmp_path):
+def test_main_job_on_a_read_only_disk(tmp_path, tmpfs):
     with tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
         one_line_error(cli("run", "--preset", "tiny", "--out", str(ro / "run")), str(ro / "run"), "Read-only file system")
         assert not any(ro.iterdir())
 
 
-def test_main_job_on_a_full_disk_leaves_no_half_written_stage(tmp_path):
+def test_main_job_on_a_full_disk_leaves_no_half_written_stage(tmp_path, tmpfs):
     with tmpfs(tmp_path / "disk", "size=96k") as disk:
         run = disk / "run"
         one_line_error(cli("run", "--preset", "tiny", "--out", str(run)), "No space left on device", str(run))
