@@ -182,3 +182,71 @@ def test_cli_evaluate_fidelity(world, tmp_path):
     assert res.exit_code == 0, res.output
     assert "persona − baseline" in res.output
     assert json.loads((tmp_path / "o" / "fidelity.json").read_text())["data"]["eval_shops"] == ["shop2"]
+
+
+class _Oracle:
+    """A backend answering each prompt from a table of prompts → answers (the SFT records of the
+    same replays), and `end_session` to any other prompt."""
+
+    def __init__(self, table: dict[str, str]):
+        self.table, self.calls = table, 0
+
+    def generate(self, prompts):
+        self.calls += 1
+        return [self.table.get(p[1]["content"], '{"action": "end_session", "goal_reached": false}') for p in prompts]
+
+
+def test_llm_next_action_scores_an_agent_that_answers_the_real_prefix_exactly(world):
+    """The LLM agent, given each real prefix through `LLMAgent.follow`, sees exactly the prompt of the
+    SFT record of that step: an oracle keyed by those prompts is exact under the buyer's persona
+    token and misses without it (the profile line differs), so persona beats the baselines."""
+    from simpersona.agents.llm import LLMAgent
+    from simpersona.contracts.persona import persona_token
+    from simpersona.contracts.records import records_from_trajectory
+    from simpersona.evaluate import nextaction as N
+    from simpersona.traces.goals import make_goals
+    from simpersona.traces.replay import Replayer
+
+    cfg = _cfg(world, llm_agent="endpoint", llm_sessions=12, n_boot=100)
+    table = {}
+    rp = Replayer(world["ingest"] / "catalog.parquet")
+    for s in N.load_sessions(cfg.ingest, cfg.features, cfg.personas, ["shop2"], 12, 0):
+        goal = make_goals(s).intent
+        traj = rp.replay(s, goal, persona_token(s.code)).steps
+        steps = [{"observation": st.observation, "action": st.action, "reasoning": "r"} for st in traj]
+        for t, rec in enumerate(records_from_trajectory(goal, s.code, steps, {"shop_id": s.shop_id, "session_key": s.key,
+                                                                               "stratum": s.stratum, "stage": 2})):
+            agent = LLMAgent(None)
+            agent.reset(goal, s.code)
+            prompt = agent.follow([(traj[i].action, traj[i + 1].observation) for i in range(t)]).prompt(traj[t].observation)
+            assert list(prompt) == rec["messages"][:2]  # the prompt the agent was trained on, for this step
+            table.setdefault(rec["messages"][1]["content"], rec["messages"][2]["content"])
+    rp.close()
+    r = N.llm_next_action(cfg, ["shop2"], backend=_Oracle(table))
+    a = r["agents"]
+    assert r["sessions"] >= 10 and r["steps"] > r["sessions"]
+    # exact but where two sessions' first steps share a prompt (same goal, persona and home page)
+    assert a["persona"]["exact_accuracy"]["value"] > 0.9 and a["persona"]["outcome_f1"]["value"] > 0.9
+    for b in ("no_persona", "random_persona", "majority"):
+        assert a[b]["type_accuracy"]["value"] < 0.7, b
+        assert r["persona_minus"][b]["exact_accuracy"]["ci"][0] > 0, b
+    assert "Next-action prediction by the LLM agent" in "\n".join(F.format_llm(r))
+
+
+def test_llm_next_action_scoring_prefers_the_matching_answers():
+    from simpersona.evaluate import nextaction as N
+
+    true = [[{"action": "search", "query": "Skirt"}, {"action": "click", "element_id": "product-p1"}, {"action": "add_to_cart", "quantity": 1}]]
+    same = [[{"action": "search", "query": " skirt"}, {"action": "click", "element_id": "product-p1"}, {"action": "add_to_cart", "quantity": 2}]]
+    near = [[{"action": "search", "query": "dress"}, {"action": "click", "element_id": "product-p2"}, {"action": "end_session"}]]
+    classes = sorted({N.action_type(a) for p in (true, same, near) for a in p[0]} | {"invalid"})
+    f_same, f_near = (N.figures(N.score(true, p, classes), len(classes))[0] for p in (same, near))
+    assert f_same.tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert f_near[0] == 2 / 3 and f_near[1] == 0.0 and f_near[3] < 1.0
+
+
+def test_llm_agent_settings_fail_before_any_work(world, tmp_path):
+    with pytest.raises(ConfigError, match="llm.checkpoint"):
+        F.run(_cfg(world, llm_agent="llm"), tmp_path / "f")
+    with pytest.raises(ConfigError, match="llm_conditions"):
+        F.run(_cfg(world, llm_agent="endpoint", llm_conditions=["persona", "oracle"]), tmp_path / "f")

@@ -123,6 +123,18 @@ class LLMAgent:
             self._pending = d
         return d
 
+    def follow(self, history: list[tuple[dict[str, Any], dict[str, Any]]]) -> LLMAgent:
+        """Next-action prediction (`evaluate fidelity`): put the agent where a REAL session is after
+        `history`, its (action, the observation that action led to) pairs, as if it had taken them
+        (progress log, page count); goal and persona stay as `reset` set them. The next `act` /
+        `act_batch` answers the real prefix's next action. Returns self."""
+        self.log, self.steps, self.pages, self._pending = [], 0, 1, None
+        for action, observation in history:
+            self.steps += 1
+            self._pending = Decision(action)
+            self.prompt(observation)  # writes the step's log line and page count, as in an episode
+        return self
+
     def act(self, observation: dict[str, Any]) -> Decision:
         try:
             out = self.backend.generate([self.prompt(observation)])[0]

@@ -68,9 +68,11 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
+from simpersona.agents.llm import EndpointConfig, LLMConfig
 from simpersona.agents.policy import EVENT_ORDER_SQL, EVENTS, INTENTS, NEXT_STATE, STATES, STOP, PolicyModel, fit_intent_counts, rollout_events
 from simpersona.config import ConfigError, write_meta
 from simpersona.contracts.labels import BUY_STRATA
+from simpersona.storefront.config import StorefrontConfig
 
 N_TYPES = STOP  # the 8 event types (EVENTS without stop)
 START_TOKEN, STOP_TOKEN = N_TYPES, N_TYPES + 1  # bigram alphabet: events, start, stop
@@ -125,6 +127,18 @@ class FidelityConfig:
     seed: int = 0
     # DuckDB / classifier threads
     threads: int = 2
+    # next-action prediction by the LLM agent on the storefront (`evaluate.nextaction`): none, llm (llm.checkpoint) or endpoint (endpoint.url)
+    llm_agent: Literal["none", "llm", "endpoint"] = "none"
+    # real sessions the LLM agent predicts step by step (seeded hash draw; each step is one decode per condition)
+    llm_sessions: int = 16
+    # conditions the LLM agent predicts under (same sessions and steps): persona, no_persona, random_persona
+    llm_conditions: list[str] = field(default_factory=lambda: ["persona", "no_persona", "random_persona"])
+    # the LLM agent on a local checkpoint (llm_agent: llm)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    # the LLM agent on an OpenAI-compatible endpoint (llm_agent: endpoint)
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    # the storefront the LLM agent's sessions are replayed on (the shared `storefront:` section)
+    storefront: StorefrontConfig = field(default_factory=StorefrontConfig)
 
 
 # ---------------------------------------------------------------- metrics (pure functions)
@@ -844,6 +858,12 @@ def run(cfg: FidelityConfig, out_dir: Path) -> dict[str, Any]:
 
     if cfg.ingest is None or cfg.features is None or cfg.personas is None:
         raise ConfigError("evaluate fidelity needs --ingest INGEST_DIR, --features FEAT_DIR and --personas DIR")
+    bad = sorted(set(cfg.llm_conditions) - {"persona", "no_persona", "random_persona"})
+    if bad:
+        raise ConfigError(f"evaluate.fidelity.llm_conditions: unknown {bad} (persona, no_persona, random_persona)")
+    if cfg.llm_agent == "llm" and cfg.llm.checkpoint is None or cfg.llm_agent == "endpoint" and not cfg.endpoint.url:
+        raise ConfigError(f"evaluate.fidelity.llm_agent {cfg.llm_agent} needs "
+                          + ("llm.checkpoint (an SFT stage folder)" if cfg.llm_agent == "llm" else "endpoint.url"))
     t0 = time.perf_counter()
     events = Path(cfg.ingest) / "events.parquet"
     assignments = Path(cfg.personas) / "assignments.parquet"
@@ -879,6 +899,11 @@ def run(cfg: FidelityConfig, out_dir: Path) -> dict[str, Any]:
         dist = distributions(real, sims, cfg)
         persona = per_persona(real, sims, cfg)
     t_end = time.perf_counter()
+    llm_nap = None
+    if cfg.llm_agent != "none":
+        from simpersona.evaluate.nextaction import llm_next_action
+
+        llm_nap = llm_next_action(cfg, evals)
     report = {
         "data": {"generated": _generated(Path(cfg.ingest)), "ingest": str(cfg.ingest), "eval_shops": evals, "eval_shops_from": source, "train_shops": train,
                  "real_sessions": len(real), "real_buyers": len(set(zip(real.shop.tolist(), real.buyer.tolist()))),
@@ -887,7 +912,7 @@ def run(cfg: FidelityConfig, out_dir: Path) -> dict[str, Any]:
         "agent": {"name": "fast persona policy (agents.policy)", "fitted_on": train, "codes": int(len(codes)),
                   "transitions": float(counts.sum()), "strength": cfg.strength, "alpha": cfg.alpha,
                   "checkpoint": str(Path(out_dir) / "policy.npz"), "storefront_simulation": storefront},
-        "next_action": nap, "distributions": dist, "per_persona": persona,
+        "next_action": nap, "llm_next_action": llm_nap, "distributions": dist, "per_persona": persona,
         "timing_s": {"load_fit": round(t_load - t0, 2), "next_action": round(t_nap - t_load, 2),
                      "distributions": round(t_end - t_nap, 2), "total": round(t_end - t0, 2)},
     }
@@ -945,6 +970,7 @@ def format_report(r: dict[str, Any]) -> str:
         for g, per in dist[key].items():
             lines.append(f"| {g} | " + " | ".join(f"{_v(per[a]['js_bigram'], 4)} / {_v(per[a]['auc'])}" if a in per else "–"
                                                   for a in dist["overall"]) + " |")
+    lines += format_llm(r.get("llm_next_action"))
     pp = r["per_persona"]
     lines += ["", f"Per persona ({pp['codes']} codes with ≥ {pp['min_buyers']} real buyers): Pearson r | mean absolute "
               "difference of real vs simulated rates across codes (ATC / checkout / purchase)", ""]
@@ -955,6 +981,24 @@ def format_report(r: dict[str, Any]) -> str:
         d_ = pp["code_js_baseline_minus_persona"].get(a)
         lines.append(f"- {a}: {_v(m)}" + (f" (baseline − persona {_d(d_)} over {d_['codes']} codes)" if d_ else ""))
     return "\n".join(lines)
+
+
+def format_llm(m: dict[str, Any] | None) -> list[str]:
+    """The LLM agent's next-action section (none when it was not run)."""
+    if not m:
+        return []
+    if m.get("value", 0) is None:
+        return ["", f"Next-action prediction by the LLM agent: {m['note']}"]
+    a = m["agent"]
+    lines = ["", f"Next-action prediction by the {a['name']} ({a.get('checkpoint_id') or a.get('checkpoint') or a.get('endpoint')}), "
+             f"replayed on the storefront: {m['sessions']} real sessions, {m['steps']} steps (teacher-forced; outcome: the furthest "
+             "funnel step its answers reach along the real prefix)", "",
+             "| condition | type acc | exact acc | macro-F1 | outcome F1 |", "|---|---|---|---|---|"]
+    for c, f in m["agents"].items():
+        lines.append(f"| {c} | " + " | ".join(_v(f[k]) for k in ("type_accuracy", "exact_accuracy", "macro_f1", "outcome_f1")) + " |")
+    for b, f in m["persona_minus"].items():
+        lines.append(f"- persona − {b}: " + " / ".join(_d(f[k]) for k in ("type_accuracy", "exact_accuracy", "macro_f1", "outcome_f1")))
+    return lines
 
 
 def format_summary(r: dict[str, Any]) -> str:
