@@ -416,6 +416,18 @@ def evaluate_ablations(cfg, out) -> None:
     click.echo(stage.format_report(run_atomic(out or RUNS.ablations, "evaluate.ablations", cfg, run)))
 
 
+@main.command(cls=ConfigCommand, config="simpersona.abtest.stage:AbtestConfig", section="abtest",
+              flags=("ingest", "personas", "split", "spec", ("shop", "shops"), "buyers", "design", "aa", "agent",
+                     ("checkpoint", "llm.checkpoint"), ("endpoint", "endpoint.url"), "seed"))
+@_out("Output folder [default: runs/abtest].")
+@SETS
+def abtest(cfg, out) -> None:
+    """A simulated A/B test of a storefront change (--spec variant.yaml): paired persona populations, effects with CIs."""
+    from simpersona.abtest import stage
+
+    click.echo(stage.format_summary(run_atomic(out or RUNS.root / "abtest", "abtest", cfg, stage.run)))
+
+
 @main.command(cls=ConfigCommand, config="simpersona.report.build:ReportConfig", section="report", flags=("run",))
 @_out("Output folder [default: RUN/report; the page is index.html].")
 @SETS

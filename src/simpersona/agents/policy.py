@@ -23,7 +23,8 @@ p_i when the goal states an intent. `PolicyModel.table(code, intent)` picks the 
 `PolicyAgent` reads the intent from its goal ("to buy" / "to browse", `intent_of`), samples a
 target event from p_{k,i}(·|page type) and takes the fewest storefront
 actions that produce it (a product view from a page without products searches the goal's topic
-first; a purchase opens the checkout, fills the six fields and places the order), then samples
+first; a purchase opens the checkout, fills the six fields — continuing past a two-step checkout's
+e-mail page — and places the order), then samples
 again; `stop` ends the session (self-reported goal reached). `rollout` samples sessions from the
 page-type model alone, vectorised (no storefront): event counts per session (`rollout_events`: the
 event sequences).
@@ -278,11 +279,13 @@ class PolicyAgent:
         if target == "purchase":
             if state != "checkout":
                 return {"action": "checkout"}, False
-            if V.PLACE_ORDER not in els:
+            if V.PLACE_ORDER not in els and V.CONTINUE_BUTTON not in els:
                 return None  # empty cart: nothing to buy
             fid = V.next_empty_field(els)
             if fid is not None:
                 return {"action": "fill", "element_id": fid, "value": CHECKOUT_VALUES[fid]}, False
+            if V.PLACE_ORDER not in els:  # a two-step checkout's e-mail page
+                return {"action": "click", "element_id": V.CONTINUE_BUTTON}, False
             return {"action": "click", "element_id": V.PLACE_ORDER}, True
         return None
 

@@ -28,7 +28,6 @@ agent environment); an unsigned or forged one is ignored.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import math
 import re
 import secrets
@@ -48,7 +47,7 @@ from jinja2 import Environment, FileSystemLoader
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from simpersona.contracts.storefront import COUNTRIES, shop_base
-from simpersona.storefront.catalog import Product, Shop, load_catalog
+from simpersona.storefront.catalog import Product, Shop, load_catalog, sort_products
 from simpersona.storefront.config import DEFAULT_EVENTS_OUT, StorefrontConfig, StorefrontError
 from simpersona.storefront.cookies import (
     BUYER, SESSION, VARIANT, default_key_file, load_or_create_key, new_key, sign, verify,
@@ -107,10 +106,7 @@ class Store:
         if not v.name:
             return "A"
         chosen = verify(self.cookie_key, VARIANT, cookie, session_id)
-        if chosen in ("A", "B"):
-            return chosen
-        h = int.from_bytes(hashlib.sha256(f"{v.name}:{session_id}".encode()).digest()[:8], "big") / 2**64
-        return "B" if h < v.share_b else "A"
+        return chosen if chosen in ("A", "B") else v.arm(session_id)
 
     def visit(self, request: Request, shop_id: str) -> Visit:
         shop = self.shops.get(shop_id)
@@ -151,6 +147,11 @@ class Store:
         if c == v.price_collection or c.startswith(v.price_collection + "/"):
             return round(p * v.price_factor, 2)
         return p
+
+    def page_size(self, variant: str) -> int:
+        """Products per collection or search-results page served to `variant`."""
+        b = self.config.variant.page_size
+        return b if variant == "B" and b > 0 else self.config.page_size
 
     def render(self, visit: Visit | None, template: str, status: int = 200, **ctx) -> HTMLResponse:
         cfg = self.config
@@ -298,13 +299,8 @@ def create_app(
     async def home(request: Request, shop: str):
         v = store.visit(request, shop)
         products = [v.shop.products[pid] for pid in v.shop.order]
-        order = cfg.variant.home_order if v.state.variant == "B" else "catalog"
-        if order == "price_asc":
-            products.sort(key=lambda p: (p.price is None, p.price or 0.0))
-        elif order == "price_desc":
-            products.sort(key=lambda p: (p.price is None, -(p.price or 0.0)))
-        elif order == "title":
-            products.sort(key=lambda p: p.title)
+        if v.state.variant == "B":
+            products = sort_products(products, cfg.variant.home_order)
         featured = [(p, store.price(p, v.state.variant)) for p in products[: cfg.featured]]
         store.event(v, "page_view")
         return store.render(v, "home.html", products=featured, collections=v.shop.collections(cfg.home_collections))
@@ -316,7 +312,10 @@ def create_app(
         if path not in v.shop.collection_sizes:
             raise HTTPException(404, f"no collection {path!r} in shop {shop!r}")
         n = _int(page, "page", 1, 100_000, default=1)
-        items, pages = _page(v.shop.in_collection(path), n, cfg.page_size)
+        listed = v.shop.in_collection(path)
+        if v.state.variant == "B":
+            listed = sort_products(listed, cfg.variant.sort_order, lambda p: store.price(p, "B"))
+        items, pages = _page(listed, n, store.page_size(v.state.variant))
         parts = path.split("/")
         crumbs = ["/".join(parts[: i + 1]) for i in range(len(parts) - 1)]
         store.event(v, "collection_view", collection_id=path)
@@ -335,7 +334,10 @@ def create_app(
         query = " ".join(q.split())
         if not query:
             return store.render(v, "listing.html", heading="Search", query="", products=[], page=1, pages=1, empty_query=True)
-        items, pages = _page(v.shop.search(query), n, cfg.page_size)
+        found = v.shop.search(query)
+        if v.state.variant == "B":
+            found = sort_products(found, cfg.variant.search_ranking, lambda p: store.price(p, "B"))
+        items, pages = _page(found, n, store.page_size(v.state.variant))
         store.event(v, "search", query=query)
         return store.render(
             v, "listing.html", heading=f"Search: {query}", query=query, crumbs=[], subs=[],

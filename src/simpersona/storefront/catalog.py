@@ -91,6 +91,18 @@ class Shop:
         return [self.products[pid] for pid in ranked]
 
 
+def sort_products(products: list[Product], order: str, price=lambda p: p.price) -> list[Product]:
+    """`products` in a variant's order: "catalog" / "relevance" (as given), "price_asc",
+    "price_desc" (by `price(p)`, the price served; no price last) or "title"."""
+    if order == "price_asc":
+        return sorted(products, key=lambda p: (price(p) is None, price(p) or 0.0))
+    if order == "price_desc":
+        return sorted(products, key=lambda p: (price(p) is None, -(price(p) or 0.0)))
+    if order == "title":
+        return sorted(products, key=lambda p: p.title)
+    return list(products)
+
+
 def read_catalog(path: Path | str) -> pa.Table:
     """The catalog table at `path`, or a StorefrontError naming the path and the problem."""
     path = Path(path)

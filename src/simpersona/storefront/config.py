@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -33,6 +34,25 @@ class VariantConfig:
     home_order: Literal["catalog", "price_asc", "price_desc", "title"] = "catalog"
     # B's checkout asks for the e-mail on a page of its own before the shipping form.
     extra_checkout_step: bool = False
+    # B's products per collection or search-results page (0: the shop's `page_size`, as A).
+    page_size: int = 0
+    # B's order of a collection's products (A: catalog order).
+    sort_order: Literal["catalog", "price_asc", "price_desc", "title"] = "catalog"
+    # B's order of search matches (A: relevance, `catalog.Shop.search`).
+    search_ranking: Literal["relevance", "price_asc", "price_desc", "title"] = "relevance"
+
+    def arm(self, session_id: str) -> str:
+        """The arm a session gets without a signed choice: "B" when a hash of (name, session id) falls
+        below `share_b`, else "A"; "A" for everyone when `name` is empty. Stable per session.
+
+        >>> v = VariantConfig(name="ship", free_shipping_banner=True)
+        >>> v.arm("s1") == v.arm("s1"), VariantConfig().arm("s1")
+        (True, 'A')
+        """
+        if not self.name:
+            return "A"
+        h = int.from_bytes(hashlib.sha256(f"{self.name}:{session_id}".encode()).digest()[:8], "big") / 2**64
+        return "B" if h < self.share_b else "A"
 
 
 @dataclass

@@ -1,0 +1,115 @@
+"""The two arms of a simulated experiment: one persona population per shop, each buyer's episode
+on arm A and on arm B of one storefront (paired), or on the arm its session id hashes to (unpaired).
+
+Buyer i of shop s draws k ~ p̂_s(k), a stratum ~ P(stratum | k), the intent of its stratum and a goal
+topic among the shop's collections (`draw_buyers`, as `simpersona simulate` draws its population).
+The arm is the storefront's: both arms run on one app serving the variant, arm A's environments
+ask for variant A and arm B's for variant B (signed `sp_variant` cookies, `ShopEnv`), so an
+episode's session is logged with the variant it saw. Paired episodes share the buyer's id, code,
+stratum, goal and — with `arm_seeds: same` — its agent's random numbers (common random numbers:
+the arms differ only where the pages differ); session ids end in `-A` / `-B`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from simpersona.contracts.goals import goal_text, topic_name
+from simpersona.simulate.runner import EpisodeSpec, run_episodes
+from simpersona.storefront.config import StorefrontConfig
+
+
+@dataclass
+class Buyer:
+    """One simulated buyer of the experiment (its episodes: `episode(arm)`)."""
+
+    shop_id: str
+    # index of the buyer in its shop's population
+    index: int
+    code: int
+    stratum: str
+    intent: str
+    goal: str
+    # agent seed on arm A, and on arm B (equal with common random numbers)
+    seed_a: int
+    seed_b: int
+    persona: bool = True
+
+    @property
+    def buyer_id(self) -> str:
+        return f"ab-{self.shop_id}-{self.index:06d}"[-64:]
+
+    def episode(self, arm: str) -> EpisodeSpec:
+        """The buyer's episode on `arm` ("A" or "B"): session id `<buyer>-<arm>`."""
+        return EpisodeSpec(shop_id=self.shop_id, buyer_id=self.buyer_id, session_id=f"{self.buyer_id}-{arm}"[-64:],
+                           code=self.code, stratum=self.stratum, intent=self.intent, goal=self.goal,
+                           seed=self.seed_a if arm == "A" else self.seed_b, persona=self.persona, tag=arm)
+
+
+def shop_topics(shop) -> tuple[list[str], np.ndarray]:
+    """(goal topics, probabilities ∝ products) of a storefront `Shop`: its leaf collections, or
+    its titles' last words when it has none."""
+    if shop.leaves:
+        names = sorted(shop.leaves)
+        w = np.array([shop.leaves[c] for c in names], float)
+        return [topic_name(c) for c in names], w / w.sum()
+    titles = sorted({p.title.split()[-1].lower() for p in shop.products.values() if p.title}) or ["gift"]
+    return titles, np.full(len(titles), 1 / len(titles))
+
+
+def draw_buyers(mix, shops_obj: dict, shops: list[str], n: int, seed: int, same_seeds: bool = True,
+                persona: bool = True) -> list[Buyer]:
+    """n buyers per shop from the persona mix (`personas.assign.PersonaMix`), seeded per shop."""
+    out = []
+    for si, shop in enumerate(shops):
+        rng = np.random.default_rng([seed, si])
+        pop = mix.sample_population(shop, n, rng)
+        topics, p = shop_topics(shops_obj[shop])
+        picks = rng.choice(len(topics), size=n, p=p)
+        seeds = rng.integers(1 << 31, size=(n, 2))
+        for i in range(n):
+            out.append(Buyer(shop, i, int(pop.codes[i]), str(pop.strata[i]), str(pop.intents[i]),
+                             goal_text(str(pop.intents[i]), topics[picks[i]]), int(seeds[i, 0]),
+                             int(seeds[i, 0] if same_seeds else seeds[i, 1]), persona))
+    return out
+
+
+def run_arms(storefront: StorefrontConfig, catalog: pa.Table | Path, episodes: dict[str, list[EpisodeSpec]],
+             make_agent, log_dir: Path | None, concurrency: int = 32, aa: bool = False) -> tuple[list[dict], pa.Table, pa.Table, float]:
+    """Run each arm's episodes ({"A": specs, "B": specs}) on one storefront serving
+    `storefront.variant` (aa: both arms get variant A); (episode records with `arm`, events,
+    the storefront's session log, wall seconds)."""
+    from simpersona.storefront.app import create_app
+    from simpersona.storefront.env import ShopEnv
+    from simpersona.storefront.transports import AsgiTransport
+
+    if log_dir is not None:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    sf = dataclasses.replace(storefront, events_out=log_dir)
+    app = create_app(sf, catalog)
+    records: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    for arm in ("A", "B"):
+        specs = episodes.get(arm) or []
+        if not specs:
+            continue
+        share_b = 1.0 if arm == "B" and not aa else 0.0  # the env's variant draw: always B, or always A
+        env_cfg = dataclasses.replace(sf.env, variant_share_b=share_b)
+        envs = [ShopEnv(AsgiTransport(app), env_cfg) for _ in range(max(1, min(concurrency, len(specs))))]
+        try:
+            for rec in run_episodes(specs, envs, make_agent):
+                records.append({**rec, "arm": arm})
+        finally:
+            for e in envs:
+                e.close()
+    wall = time.perf_counter() - t0
+    log = app.state.store.log
+    return records, log.events(), log.sessions(), wall
