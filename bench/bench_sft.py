@@ -14,7 +14,9 @@ A. Seconds per optimizer step at the preset's sizes (`--preset`: its stage1/stag
 B. Persona-row init: stage-1 validation loss (assistant tokens, held-out SHOPS) before and after
    the same number of stage-1 steps, for mean vs codebook (ridge projection from the VQ-VAE
    codebook onto card-text embeddings) vs card vs random (the paper's) init — same data, order,
-   seed and learning rate.
+   seed and learning rate. After training, the same validation records with each buyer's persona
+   token swapped for another code's: the loss difference is the token's effect per init (how
+   much the trained rows carry about the buyer), measured on the same records and steps.
 
 The machine's 2 cores are shared with other engineers' jobs: timings are indicative; the load
 average printed beside each figure says how shared. Writes bench/results/sft.json.
@@ -65,6 +67,23 @@ def step_times(model, tok, records, hp, out: Path, persona_ids=None) -> tuple[li
     if handle is not None:
         handle.remove()
     return clock.times, clock.cpu
+
+
+def swap_personas(records: list[dict], k: int, seed: int) -> list[dict]:
+    """The same records with each buyer's persona token replaced by another code's (seeded): the
+    validation loss on these minus on the true records is the loss-level effect of the token."""
+    import re
+
+    from simpersona.contracts.persona import persona_token
+
+    rng = random.Random(seed)
+    pat = re.compile(r"<\|persona_(\d+)\|>")
+
+    def other(m: re.Match) -> str:
+        true = int(m.group(1))
+        return persona_token((true + 1 + rng.randrange(k - 1)) % k)  # any code but the true one
+
+    return [{**r, "messages": [{**m, "content": pat.sub(other, m["content"])} for m in r["messages"]]} for r in records]
 
 
 def main() -> None:
@@ -197,11 +216,15 @@ def main() -> None:
             continue
         s = train_stage("stage1", model, tok, train1, val1, hp, tmp / init, seed=0, persona_ids=ids)
         log = json.loads((tmp / init / "log.json").read_text())
+        swapped = eval_loss(model, tok, swap_personas(val1, a.k, seed=0), hp, tmp / init, seed=0)
         inits[init] = {"val_loss_before": round(s["val_loss_before"], 4), "val_loss_after": round(s["val_loss_after"], 4),
+                       "val_loss_swapped_persona": round(swapped, 4),
+                       "token_effect": round(swapped - s["val_loss_after"], 4),
                        "train_loss_curve": [round(e["loss"], 4) for e in log if "loss" in e], "steps": s["steps"],
                        "wall_s": round(time.perf_counter() - t1, 1), "frozen_ok": not s["frozen_check"]["changed_outside_persona_rows"],
                        "init_info": info}
-        print(f"init={init}: val loss {s['val_loss_before']:.4f} → {s['val_loss_after']:.4f} after {s['steps']} steps "
+        print(f"init={init}: val loss {s['val_loss_before']:.4f} → {s['val_loss_after']:.4f} after {s['steps']} steps; "
+              f"with another code's token {swapped:.4f} (token effect {swapped - s['val_loss_after']:+.4f}) "
               f"(train curve {inits[init]['train_loss_curve']}), {inits[init]['wall_s']} s", flush=True)
         del model
     if inits:

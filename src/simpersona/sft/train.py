@@ -405,7 +405,9 @@ def train_stage(name: str, model, tokenizer, train: list[dict], val: list[dict],
                    step_cpu_s_median=round(sorted(clock.cpu)[len(clock.cpu) // 2], 3) if clock.cpu else None,
                    load_average_after=os.getloadavg()[0])
     if val:
-        summary["val_loss_after"] = trainer.evaluate()["eval_loss"]
+        # the trainer's own evaluation at the last step, when it ran one (never evaluated twice)
+        last = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e and e.get("step") == result.global_step]
+        summary["val_loss_after"] = last[-1] if last else trainer.evaluate()["eval_loss"]
         summary["val_curve"] = val_curve(trainer.state.log_history, summary["val_loss_before"])
     if handle is not None:
         handle.remove()
