@@ -111,7 +111,7 @@ def compare_runs(a: Path, b: Path) -> list[str]:
     diffs = []
     files_a = {p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file()}
     files_b = {p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file()}
-    journal = re.compile(r"(^|/)storefront/(events|sessions|journal)/")
+    journal = re.compile(r"(^|/)storefront/(worker-\d+/)?(events|sessions|journal)/")
     for rel in sorted(files_a | files_b):
         if journal.search(rel) or rel in RENDERED:
             continue

@@ -6,14 +6,25 @@ episode. Outcomes (`contracts.storefront.OUTCOMES`): the env's goal_reached / en
 plus `malformed` (the agent's output was no valid action: the failure kind is recorded and the
 episode ends there) — context_length and backend_error count as crash. Nothing aborts the run: a
 reset or step that raises ends that episode as a crash.
+
+An episode depends on its spec alone (its seed, ids and agent; the storefront keeps each session's
+state apart), so episodes of agents that need no shared backend (the fast policy) may also run in
+several processes, each with its own storefront app (`run_in_workers`): the same records and the
+same logged events as one process, in a canonical order (`session_order`) that no split changes.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+import pyarrow as pa
 
 from simpersona.agents.base import Decision, act_batch
 from simpersona.contracts.persona import persona_token
@@ -45,6 +56,7 @@ class EpisodeSpec:
 class _Slot:
     env: Any
     spec: EpisodeSpec | None = None
+    index: int = 0
     agent: Any = None
     obs: dict | None = None
     t0: float = 0.0
@@ -65,20 +77,20 @@ def _record(spec: EpisodeSpec, outcome: str, steps: int, invalid: int, wall: flo
 def run_episodes(specs: Iterable[EpisodeSpec], envs: list, make_agent: Callable[[EpisodeSpec], Any],
                  on_done: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
     """Run every spec on the environments `envs` (one episode per env at a time); returns one
-    record per episode (see `_record`), in completion order."""
-    queue = iter(specs)
+    record per episode (see `_record`), in spec order (`on_done` sees them in completion order)."""
+    queue = enumerate(specs)
     slots = [_Slot(env) for env in envs]
-    out: list[dict[str, Any]] = []
+    out: dict[int, dict[str, Any]] = {}
 
     def finish(s: _Slot, rec: dict) -> None:
-        out.append(rec)
+        out[s.index] = rec
         if on_done is not None:
             on_done(rec)
         s.spec = s.agent = s.obs = None
 
     def fill(s: _Slot) -> None:
         while s.spec is None:
-            spec = next(queue, None)
+            s.index, spec = next(queue, (0, None))
             if spec is None:
                 return
             s.t0, s.repaired = time.perf_counter(), 0
@@ -97,7 +109,7 @@ def run_episodes(specs: Iterable[EpisodeSpec], envs: list, make_agent: Callable[
             fill(s)
         live = [s for s in slots if s.spec is not None]
         if not live:
-            return out
+            return [out[i] for i in sorted(out)]
         decisions = act_batch([s.agent for s in live], [s.obs for s in live])
         for s, d in zip(live, decisions):
             spec = s.spec
@@ -115,3 +127,58 @@ def run_episodes(specs: Iterable[EpisodeSpec], envs: list, make_agent: Callable[
             if term or trunc:
                 finish(s, _record(spec, info["outcome"], info["step"], info["invalid_actions"], time.perf_counter() - s.t0,
                                   None, s.repaired, info.get("error") or ""))
+
+
+def worker_count(workers: int) -> int:
+    """Processes for `workers` (0: one per CPU this process may use)."""
+    return workers if workers > 0 else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def run_in_workers(specs: list[EpisodeSpec], workers: int,
+                   run_shard: Callable[[list[EpisodeSpec], int], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """`run_shard(specs[k::workers], k)` in `workers` forked processes at once (each builds its own
+    storefront app and environments; fork, so the closure and the agents' model need no pickling);
+    returns the shards' records (each shard's in its spec order) in spec order. A worker that
+    fails raises here with its traceback."""
+    ctx = multiprocessing.get_context("fork")
+    procs = []
+    for k in range(workers):
+        recv, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_worker, args=(run_shard, specs[k::workers], k, send), daemon=True)
+        proc.start()
+        send.close()
+        procs.append((proc, recv))
+    out: list[dict[str, Any] | None] = [None] * len(specs)
+    errors = []
+    for k, (proc, recv) in enumerate(procs):
+        try:
+            ok, payload = recv.recv()
+        except EOFError:
+            ok, payload = False, "the worker died without an answer (killed, out of memory?)"
+        proc.join()
+        if not ok:
+            errors.append(f"simulation worker {k}/{workers}: {payload}")
+            continue
+        out[k::workers] = payload
+    if errors:
+        raise RuntimeError("\n".join(errors))
+    return out  # type: ignore[return-value]
+
+
+def _worker(run_shard, shard: list[EpisodeSpec], k: int, send) -> None:
+    try:
+        result = (True, run_shard(shard, k))
+    except BaseException:  # report it to the parent whatever it was
+        result = (False, traceback.format_exc()[-3000:])
+    send.send(result)
+    send.close()
+
+
+def session_order(events: pa.Table) -> pa.Table:
+    """The events grouped by session — sorted by (shop_id, buyer_id, session_id), each session's
+    events in the order they were logged — the order the simulation writes, whatever the episodes'
+    concurrency or processes."""
+    seq = pa.array(np.arange(events.num_rows, dtype=np.int64))
+    order = events.append_column("_seq", seq).sort_by([("shop_id", "ascending"), ("buyer_id", "ascending"),
+                                                         ("session_id", "ascending"), ("_seq", "ascending")])
+    return order.drop_columns(["_seq"])

@@ -43,7 +43,7 @@ from simpersona.contracts.split import load_split
 from simpersona.contracts.storefront import OUTCOMES
 from simpersona.storefront.config import StorefrontConfig
 
-from simpersona.simulate.runner import EpisodeSpec, run_episodes
+from simpersona.simulate.runner import EpisodeSpec, run_episodes, run_in_workers, session_order, worker_count
 
 
 @dataclass
@@ -82,6 +82,9 @@ class SimulateConfig:
     concurrency: int = 32
     # asgi: in-process storefront; http: the same app on a loopback port, real HTTP
     transport: Literal["asgi", "http"] = "asgi"
+    # processes for the fast policy's episodes on the in-process storefront, each with its own app
+    # (0: one per CPU core; the llm/endpoint agents and transport http use one); same output for any
+    workers: int = 0
     # master seed (populations, goals, policy sampling)
     seed: int = 0
     # print a progress line every this many finished episodes (0: quiet)
@@ -182,14 +185,33 @@ class _LoopbackServer:
 
 def simulate(cfg: SimulateConfig, run_dir: Path, specs: list[EpisodeSpec], catalog: pa.Table | Path,
              make_agent, echo=print) -> tuple[list[dict], pa.Table, float]:
-    """Run `specs` on a fresh storefront logging into run_dir/storefront; (episodes, events, wall_s)."""
+    """Run `specs` on a fresh storefront logging into run_dir/storefront (run_dir/storefront/worker-K
+    with several workers); (episodes in spec order, events by session: `runner.session_order`, wall_s)."""
     from simpersona.storefront.app import create_app
     from simpersona.storefront.env import ShopEnv
+    from simpersona.storefront.eventlog import read_parts
     from simpersona.storefront.transports import AsgiTransport, HttpTransport
 
     log_dir = run_dir / "storefront"
     shutil.rmtree(log_dir, ignore_errors=True)
     sf = dataclasses.replace(cfg.storefront, events_out=log_dir)
+    workers = min(worker_count(cfg.workers), len(specs)) if cfg.agent == "policy" and cfg.transport == "asgi" else 1
+    if workers > 1:
+        def shard(part: list[EpisodeSpec], k: int) -> list[dict]:
+            app = create_app(dataclasses.replace(sf, events_out=log_dir / f"worker-{k}"), catalog)
+            envs = [ShopEnv(AsgiTransport(app), sf.env) for _ in range(max(1, min(-(-cfg.concurrency // workers), len(part))))]
+            try:
+                return run_episodes(part, envs, make_agent)
+            finally:
+                for e in envs:
+                    e.close()
+                app.state.store.log.close()
+
+        t0 = time.perf_counter()
+        episodes = run_in_workers(specs, workers, shard)
+        wall = time.perf_counter() - t0
+        events = pa.concat_tables([read_parts(log_dir / f"worker-{k}") for k in range(workers)])
+        return episodes, session_order(events), wall
     app = create_app(sf, catalog)
     server = _LoopbackServer(app) if cfg.transport == "http" else None
     n_env = max(1, min(cfg.concurrency, len(specs)))
@@ -215,7 +237,7 @@ def simulate(cfg: SimulateConfig, run_dir: Path, specs: list[EpisodeSpec], catal
             server.close()
     wall = time.perf_counter() - t0
     events = app.state.store.log.events()  # flushes
-    return episodes, events, wall
+    return episodes, session_order(events), wall
 
 
 def episodes_table(episodes: list[dict]) -> pa.Table:

@@ -23,6 +23,11 @@ nothing and show a page with the reason. Sessions: cookies `sp_buyer` (kept a ye
 not validly signed. Variant: the server's alone, a hash of the session id (see VariantConfig),
 unless a `sp_variant` cookie signed for that session says otherwise (minted by a key holder: the
 agent environment); an unsigned or forged one is ignored.
+
+Per request the app does little besides its own logic: routes are declared with FastAPI (and
+its OpenAPI schema) but answered by a lean handler (`_LeanRoute`: parameters read by name, no
+dependency injection), templates are compiled once per process, and a rendered page is kept by
+its template and values (`PAGE_CACHE`), so a page served before costs a look-up.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import lru_cache
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +47,7 @@ from urllib.parse import quote
 
 import pyarrow as pa
 from fastapi import FastAPI, Form, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -57,6 +63,30 @@ from simpersona.storefront.eventlog import EventLog
 TEMPLATES = Path(__file__).parent / "templates"
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 POSTAL = re.compile(r"^[A-Za-z0-9 -]{2,12}$")
+# Rendered pages an app keeps (least recently used dropped): a page is a pure function of its
+# template and values, and most requests repeat one (the same home, listing or product page).
+PAGE_CACHE = 2048
+
+
+@lru_cache(maxsize=1)
+def _templates() -> Environment:
+    """The Jinja environment, compiled once per process and shared by its apps (the package's
+    templates never change while it runs: no file check per page)."""
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True, auto_reload=False)
+    env.globals.update(q=lambda s: quote(str(s), safe=""), qp=lambda s: quote(str(s), safe="/"), countries=COUNTRIES)
+    return env
+
+
+def _frozen(x):
+    """A hashable stand-in for a template value, equal exactly when the value is (type included);
+    TypeError for a value that is not plain data (then the page is rendered uncached)."""
+    if isinstance(x, (list, tuple)):
+        return tuple(_frozen(v) for v in x)
+    if isinstance(x, dict):
+        return tuple((k, _frozen(v)) for k, v in x.items())
+    if x is None or isinstance(x, (str, int, float, Product)):  # bool is an int: the class tells them apart
+        return x.__class__, x
+    raise TypeError(f"not a plain template value: {type(x).__name__}")
 
 
 @dataclass
@@ -96,8 +126,8 @@ class Store:
         self.log = EventLog(config.events_out, config.flush_rows, config.flush_interval_s)
         self.sessions: OrderedDict[tuple[str, str, str], Session] = OrderedDict()
         self.lock = threading.Lock()
-        self.templates = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True)
-        self.templates.globals.update(q=lambda s: quote(str(s), safe=""), qp=lambda s: quote(str(s), safe="/"), countries=COUNTRIES)
+        self.templates = _templates()
+        self.pages: OrderedDict[tuple, str] = OrderedDict()  # rendered pages by (template, values): see PAGE_CACHE
 
     def variant_of(self, session_id: str, cookie: str | None = None) -> str:
         """The variant served to a session: a hash of its id, unless `cookie` is a sp_variant
@@ -164,8 +194,19 @@ class Store:
                 cart_count=sum(visit.state.cart.values()),
                 free_shipping=b and cfg.variant.free_shipping_banner,
             )
-        ctx.setdefault("money", self.money)
-        html = self.templates.get_template(template).render(**ctx)
+        try:
+            key = (template, _frozen(ctx))
+        except TypeError:
+            key = None
+        html = self.pages.get(key) if key is not None else None
+        if html is None:
+            html = self.templates.get_template(template).render(money=self.money, **ctx)
+            if key is not None:
+                self.pages[key] = html
+                if len(self.pages) > PAGE_CACHE:
+                    self.pages.popitem(last=False)
+        else:
+            self.pages.move_to_end(key)
         response = HTMLResponse(html, status_code=status)
         if visit is not None:
             self.set_cookies(response, visit)
@@ -205,6 +246,59 @@ def _page(items: list, page: int, size: int) -> tuple[list, int]:
     if page > pages:
         raise HTTPException(404, f"page {page} does not exist (there are {pages})")
     return items[(page - 1) * size : page * size], pages
+
+
+class _LeanRoute(APIRoute):
+    """FastAPI's route (declared as usual, same OpenAPI schema) answered by a lean handler: the
+    route's path, query and `Form` parameters, all plain strings, are read by name — a form
+    field sent empty counts as absent, as in FastAPI — and a missing required one is a 422 naming
+    it; no dependency injection or validation models per request (each handler checks its own
+    values), ≈ 8× less framework work per request."""
+
+    def get_route_handler(self):
+        d = self.dependant
+        if d.dependencies or d.header_params or d.cookie_params or any(
+            f.field_info.annotation not in (str, str | None) for f in (*d.path_params, *d.query_params, *d.body_params)
+        ):
+            raise TypeError(f"route {self.path}: only str path, query and Form parameters (and the Request)")
+        query = [(f.name, f.alias, f.field_info.is_required(), f.field_info.default) for f in d.query_params]
+        form = [(f.name, f.alias, f.field_info.is_required(), f.field_info.default) for f in d.body_params]
+        call, request_name = d.call, d.request_param_name
+
+        async def handler(request: Request) -> Response:
+            values, errors = dict(request.path_params), []
+            if request_name:
+                values[request_name] = request
+            for name, alias, required, default in query:
+                v = request.query_params.get(alias)
+                values[name] = default if v is None else v
+                if v is None and required:
+                    errors.append(f"{alias}: Field required")
+            body = None
+            if form:
+                try:
+                    body = await request.form()
+                except Exception:
+                    raise HTTPException(400, "There was an error parsing the body") from None
+            try:
+                for name, alias, required, default in form:
+                    v = body.get(alias)
+                    if v is None or v == "":
+                        values[name] = default
+                        if required:
+                            errors.append(f"{alias}: Field required")
+                    elif isinstance(v, str):
+                        values[name] = v
+                    else:
+                        errors.append(f"{alias}: Input should be a valid string")
+                if errors:
+                    raise HTTPException(422, "; ".join(errors))
+                return await call(**values)
+            finally:
+                if body is not None:
+                    await body.close()
+
+        return handler
 
 
 class _BodyLimit:
@@ -272,6 +366,7 @@ def create_app(
         store.log.close()
 
     app = FastAPI(title="SimPersona storefront", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.router.route_class = _LeanRoute
     app.state.store = store
     app.add_middleware(_BodyLimit, limit=config.max_body_bytes)
     cfg = config
@@ -279,11 +374,6 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         return store.render(None, "error.html", exc.status_code, code=exc.status_code, detail=exc.detail)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError):
-        detail = "; ".join(f"{'.'.join(str(x) for x in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
-        return store.render(None, "error.html", 422, code=422, detail=detail or "invalid request")
 
     @app.get("/", response_class=HTMLResponse)
     async def index():

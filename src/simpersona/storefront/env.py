@@ -15,7 +15,7 @@ from simpersona.storefront.actions import (
 )
 from simpersona.storefront.config import EnvConfig
 from simpersona.storefront.cookies import COOKIE_ID, visitor_cookies
-from simpersona.storefront.snapshot import Snapshot, parse
+from simpersona.storefront.snapshot import Snapshot, parse_cached
 from simpersona.storefront.transports import Page
 
 OPTIONS = ("shop", "persona_token", "goal", "buyer_id", "session_id", "variant", "start_path")
@@ -145,7 +145,7 @@ class ShopEnv:
     # -- observation -------------------------------------------------------------------------
     def _load(self, page: Page, push: bool = True) -> None:
         self.page = page
-        self.snap = parse(page.html, page.url)
+        self.snap = parse_cached(page.html, page.url)
         self.fills = {}
         if push:
             self.history.append(page.url)

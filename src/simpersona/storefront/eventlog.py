@@ -61,6 +61,13 @@ def _journal_line(kind: str, row: tuple) -> bytes:
     return (json.dumps([kind[0], *(v.isoformat() if isinstance(v, dt.datetime) else v for v in row)]) + "\n").encode()
 
 
+def read_parts(out_dir: Path, kind: str = "events") -> pa.Table:
+    """Every part of one kind ("events" or "sessions") in an events folder, in part order."""
+    schema = EVENT_SCHEMA if kind == "events" else SESSION_SCHEMA
+    tables = [pq.read_table(p, schema=schema) for p in sorted((Path(out_dir) / kind).glob("part-*.parquet"))]
+    return pa.concat_tables(tables) if tables else _table([], schema)
+
+
 def recover(out_dir: Path) -> tuple[int, int]:
     """Turn journals left by a killed writer into parts; (rows recovered, torn lines skipped)."""
     recovered = torn = 0
@@ -178,10 +185,9 @@ class EventLog:
 
     def _read(self, name: str, schema: pa.Schema) -> pa.Table:
         self.flush()
-        if self.out_dir is None:
-            tables = self._done[name]
-        else:
-            tables = [pq.read_table(p, schema=schema) for p in sorted((self.out_dir / name).glob("part-*.parquet"))]
+        if self.out_dir is not None:
+            return read_parts(self.out_dir, name)
+        tables = self._done[name]
         return pa.concat_tables(tables) if tables else _table([], schema)
 
     def events(self) -> pa.Table:

@@ -3,14 +3,19 @@ and the visible text marked `data-sp-text`, rendered as lines pruned to a token 
 
 The same parser reads the HTML of every transport (in-process, HTTP, Chromium's serialised
 DOM), so observations agree across them. Forms are kept whole (action, method, hidden fields)
-so that the HTTP transports can submit them as a browser would.
+so that the HTTP transports can submit them as a browser would. `parse_cached` memoises `parse`
+(pages repeat: the same home, collection and product pages across sessions), and a snapshot keeps
+its rendered text without typed-in values, so a page seen before costs a dictionary look-up.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from html.parser import HTMLParser
 
+# Distinct (html, url) pages whose snapshots `parse_cached` keeps (least recently used dropped).
+PARSE_CACHE = 1024
 VOID = frozenset({"input", "br", "img", "meta", "link", "hr", "area", "base", "col", "embed", "source", "track", "wbr"})
 
 
@@ -46,6 +51,8 @@ class Snapshot:
     items: list[tuple[str, str]]
     elements: dict[str, Element]
     forms: dict[str, Form]
+    # render() results without typed-in values, by (token_budget, chars_per_token)
+    _rendered: dict[tuple[int, float], str] = field(default_factory=dict, repr=False, compare=False)
 
     def element_line(self, e: Element, values: dict[str, str]) -> str:
         if e.kind == "link":
@@ -61,9 +68,18 @@ class Snapshot:
         """Page text for the agent: URL, title, then text and element lines in page order.
         Past the budget, listed links (products, collections, pages) go first, then lines
         from the end; a last line says how many were left out. `values`: typed-in input values."""
+        if not values:
+            key = (token_budget, chars_per_token)
+            text = self._rendered.get(key)
+            if text is None:
+                text = self._rendered[key] = self._render(token_budget, chars_per_token, {})
+            return text
+        return self._render(token_budget, chars_per_token, values)
+
+    def _render(self, token_budget: int, chars_per_token: float, values: dict[str, str]) -> str:
         head = [f"URL: {self.url}", f"TITLE: {self.title}"]
         lines = [
-            (t if k == "text" else self.element_line(self.elements[t], values or {}), k == "element" and self.elements[t].kind == "link")
+            (t if k == "text" else self.element_line(self.elements[t], values), k == "element" and self.elements[t].kind == "link")
             for k, t in self.items
         ]
         budget = max(0, int(token_budget * chars_per_token))
@@ -199,3 +215,9 @@ def parse(html: str, url: str) -> Snapshot:
     for f in p.forms.values():
         f.fields = [(n, (p.elements[i].value if i else v), i) for n, v, i in f.fields]
     return Snapshot(url, p.title, p.items, p.elements, p.forms)
+
+
+@lru_cache(maxsize=PARSE_CACHE)
+def parse_cached(html: str, url: str) -> Snapshot:
+    """`parse`, memoised: one snapshot per distinct (html, url), shared by every caller (read it, never change it)."""
+    return parse(html, url)

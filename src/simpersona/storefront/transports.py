@@ -3,9 +3,9 @@ behaviour: `start(cookies)` opens a fresh browsing context with these cookies, `
 `submit(snapshot, form_id, fills, button_id)` submits a form as a browser would (following
 redirects); each returns a `Page` with the status, the canonical path?query and the HTML.
 
-- `AsgiTransport`: in-process, the app called through httpx's ASGITransport on a private event
-  loop (no sockets, no threads: faster than starlette's TestClient, which hops to a portal thread
-  for every request).
+- `AsgiTransport`: in-process, each request one call of the ASGI app on a private event loop
+  (no sockets, no threads, no HTTP client library: a cookie jar and redirects as a browser
+  keeps them, ≈ 4× less client work per request than httpx's ASGITransport, which it replaced).
 - `HttpTransport`: real HTTP to a running server (`simpersona storefront serve`).
 - `BrowserTransport`: Debian's Chromium driven by Playwright: fills and clicks the real page.
 
@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urljoin, urlsplit
 
 import httpx
 
 from simpersona.storefront.snapshot import Snapshot
 
 CHROMIUM = "/usr/bin/chromium"
+# Redirects followed per request before giving up (httpx's default).
+MAX_REDIRECTS = 20
+# Characters left as they are in a request's path and query (RFC 3986 pchar, "%" of escapes).
+PATH_SAFE, QUERY_SAFE = "/%:@!$&'()*+,;=~", "/?%:@!$&'()*+,;=~"
 CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
 
@@ -90,24 +94,98 @@ class _HttpxTransport:
         return self._page(*form_request(snap, form_id, fills, button_id))
 
 
-class AsgiTransport(_HttpxTransport):
-    """In-process: requests go straight into the ASGI app (no lifespan; flush its log yourself)."""
+class AsgiTransport:
+    """In-process: each request goes straight into the ASGI app (no lifespan; flush its log
+    yourself). The client side is a browser's minimum: the cookies the app sets are kept and sent
+    back, redirects are followed (303, and 301/302 after a POST, become a GET; 307/308 repeat the
+    request), an exception in the app is a 500 page."""
 
-    def __init__(self, app, base_url: str = "http://storefront.local"):
+    def __init__(self, app, host: str = "storefront.local"):
         self.app = app
         self.cookie_key = app.state.store.cookie_key
+        self.host = host
+        self.cookies: dict[str, str] = {}
         self._loop = asyncio.new_event_loop()
-        self._client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url=base_url, follow_redirects=True
-        )
 
-    def _send(self, method, url, body):
-        return self._loop.run_until_complete(
-            self._client.request(method, url, content=body, headers=self._headers(body))
-        )
+    def start(self, cookies: dict[str, str]) -> None:
+        self.cookies = dict(cookies)
+
+    def get(self, url: str) -> Page:
+        return self._page("GET", url, None)
+
+    def submit(self, snap: Snapshot, form_id: str, fills: dict[str, str], button_id: str | None) -> Page:
+        return self._page(*form_request(snap, form_id, fills, button_id))
+
+    def _page(self, method: str, url: str, body: str | None) -> Page:
+        for _ in range(MAX_REDIRECTS + 1):
+            status, headers, content = self._loop.run_until_complete(self._call(method, url, body))
+            location = None
+            for k, v in headers:
+                if k == b"set-cookie":
+                    self._set_cookie(v.decode("latin-1"))
+                elif k == b"location":
+                    location = v.decode("latin-1")
+            if status not in (301, 302, 303, 307, 308) or location is None:
+                return Page(status, canonical_url(url), content.decode("utf-8", "replace"))
+            parts = urlsplit(urljoin(url, location))
+            url = parts.path + ("?" + parts.query if parts.query else "")
+            if status == 303 or (status in (301, 302) and method == "POST"):
+                method, body = "GET", None
+        raise RuntimeError(f"more than {MAX_REDIRECTS} redirects, the last to {url!r}")
+
+    def _set_cookie(self, header: str) -> None:
+        pair, *attrs = header.split(";")
+        name, _, value = pair.strip().partition("=")
+        if len(value) > 1 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        gone = any(a.strip().lower().startswith("max-age=") and a.strip()[8:].lstrip("-").isdigit() and int(a.strip()[8:]) <= 0
+                   for a in attrs)
+        if gone:
+            self.cookies.pop(name, None)
+        else:
+            self.cookies[name] = value
+
+    async def _call(self, method: str, url: str, body: str | None) -> tuple[int, list, bytes]:
+        parts = urlsplit(url)
+        raw_path = quote(parts.path or "/", safe=PATH_SAFE)
+        data = b"" if body is None else body.encode("utf-8")
+        headers = [(b"host", self.host.encode("ascii"))]
+        if self.cookies:
+            headers.append((b"cookie", "; ".join(f"{k}={v}" for k, v in self.cookies.items()).encode("latin-1")))
+        if body is not None:
+            headers += [(b"content-type", b"application/x-www-form-urlencoded"), (b"content-length", str(len(data)).encode())]
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "headers": headers,
+                 "scheme": "http", "path": unquote(raw_path), "raw_path": raw_path.encode("ascii"),
+                 "query_string": quote(parts.query, safe=QUERY_SAFE).encode("ascii"), "server": (self.host, 80),
+                 "client": ("127.0.0.1", 123), "root_path": ""}
+        done = self._loop.create_future()
+        out: dict = {"status": None, "headers": [], "body": []}
+        sent = False
+
+        async def receive() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": data, "more_body": False}
+            await done  # the client stays connected until the response is complete
+            return {"type": "http.disconnect"}
+
+        async def send(message) -> None:
+            if message["type"] == "http.response.start":
+                out["status"], out["headers"] = message["status"], list(message.get("headers", []))
+            elif message["type"] == "http.response.body":
+                out["body"].append(message.get("body", b""))
+                if not message.get("more_body", False) and not done.done():
+                    done.set_result(None)
+
+        try:
+            await self.app(scope, receive, send)
+        except Exception:  # the app failed: a 500, as a server would answer
+            if out["status"] is None:
+                return 500, [], b""
+        return out["status"] or 500, out["headers"], b"".join(out["body"])
 
     def close(self) -> None:
-        self._loop.run_until_complete(self._client.aclose())
         self._loop.close()
 
 
