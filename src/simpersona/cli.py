@@ -326,6 +326,36 @@ def sft_fabricate(out, k, shops, sessions, seed) -> None:
     click.echo(fabricate(out, k, shops, sessions, seed))
 
 
+@main.group()
+def agent() -> None:
+    """The LLM agent's CPU inference engine (ONNX Runtime GenAI): convert a checkpoint, check a pair."""
+
+
+@agent.command("convert")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="SFT checkpoint folder (e.g. RUN/sft/stage2).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Engine folder to write (llm.engine_dir).")
+@click.option("--precision", default="int8", show_default=True, type=click.Choice(["int8", "int4", "fp32"]),
+              help="Engine weights (int8: int8 compute, VNNI where the CPU has it).")
+def agent_convert(checkpoint, out, precision) -> None:
+    """Convert a fine-tuned checkpoint (persona tokens included) to the engine, checked after."""
+    from simpersona.agents.engine import convert
+
+    m = convert(checkpoint, out, precision)
+    click.echo(f"{out}: {m['precision']} engine of {m['checkpoint']} (weights {m['sha256']}), vocabulary {m['vocab_size']}, "
+               f"K = {m['persona_k']} persona tokens, in {m['convert_s']} s")
+
+
+@agent.command("check")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="SFT checkpoint folder.")
+@click.option("--engine", "engine_dir", required=True, type=click.Path(path_type=Path), help="Engine folder.")
+def agent_check(checkpoint, engine_dir) -> None:
+    """Check that an engine folder was made from this checkpoint (vocabulary, persona tokens, K, weights)."""
+    from simpersona.agents.engine import check_engine
+
+    m = check_engine(checkpoint, engine_dir)
+    click.echo(f"{engine_dir} matches {checkpoint}: vocabulary {m['vocab_size']}, K = {m['persona_k']}, weights {m['sha256']}")
+
+
 @main.command(cls=ConfigCommand, config="simpersona.traces.stage:TracesConfig", section="traces",
               flags=("ingest", "features", "personas", "split"))
 @_out("TRACES_DIR to write [default: runs/traces].")

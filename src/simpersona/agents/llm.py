@@ -1,11 +1,14 @@
 """The LLM agent: THE SFT prompt (`contracts.prompt.messages` + `log_entry`), a model backend, repaired JSON.
 
 Backends (`generate(list of chat messages) -> list of str | Exception`, one entry per prompt):
-- `TransformersBackend`: a local checkpoint (an SFT stage folder: model + tokenizer with the
-  persona tokens and chat template), decoded by `agents.decoding`: constrained to the actions the
-  current page can execute (`llm.decoding: constrained`, llguidance) or free text (`free`: the
-  paper's malformed-output comparison), greedy or seeded sampling, each prompt prefilled only past
-  its longest cached prefix (`llm.prefix_cache`); counts generated / prefilled / cached tokens.
+- `TransformersBackend` (= `LocalBackend`): a local checkpoint (an SFT stage folder: model +
+  tokenizer with the persona tokens and chat template), decoded by `agents.decoding`: constrained
+  to the actions the current page can execute (`llm.decoding: constrained`, llguidance) or free
+  text (`free`: the paper's malformed-output comparison), greedy or seeded sampling, each prompt
+  prefilled only past its longest cached prefix (`llm.prefix_cache`); counts generated / prefilled
+  / cached tokens. The logits come from transformers (`llm.engine: transformers`, the reference)
+  or from the checkpoint converted to ONNX Runtime GenAI (`onnx`, `agents.engine`: int8 on CPU,
+  one KV cache per episode); tokenizer, grammar and sampler are the same for both.
 - `EndpointBackend`: any OpenAI-compatible `/chat/completions` endpoint (httpx, concurrent
   requests); the only network use, and only when the user configures a URL.
 
@@ -60,7 +63,20 @@ class LLMConfig:
     prefix_cache: int = 32
     # prompts longer than this many tokens are not generated: failure "context_length"
     max_prompt_tokens: int = 8192
-    # torch CPU threads
+    # inference engine: transformers (the reference) or onnx (ONNX Runtime GenAI, the checkpoint
+    # converted by `simpersona agent convert`; int8 on CPU, one KV cache per episode)
+    engine: Literal["transformers", "onnx"] = "transformers"
+    # onnx: the converted engine folder (checked against llm.checkpoint); None = converted on first
+    # use into engine_cache/<checkpoint weights sha256>-<engine_precision>
+    engine_dir: Path | None = None
+    # onnx: where engines converted on first use are kept (content-addressed by the checkpoint's weights)
+    engine_cache: Path = Path("runs/cache/engines")
+    # onnx: weights of an engine converted on first use (int8: int8 compute with VNNI; int4; fp32)
+    engine_precision: Literal["int8", "int4", "fp32"] = "int8"
+    # onnx: most tokens (prompt + answer) one episode's KV cache holds (~46 kB per token for
+    # SmolLM2); a longer prompt fails as context_length
+    engine_context: int = 2048
+    # torch CPU threads (and the onnx engine's)
     threads: int = 2
     # torch device
     device: str = "cpu"
@@ -143,8 +159,9 @@ class LLMAgent:
         return self.decide(out)
 
 
-class TransformersBackend:
-    """Batched generation with a local causal LM checkpoint (`agents.decoding`)."""
+class LocalBackend:
+    """Batched generation with a local checkpoint (`agents.decoding`); logits from transformers or the
+    ONNX Runtime GenAI engine (`llm.engine`)."""
 
     def __init__(self, cfg: LLMConfig, model=None, tokenizer=None):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -153,7 +170,18 @@ class TransformersBackend:
         from simpersona.agents.decoding import Constraint, PrefixCache
 
         torch.set_num_threads(cfg.threads)
-        if model is None:
+        self.engine = None
+        if cfg.engine == "onnx":
+            from transformers import AutoTokenizer
+
+            from simpersona.agents.engine import OnnxEngine, engine_for
+
+            folder = engine_for(cfg)  # checked against the checkpoint, converted when missing
+            tokenizer = AutoTokenizer.from_pretrained(Path(cfg.checkpoint), local_files_only=True)
+            self.engine = OnnxEngine(folder, cfg.threads, cfg.engine_context, max(cfg.prefix_cache, cfg.batch_size),
+                                     reuse=cfg.prefix_cache > 0)
+            self.engine_dir = folder
+        elif model is None:
             if cfg.checkpoint is None:
                 raise FileNotFoundError("the LLM agent needs llm.checkpoint (an SFT stage folder)")
             from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -161,7 +189,8 @@ class TransformersBackend:
             path = Path(cfg.checkpoint)
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=getattr(torch, cfg.dtype))
-        self.cfg, self.model, self.tok = cfg, model.to(cfg.device).eval(), tokenizer
+        self.cfg, self.tok = cfg, tokenizer
+        self.model = model.to(cfg.device).eval() if self.engine is None else None
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
         ids = [self.tok.convert_tokens_to_ids(t) for t in ("<|im_end|>",)] + [self.tok.eos_token_id]
@@ -169,7 +198,8 @@ class TransformersBackend:
         self.vocab = self.tok.get_vocab()
         self.constraint = Constraint(self.tok) if cfg.decoding == "constrained" else None
         self.prefix_ids = self.tok(cfg.response_prefix, add_special_tokens=False)["input_ids"] if cfg.response_prefix else []
-        self.cache = PrefixCache(cfg.prefix_cache)
+        # the prompt KV caches: transformers' prefix cache, or the engine's generator pool (same counters)
+        self.cache = PrefixCache(cfg.prefix_cache) if self.engine is None else self.engine
         self.generator = torch.Generator().manual_seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.tokens_generated = 0
@@ -221,8 +251,9 @@ class TransformersBackend:
         ok = []
         for i, ids in enumerate(enc):
             persona = getattr(prompts[i], "persona", None)
-            if len(ids) > self.cfg.max_prompt_tokens:
-                out[i] = ContextLengthError(f"prompt of {len(ids)} tokens > {self.cfg.max_prompt_tokens}")
+            limit = self.cfg.max_prompt_tokens if self.engine is None else min(self.cfg.max_prompt_tokens, self.cfg.engine_context - 1)
+            if len(ids) > limit:
+                out[i] = ContextLengthError(f"prompt of {len(ids)} tokens > {limit}")
             elif persona and persona not in self.vocab:
                 out[i] = ValueError(f"checkpoint {self.cfg.checkpoint or '(in memory)'}: its tokenizer lacks {persona}")
             else:
@@ -232,22 +263,29 @@ class TransformersBackend:
                 except ValueError as e:
                     out[i] = e
         ok.sort(key=lambda i: len(enc[i]))  # similar lengths together: less padding
-        bs = max(1, self.cfg.batch_size)
+        # the engine decodes one prompt at a time on its own KV cache: one call for all of them
+        bs = max(1, self.cfg.batch_size) if self.engine is None else max(1, len(ok))
+        cap = self.cfg.max_new_tokens if self.constraint is None else CONSTRAINED_CAP
         for c in range(0, len(ok), bs):
             idx = ok[c : c + bs]
             t0 = time.perf_counter()
-            gen = generate_ids(
-                self.model, [enc[i] for i in idx], self.cache, max_new_tokens=self.cfg.max_new_tokens if self.constraint is None else CONSTRAINED_CAP,
-                stop_ids=self.stop_ids, temperature=self.cfg.temperature, top_p=self.cfg.top_p, generator=self.generator,
-                matchers=[matchers[i] for i in idx] if self.constraint is not None else None, constraint=self.constraint,
-                closed=self._closed(),
-            )
+            kw = dict(max_new_tokens=cap, stop_ids=self.stop_ids, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                      generator=self.generator, matchers=[matchers[i] for i in idx] if self.constraint is not None else None,
+                      constraint=self.constraint, closed=self._closed())
+            if self.engine is not None:
+                gen = self.engine.generate([enc[i] for i in idx], **kw)
+            else:
+                gen = generate_ids(self.model, [enc[i] for i in idx], self.cache, **kw)
             self.decode_s += time.perf_counter() - t0
             self.calls += 1
             for ids, i in zip(gen, idx):
                 self.tokens_generated += len(ids)
                 out[i] = self.cfg.response_prefix + self.tok.decode(ids, skip_special_tokens=True)
         return out
+
+
+# The name the stages and tests use (a local checkpoint, whichever engine computes its logits).
+TransformersBackend = LocalBackend
 
 
 class EndpointBackend:
