@@ -3,11 +3,11 @@ the fast persona policy on the real storefront app, the current path against the
 beside the policy alone, all in one run.
 
     .venv/bin/python bench/bench_simulate_speed.py                          # 2,000 sessions, 3 rounds
-    .venv/bin/python bench/bench_simulate_speed.py --sessions 4000 --rounds 5 --baseline 1c8d1c7
+    .venv/bin/python bench/bench_simulate_speed.py --shops 4 --products 300 --sessions 4000 --rounds 5
 
-World: `testing.world.make_toy_world` with 4 shops × 300 products and 4 persona codes (FABRICATED
-sessions fit the policy); `simulate` stage, concurrency 32, seed 0, its sessions/s (wall of the
-episodes, storefront apps included). Variants, each in a fresh process, alternating per round so
+World: `testing.world.make_toy_world` (default 2 shops × 48 products, bench_simulate.py's; 4 persona
+codes, FABRICATED sessions fit the policy); `simulate` stage, concurrency 32, seed 0, its
+sessions/s (wall of the episodes, storefront apps included). Variants, each in a fresh process, alternating per round so
 drift on a shared machine hits all alike; medians of the rounds; the load average before each:
   - before:  the storefront and simulation code of `--baseline` (a git revision of this
              repository, default the commit before the fast path: httpx's ASGITransport as the
@@ -68,7 +68,9 @@ def same_log(a: Path, b: Path) -> tuple[bool, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sessions", type=int, default=2000, help="simulated sessions per measurement (over 4 shops)")
+    ap.add_argument("--sessions", type=int, default=2000, help="simulated sessions per measurement (over all shops)")
+    ap.add_argument("--shops", type=int, default=2, help="shops of the toy world")
+    ap.add_argument("--products", type=int, default=48, help="products per shop")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of every variant (medians reported)")
     ap.add_argument("--baseline", default="1c8d1c7", help="git revision of the path before (its src/ is used)")
     ap.add_argument("--workers", type=int, default=0, help="workers of the parallel variant (0: one per CPU)")
@@ -81,17 +83,17 @@ def main() -> None:
     from simpersona.testing.world import make_toy_world
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_simspeed_"))
-    world = make_toy_world(tmp / "world", shops=4, codes=4, buyers=300, products=300)
+    world = make_toy_world(tmp / "world", shops=a.shops, codes=4, buyers=200, products=a.products)
     base_src = tmp / "baseline"
     base_src.mkdir()
     archive = subprocess.run(["git", "-C", str(REPO), "archive", a.baseline, "src"], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(base_src)], input=archive, check=True)
     workers = worker_count(a.workers)
-    buyers = a.sessions // 4
+    buyers = a.sessions // a.shops
     # name: (src folder, extra simulate settings, output folder prefix)
     variants = {"before": (base_src / "src", {}, "before"), "now, 1 worker": (REPO / "src", {"workers": 1}, "now1"),
                 f"now, {workers} workers": (REPO / "src", {"workers": workers}, f"now{workers}")}
-    print(f"world: 4 shops x 300 products (fabricated), {buyers * 4:,} sessions per measurement; baseline {a.baseline}; "
+    print(f"world: {a.shops} shops x {a.products} products (fabricated), {buyers * a.shops:,} sessions per measurement; baseline {a.baseline}; "
           f"{os.cpu_count()} CPUs; load average at start {load()}")
     rates: dict[str, list[float]] = {k: [] for k in variants}
     rates["policy alone"] = []

@@ -5,7 +5,7 @@ policy, and HTTP requests/s under a loopback load generator beside a bare FastAP
     .venv/bin/python bench/bench_storefront.py --episodes 200 --requests 5000 --concurrency 32
 
 Catalog: the synthetic generator's catalogs (4 shops × 300 products). In-process: the env over
-httpx's ASGITransport on a private loop (what `AsgiTransport` uses), and for comparison the
+`AsgiTransport` (the ASGI app called directly on a private loop), and for comparison the
 same episodes over starlette's TestClient, and with the event log writing to a folder (each event
 journaled, a Parquet part per second: what `simulate` and `serve` do) against keeping it in memory. HTTP: each app runs alone in a child process
 (uvicorn, 127.0.0.1 only); an httpx async client sends a fixed number of GETs (a mix of home,

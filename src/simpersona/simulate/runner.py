@@ -130,8 +130,12 @@ def run_episodes(specs: Iterable[EpisodeSpec], envs: list, make_agent: Callable[
 
 
 def worker_count(workers: int) -> int:
-    """Processes for `workers` (0: one per CPU this process may use)."""
-    return workers if workers > 0 else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """Processes for `workers` (0: one per CPU this process may use; 1 where processes cannot fork)."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    if workers > 0:
+        return workers
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def run_in_workers(specs: list[EpisodeSpec], workers: int,

@@ -187,7 +187,7 @@ def simulate(cfg: SimulateConfig, run_dir: Path, specs: list[EpisodeSpec], catal
              make_agent, echo=print) -> tuple[list[dict], pa.Table, float]:
     """Run `specs` on a fresh storefront logging into run_dir/storefront (run_dir/storefront/worker-K
     with several workers); (episodes in spec order, events by session: `runner.session_order`, wall_s)."""
-    from simpersona.storefront.app import create_app
+    from simpersona.storefront.app import create_app, templates
     from simpersona.storefront.env import ShopEnv
     from simpersona.storefront.eventlog import read_parts
     from simpersona.storefront.transports import AsgiTransport, HttpTransport
@@ -208,6 +208,7 @@ def simulate(cfg: SimulateConfig, run_dir: Path, specs: list[EpisodeSpec], catal
                 app.state.store.log.close()
 
         t0 = time.perf_counter()
+        templates()  # compiled once here, not in every worker
         episodes = run_in_workers(specs, workers, shard)
         wall = time.perf_counter() - t0
         events = pa.concat_tables([read_parts(log_dir / f"worker-{k}") for k in range(workers)])

@@ -69,23 +69,28 @@ PAGE_CACHE = 2048
 
 
 @lru_cache(maxsize=1)
-def _templates() -> Environment:
-    """The Jinja environment, compiled once per process and shared by its apps (the package's
-    templates never change while it runs: no file check per page)."""
+def templates() -> Environment:
+    """The Jinja environment with every template compiled, once per process and shared by its apps
+    (and by processes forked after the first call); the package's templates never change while it
+    runs, so no file check per page."""
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True, auto_reload=False)
     env.globals.update(q=lambda s: quote(str(s), safe=""), qp=lambda s: quote(str(s), safe="/"), countries=COUNTRIES)
+    for name in env.list_templates():
+        env.get_template(name)
     return env
 
 
 def _frozen(x):
-    """A hashable stand-in for a template value, equal exactly when the value is (type included);
-    TypeError for a value that is not plain data (then the page is rendered uncached)."""
-    if isinstance(x, (list, tuple)):
-        return tuple(_frozen(v) for v in x)
-    if isinstance(x, dict):
-        return tuple((k, _frozen(v)) for k, v in x.items())
-    if x is None or isinstance(x, (str, int, float, Product)):  # bool is an int: the class tells them apart
-        return x.__class__, x
+    """A hashable stand-in for a template value, equal exactly when the value is (classes included:
+    True is not 1, a list is not a tuple); TypeError for a value that is not plain data (then the
+    page is rendered uncached). Exact classes only: a str subclass (markup) may render otherwise."""
+    t = x.__class__
+    if t is str or t is int or t is float or t is bool or t is Product or x is None:
+        return t, x
+    if t is list or t is tuple:
+        return t, tuple([_frozen(v) for v in x])
+    if t is dict:
+        return t, tuple([(k, _frozen(v)) for k, v in x.items()])
     raise TypeError(f"not a plain template value: {type(x).__name__}")
 
 
@@ -126,7 +131,7 @@ class Store:
         self.log = EventLog(config.events_out, config.flush_rows, config.flush_interval_s)
         self.sessions: OrderedDict[tuple[str, str, str], Session] = OrderedDict()
         self.lock = threading.Lock()
-        self.templates = _templates()
+        self.templates = templates()
         self.pages: OrderedDict[tuple, str] = OrderedDict()  # rendered pages by (template, values): see PAGE_CACHE
 
     def variant_of(self, session_id: str, cookie: str | None = None) -> str:
@@ -365,7 +370,9 @@ def create_app(
         yield
         store.log.close()
 
-    app = FastAPI(title="SimPersona storefront", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # FastAPI's OpenTelemetry hooks off (the storefront's record is its event log): no provider checks per request
+    app = FastAPI(title="SimPersona storefront", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  telemetry={"tracing": False, "metrics": False, "logs": False})
     app.router.route_class = _LeanRoute
     app.state.store = store
     app.add_middleware(_BodyLimit, limit=config.max_body_bytes)

@@ -56,25 +56,36 @@ class Shop:
             for weight, text in ((3, p.title), (2, p.collection), (2, p.brand)):
                 for w in set(words(text)):
                     self._index[w][pid] = self._index[w].get(pid, 0) + weight
+        self._answers: dict[tuple, list] = {}  # collection queries answered so far (the shop never changes)
+
+    def _once(self, key: tuple, make) -> list:
+        """`make()`, computed once per key of a known collection (or the home page's limit); a
+        copy, so the caller may change it."""
+        if key[0] != "top" and key[1] not in self.collection_sizes:
+            return make()
+        hit = self._answers.get(key)
+        if hit is None:
+            hit = self._answers[key] = make()
+        return list(hit)
 
     def collections(self, limit: int) -> list[str]:
         """Leaf collections, the largest first, then by name."""
-        return sorted(self.leaves, key=lambda c: (-self.leaves[c], c))[:limit]
+        return self._once(("top", limit), lambda: sorted(self.leaves, key=lambda c: (-self.leaves[c], c))[:limit])
 
     def in_collection(self, path: str) -> list[Product]:
         """Products whose collection is `path` or lies under it, in catalog order."""
         prefix = path + "/"
-        return [
+        return self._once(("in", path), lambda: [
             p
             for p in self.products.values()
             if p.collection is not None and (p.collection == path or p.collection.startswith(prefix))
-        ]
+        ])
 
     def subcollections(self, path: str) -> list[str]:
         """Direct children of `path` that hold products."""
         depth = path.count("/") + 1
         prefix = path + "/"
-        return sorted(c for c in self.collection_sizes if c.startswith(prefix) and c.count("/") == depth)
+        return self._once(("sub", path), lambda: sorted(c for c in self.collection_sizes if c.startswith(prefix) and c.count("/") == depth))
 
     def search(self, query: str) -> list[Product]:
         """Products ranked by matched query words (title ×3, collection ×2, brand ×2; a title
