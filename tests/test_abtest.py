@@ -234,3 +234,92 @@ def test_aa_experiment_finds_no_effect(tmp_path, world):
     assert set(pq.read_table(tmp_path / "aa" / "variants.parquet").column("variant").to_pylist()) == {"A"}
     assert s["significant"] == [] and s["changes"] == ["none (A/A)"]
     assert all(e["p_adjusted"] is None or e["p_adjusted"] >= 0.05 for e in s["effects"])
+
+
+# -- the generator's variant-aware buyer types and the harness ----------------------------------------
+def test_generated_arms_share_buyers_and_show_the_declared_effects():
+    """Arm B of the same world keeps the buyers and their first sessions' starts (later ones follow
+    the earlier sessions' lengths); the declared effects show
+    with the declared sign on a large sample (checkout step: fewer purchases; banner: more; bigger
+    pages: more products viewed; a 20% price cut on a collection: those products' purchase prices
+    ×0.8); the plain generator's events are unchanged by the new fields (arm A = `synth`)."""
+    import pyarrow.compute as pc
+
+    from simpersona.contracts.experiment import METRICS
+    from simpersona.synth.buyers import default_types
+    from simpersona.synth.generate import SynthConfig
+    from simpersona.synth.variants import arm_of, price_factors, true_effects, world_events
+
+    cfg = SynthConfig(shops=2, buyers=600, products_per_shop=80, seed=4)
+    types = default_types()
+    a, truth_a, cat = world_events(cfg, types, None, 12)
+    b, truth_b, _ = world_events(cfg, types, VariantConfig(name="x", page_size=24), 12)
+    assert truth_a.equals(truth_b)
+    first = lambda t: t.filter(pc.ends_with(t.column("session_id"), "-00")).group_by("session_id").aggregate([("ts", "min")]).sort_by("session_id")  # noqa: E731
+    assert first(a).equals(first(b))  # every buyer's first session starts at the same time on both arms
+    shops = set(cat.column("shop_id").to_pylist())
+    lift = {}
+    for name, v in (("step", VariantConfig(name="x", extra_checkout_step=True)), ("ship", VariantConfig(name="x", free_shipping_banner=True)),
+                    ("big", VariantConfig(name="x", page_size=24))):
+        lift[name] = {m: d["lift"] for m, d in true_effects(cfg, types, v, 12, shops, truth_factor=6).items()}
+    assert lift["step"]["purchase"] < -0.02 and lift["ship"]["purchase"] > 0.05 and lift["big"]["products"] > 0.03, lift
+    assert set(lift["big"]) == set(METRICS)
+    top = cat.column("collection").to_pylist()[0].split("/")[0]
+    cut = VariantConfig(name="x", price_collection=top, price_factor=0.8)
+    ev, _, _ = world_events(cfg, types, cut, 12)
+    key = list(zip(cat.column("shop_id").to_pylist(), cat.column("product_id").to_pylist()))
+    price = dict(zip(key, cat.column("price").to_pylist()))
+    coll = dict(zip(key, cat.column("collection").to_pylist()))
+    bought = ev.filter(pc.equal(ev.column("event_type"), "purchase")).select(["shop_id", "product_id", "price"]).to_pylist()
+    want = lambda k: price[k] * (0.8 if coll[k].startswith(top + "/") else 1.0)  # noqa: E731
+    assert bought and all(abs(r["price"] - want((r["shop_id"], r["product_id"]))) < 0.011 for r in bought)
+    assert any(coll[(r["shop_id"], r["product_id"])].startswith(top + "/") for r in bought)
+    assert price_factors(["a/b"], np.array([0, 3]), VariantConfig(price_collection="c", price_factor=0.5)) is None
+    on_b = arm_of([f"b{i}" for i in range(2000)], "w", 0.5)
+    assert 0.45 < on_b.mean() < 0.55 and (on_b == arm_of([f"b{i}" for i in range(2000)], "w", 0.5)).all()
+
+
+def test_synth_output_is_unchanged_by_the_response_fields(tmp_path):
+    """`simpersona synth` (arm A) writes the same events as a world_events call without a variant."""
+    import pyarrow.parquet as pq
+
+    from simpersona.synth.generate import SynthConfig, run
+    from simpersona.synth.variants import world_events
+
+    cfg = SynthConfig(shops=2, buyers=200, products_per_shop=40, seed=2, file_format="parquet")
+    run(cfg, tmp_path)
+    ev, _, _ = world_events(cfg, cfg.types, None, 12)
+    assert pq.read_table(tmp_path / "events.parquet").equals(ev)
+
+
+def test_harness_end_to_end_small(tmp_path):
+    """One small generated world, three experiments: personas learned from the control arm (its
+    ingest holds no arm-B buyer), real logs of both arms with truth, the simulated experiments and
+    the agreement figures, each naming the agent and checkpoint and saying the data are generated."""
+    import pyarrow.parquet as pq
+
+    from simpersona.abharness import HarnessConfig, run
+    from simpersona.abtest.stage import AbtestConfig
+    from simpersona.synth.generate import SynthConfig
+
+    preset = tmp_path / "p.yaml"
+    preset.write_text("extends: tiny\nfeatures: {embedding: {enabled: false}}\nvqvae: {max_epochs: 1}\n")
+    cfg = HarnessConfig(worlds=1, synth=SynthConfig(shops=4, buyers=500, products_per_shop=60), truth_factor=2, preset=str(preset),
+                        experiments=[VariantConfig(name="ship", free_shipping_banner=True), VariantConfig(name="cheap", sort_order="price_asc"),
+                                     VariantConfig(name="cut", price_collection="@largest", price_factor=0.7)],
+                        abtest=AbtestConfig(buyers=12, bootstrap=50, concurrency=8))
+    s = run(cfg, tmp_path / "h", echo=lambda _: None)
+    w = tmp_path / "h" / "world_0"
+    arms = {r["buyer_id"]: r["arm"] for r in pq.read_table(w / "arms.parquet").to_pylist()}
+    control = set(pq.read_table(w / "control" / "events.parquet").column("buyer_id").to_pylist())
+    assert control and all(arms[b] == "A" for b in control)
+    real = set(pq.read_table(w / "experiments" / "01-cheap" / "events.parquet").column("buyer_id").to_pylist())
+    assert {arms[b] for b in real} == {"A", "B"}
+    truth = json.loads((w / "experiments" / "02-cut" / "truth.json").read_text())
+    assert truth["variant"]["price_collection"] != "@largest" and set(truth["true"]) >= {"purchase", "revenue"}
+    assert s["experiments"] == 3 and "GENERATED" in s["data"] and s["agent"]["kind"] == "policy"
+    assert s["agent"]["checkpoints"] and all(c.endswith("policy.npz") for c in s["agent"]["checkpoints"])
+    assert set(s["simulated"]) == {"all", "structural", "banner/prices"} and s["simulated"]["all"]["pairs"] > 0
+    md = (tmp_path / "h" / "harness.md").read_text()
+    assert "GENERATED" in md and "checkpoint" in md
+    assert len(pq.read_table(tmp_path / "h" / "pairs.parquet")) == 3 * 6

@@ -13,7 +13,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "simpersona"
 RANK = {"events": 1, "synth": 2, "storefront": 2, "features": 3, "vqvae": 4, "personas": 5, "traces": 6, "sft": 7,
         "agents": 8, "simulate": 9, "evaluate": 10, "abtest": 10, "report": 11}
 # May import anything; nothing but themselves imports them.
-ORCHESTRATORS = {"cli", "pipeline", "__main__", "testing"}
+ORCHESTRATORS = {"cli", "pipeline", "__main__", "testing", "abharness"}
 # Stage modules that are contracts themselves (the contracts layer may import them; they import no stage).
 CONTRACT_MODULES = {"storefront.actions"}  # the agent's action space: parsed in one place, beside the env running it
 # A stage's entry module (`run(config, run_dir)`): other stages read its outputs, never import it.

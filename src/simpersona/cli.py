@@ -446,16 +446,31 @@ def evaluate_ablations(cfg, out) -> None:
     click.echo(stage.format_report(run_atomic(out or RUNS.ablations, "evaluate.ablations", cfg, run)))
 
 
-@main.command(cls=ConfigCommand, config="simpersona.abtest.stage:AbtestConfig", section="abtest",
-              flags=("ingest", "personas", "split", "spec", ("shop", "shops"), "buyers", "design", "aa", "agent",
-                     ("checkpoint", "llm.checkpoint"), ("endpoint", "endpoint.url"), "seed"))
+@main.group(cls=ConfigGroup, invoke_without_command=True, config="simpersona.abtest.stage:AbtestConfig", section="abtest",
+            flags=("ingest", "personas", "split", "spec", ("shop", "shops"), "buyers", "design", "aa", "agent",
+                   ("checkpoint", "llm.checkpoint"), ("endpoint", "endpoint.url"), "seed"))
 @_out("Output folder [default: runs/abtest].")
 @SETS
-def abtest(cfg, out) -> None:
+@click.pass_context
+def abtest(ctx, cfg, out) -> None:
     """A simulated A/B test of a storefront change (--spec variant.yaml): paired persona populations, effects with CIs."""
+    if ctx.invoked_subcommand is not None:
+        return
     from simpersona.abtest import stage
 
     click.echo(stage.format_summary(run_atomic(out or RUNS.root / "abtest", "abtest", cfg, stage.run)))
+
+
+@abtest.command("harness", cls=ConfigCommand, config="simpersona.abharness:HarnessConfig", section="harness",
+                flags=("worlds", ("buyers", "abtest.buyers"), ("agent", "abtest.agent"), ("checkpoint", "abtest.llm.checkpoint"),
+                       ("persona", "abtest.persona")))
+@_out("Output folder [default: runs/abtest-harness].")
+@SETS
+def abtest_harness(cfg, out) -> None:
+    """Generated A/B experiments with known true effects: personas from the control arm, both arms simulated, agreement."""
+    from simpersona import abharness
+
+    click.echo(abharness.format_summary(run_atomic(out or RUNS.root / "abtest-harness", "abtest.harness", cfg, abharness.run)))
 
 
 @main.command(cls=ConfigCommand, config="simpersona.report.build:ReportConfig", section="report", flags=("run",))

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from simpersona.config import ConfigError, resolve
-from simpersona.storefront.config import VariantConfig
+from simpersona.contracts.experiment import VariantConfig
 
 
 def read_spec(path: Path | str, base: VariantConfig | None = None) -> VariantConfig:

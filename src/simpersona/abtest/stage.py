@@ -8,7 +8,7 @@ The variant (`--spec FILE`, VariantConfig fields; see `abtest.spec`) is checked 
 runs. Each shop's population is drawn from p̂_s(k) (`abtest.arms`); every buyer runs on both arms
 with the same goal and seed (paired; `design: unpaired` splits buyers by a hash instead), with any
 agent: the fast persona policy (fitted on the split's training shops), an SFT checkpoint (`llm`) or
-an endpoint. Metrics per session (`abtest.metrics`); effects (`abtest.stats`): difference and
+an endpoint. Metrics per session (`contracts.experiment`); effects (`abtest.stats`): difference and
 relative lift with the analytic and the bootstrap interval, p-values corrected across metrics,
 per stratum and per persona, buyers needed for a relative minimal detectable effect `mde`.
 
@@ -32,12 +32,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from simpersona.abtest.metrics import METRICS, metric_matrix, session_metrics
 from simpersona.abtest.stats import Effect, adjust, buyers_needed, effect
 from simpersona.agents.llm import EndpointConfig, LLMConfig
 from simpersona.config import ConfigError, write_meta
+from simpersona.contracts.experiment import METRICS, VariantConfig, metric_matrix, session_metrics
 from simpersona.contracts.split import load_split
-from simpersona.storefront.config import StorefrontConfig, VariantConfig
+from simpersona.storefront.config import StorefrontConfig
 
 
 @dataclass

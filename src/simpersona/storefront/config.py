@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from simpersona.contracts.experiment import VariantConfig  # the A/B variant (defined with the experiment's metrics)
 
 # Where `storefront serve` logs when no events folder is given (relative to the working directory).
 DEFAULT_EVENTS_OUT = Path("storefront-events")
@@ -14,45 +15,6 @@ DEFAULT_EVENTS_OUT = Path("storefront-events")
 class StorefrontError(ValueError):
     """A storefront input or setting the operator must fix (bad catalog, unwritable events folder,
     bad cookie key); the command line prints it as one line and exits with code 2."""
-
-
-@dataclass
-class VariantConfig:
-    """Variant B of a shop = variant A plus these declared changes; empty `name` = no experiment."""
-
-    # Experiment name, logged beside each session; "" serves everyone variant A.
-    name: str = ""
-    # Share of sessions served variant B (assigned by a hash of the session id).
-    share_b: float = 0.5
-    # B shows a free-shipping banner and charges no shipping.
-    free_shipping_banner: bool = False
-    # B changes the prices of this collection (path prefix, e.g. "apparel/women"); "" = none.
-    price_collection: str = ""
-    # B multiplies the prices of `price_collection` by this factor.
-    price_factor: float = 1.0
-    # B's order of the home page's featured products.
-    home_order: Literal["catalog", "price_asc", "price_desc", "title"] = "catalog"
-    # B's checkout asks for the e-mail on a page of its own before the shipping form.
-    extra_checkout_step: bool = False
-    # B's products per collection or search-results page (0: the shop's `page_size`, as A).
-    page_size: int = 0
-    # B's order of a collection's products (A: catalog order).
-    sort_order: Literal["catalog", "price_asc", "price_desc", "title"] = "catalog"
-    # B's order of search matches (A: relevance, `catalog.Shop.search`).
-    search_ranking: Literal["relevance", "price_asc", "price_desc", "title"] = "relevance"
-
-    def arm(self, session_id: str) -> str:
-        """The arm a session gets without a signed choice: "B" when a hash of (name, session id) falls
-        below `share_b`, else "A"; "A" for everyone when `name` is empty. Stable per session.
-
-        >>> v = VariantConfig(name="ship", free_shipping_banner=True)
-        >>> v.arm("s1") == v.arm("s1"), VariantConfig().arm("s1")
-        (True, 'A')
-        """
-        if not self.name:
-            return "A"
-        h = int.from_bytes(hashlib.sha256(f"{self.name}:{session_id}".encode()).digest()[:8], "big") / 2**64
-        return "B" if h < self.share_b else "A"
 
 
 @dataclass

@@ -69,6 +69,17 @@ class BuyerType:
     p_switch: float = 0.15
     # mean extra units per add_to_cart (quantity = 1 + Poisson(mean))
     extra_quantity: float = 0.15
+    # -- responses to an A/B variant's changes (the generator's declared true effects; `synth.variants`)
+    # p_purchase multiplier when arm B adds a checkout step (1: unaffected)
+    checkout_step_keep: float = 1.0
+    # w_checkout and p_purchase multiplier under a free-shipping banner
+    banner_lift: float = 1.0
+    # price elasticity of carting: w_cart × factor^(−e) on a product whose price arm B multiplies by factor
+    price_elasticity: float = 0.0
+    # page-size elasticity of browsing: w_product × (B's page size / A's)^e
+    page_size_elasticity: float = 0.0
+    # w_cart multiplier when arm B lists the cheapest products first (divided by it when the dearest come first)
+    cheap_first_cart: float = 1.0
 
 
 def default_types() -> list[BuyerType]:
@@ -79,41 +90,49 @@ def default_types() -> list[BuyerType]:
             name="decisive buyer", share=0.1, sessions_mean=1.6, active_days=3.0, p_bounce=0.05,
             w_exit=0.15, w_page=0.02, w_collection=0.1, w_search=0.15, w_product=0.75, w_cart=0.9, w_remove=0.02, w_checkout=0.55, p_purchase=0.85, dwell_median_s=15.0,
             price_sensitivity=0.0, category_focus=0.85, p_switch=0.05, extra_quantity=0.2,
+            checkout_step_keep=0.97, banner_lift=1.03, price_elasticity=0.3, page_size_elasticity=0.0, cheap_first_cart=1.0,
         ),
         T(
             name="bargain hunter", share=0.13, sessions_mean=3.5, active_days=10.0, p_bounce=0.1,
             w_exit=0.15, w_page=0.03, w_collection=0.25, w_search=0.45, w_product=0.6, w_cart=0.12, w_remove=0.06, w_checkout=0.25, p_purchase=0.55, dwell_median_s=18.0,
             price_sensitivity=2.0, category_focus=0.6, p_switch=0.25, extra_quantity=0.3,
+            checkout_step_keep=0.85, banner_lift=1.35, price_elasticity=2.0, page_size_elasticity=0.15, cheap_first_cart=1.35,
         ),
         T(
             name="window shopper", share=0.2, sessions_mean=2.5, active_days=12.0, p_bounce=0.15,
             w_exit=0.18, w_page=0.08, w_collection=0.45, w_search=0.15, w_product=0.6, w_cart=0.004, w_remove=0.05, w_checkout=0.05, p_purchase=0.1, dwell_median_s=25.0,
             price_sensitivity=0.3, category_focus=0.4, p_switch=0.35, extra_quantity=0.0,
+            checkout_step_keep=0.6, banner_lift=1.1, price_elasticity=0.6, page_size_elasticity=0.4, cheap_first_cart=1.05,
         ),
         T(
             name="cart abandoner", share=0.12, sessions_mean=2.2, active_days=7.0, p_bounce=0.08,
             w_exit=0.2, w_page=0.03, w_collection=0.2, w_search=0.2, w_product=0.6, w_cart=0.35, w_remove=0.12, w_checkout=0.18, p_purchase=0.04, dwell_median_s=20.0,
             price_sensitivity=0.5, category_focus=0.6, p_switch=0.15, extra_quantity=0.2,
+            checkout_step_keep=0.5, banner_lift=1.5, price_elasticity=1.2, page_size_elasticity=0.1, cheap_first_cart=1.1,
         ),
         T(
             name="researcher", share=0.11, sessions_mean=4.0, active_days=14.0, p_bounce=0.05,
             w_exit=0.1, w_page=0.05, w_collection=0.2, w_search=0.55, w_product=0.8, w_cart=0.04, w_remove=0.08, w_checkout=0.25, p_purchase=0.4, dwell_median_s=45.0,
             price_sensitivity=0.8, category_focus=0.8, p_switch=0.1, extra_quantity=0.05,
+            checkout_step_keep=0.9, banner_lift=1.1, price_elasticity=0.8, page_size_elasticity=0.35, cheap_first_cart=1.15,
         ),
         T(
             name="bouncer", share=0.18, sessions_mean=1.2, active_days=2.0, p_bounce=0.85,
             w_exit=0.8, w_page=0.1, w_collection=0.1, w_search=0.05, w_product=0.2, w_cart=0.01, w_remove=0.01, w_checkout=0.1, p_purchase=0.2, dwell_median_s=8.0,
             price_sensitivity=0.0, category_focus=0.3, p_switch=0.3, extra_quantity=0.0,
+            checkout_step_keep=0.5, banner_lift=1.0, price_elasticity=0.0, page_size_elasticity=0.0, cheap_first_cart=1.0,
         ),
         T(
             name="loyal regular", share=0.08, sessions_mean=6.0, active_days=25.0, p_bounce=0.1,
             w_exit=0.22, w_page=0.03, w_collection=0.15, w_search=0.2, w_product=0.6, w_cart=0.2, w_remove=0.04, w_checkout=0.4, p_purchase=0.75, dwell_median_s=14.0,
             price_sensitivity=0.0, category_focus=0.9, p_switch=0.05, extra_quantity=0.5,
+            checkout_step_keep=0.98, banner_lift=1.05, price_elasticity=0.2, page_size_elasticity=0.05, cheap_first_cart=1.0,
         ),
         T(
             name="impulse buyer", share=0.08, sessions_mean=1.5, active_days=2.0, p_bounce=0.1,
             w_exit=0.2, w_page=0.02, w_collection=0.15, w_search=0.05, w_product=0.6, w_cart=0.8, w_remove=0.03, w_checkout=0.6, p_purchase=0.8, dwell_median_s=8.0,
             price_sensitivity=-1.0, category_focus=0.5, p_switch=0.3, extra_quantity=0.4,
+            checkout_step_keep=0.8, banner_lift=1.2, price_elasticity=-0.2, page_size_elasticity=0.1, cheap_first_cart=0.9,
         ),
     ]
 
@@ -148,8 +167,11 @@ def simulate_sessions(
     max_steps: int,
     max_cart: int,
     max_dwell_s: float,
+    price_factor: np.ndarray | None = None,
 ) -> Sessions:
-    """Run all sessions (type codes `stype`, starting categories `start_cat`) to their end."""
+    """Run all sessions (type codes `stype`, starting categories `start_cat`) to their end.
+    `price_factor` (per product, 1 = unchanged): an A/B arm's price change, to which carting
+    responds with the type's `price_elasticity`."""
     S = len(stype)
     n_cat = len(cat_popularity)
     cat_cdf = np.cumsum(cat_popularity)
@@ -201,6 +223,9 @@ def simulate_sessions(
             W = W_type[t[br]].copy()
             Lb, cnb = L[br], cn[br]
             W[:, 5] *= (Lb == PRODUCT) & (cnb < max_cart)
+            if price_factor is not None:
+                seen = prod[idx[br]]
+                W[:, 5] *= np.where(seen >= 0, price_factor[np.maximum(seen, 0)], 1.0) ** -P["price_elasticity"][t[br]]
             W[:, 6] *= cnb > 0
             W[:, 7] *= (cnb > 0) & (Lb != REMOVE)
             cum = np.cumsum(W, axis=1)

@@ -171,8 +171,11 @@ def _plan_shops(cfg: SynthConfig) -> list[_Shop]:
     return shops
 
 
-def _chunk(cfg: SynthConfig, P: dict[str, np.ndarray], shop: _Shop, c: int, id_width: int, t0_ms: int):
-    """Generate the events of one chunk of a shop's buyers: (events table, truth table, counts)."""
+def _chunk(cfg: SynthConfig, P: dict[str, np.ndarray], shop: _Shop, c: int, id_width: int, t0_ms: int,
+           price_factor: np.ndarray | None = None):
+    """Generate the events of one chunk of a shop's buyers: (events table, truth table, counts).
+    `P` may be an A/B arm's type table and `price_factor` its per-product price change
+    (`synth.variants`): the buyers, their sessions' times and start categories stay the same."""
     rng = np.random.default_rng(shop.chunk_seeds[c])
     lo = c * cfg.chunk_buyers
     btype = shop.types[lo : lo + cfg.chunk_buyers].astype(np.int64)
@@ -205,7 +208,7 @@ def _chunk(cfg: SynthConfig, P: dict[str, np.ndarray], shop: _Shop, c: int, id_w
 
     ev = simulate_sessions(
         stype, scat, P, cat.cat_popularity, cat.cat_start, cat.query_start, rng,
-        cfg.max_session_steps, cfg.max_cart_items, cfg.max_dwell_minutes * 60.0,
+        cfg.max_session_steps, cfg.max_cart_items, cfg.max_dwell_minutes * 60.0, price_factor,
     )
     # Enforce the inactivity gap: s_k = max(t_k, s_{k-1} + dur_{k-1} + gap), per buyer, vectorised
     # as s_k = D_k + cummax_j<=k (t_j - D_j) with D the exclusive per-buyer cumsum of (dur + gap).
@@ -241,7 +244,7 @@ def _chunk(cfg: SynthConfig, P: dict[str, np.ndarray], shop: _Shop, c: int, id_w
         "product_id": cat.product_ids.take(pa.array(np.where(p_null, 0, product), mask=p_null)),
         "collection_id": pa.array(cat.categories, pa.string()).take(pa.array(np.maximum(category, 0), mask=category < 0)),
         "query": cat.queries.take(pa.array(np.maximum(query, 0), mask=query < 0)),
-        "price": pa.array(cat.price[np.where(p_null, 0, product)], pa.float64(), mask=p_null),
+        "price": pa.array(_prices(cat.price, price_factor)[np.where(p_null, 0, product)], pa.float64(), mask=p_null),
         "quantity": pa.array(quantity, pa.int32(), mask=quantity == 0),
     }
     events = pa.Table.from_arrays([arrays[c] for c in EVENT_COLUMNS], schema=EVENT_SCHEMA)
@@ -257,6 +260,11 @@ def _chunk(cfg: SynthConfig, P: dict[str, np.ndarray], shop: _Shop, c: int, id_w
     )
     counts = np.bincount(etype, minlength=len(EVENT_TYPES))
     return events, truth, counts, int(keep.sum())
+
+
+def _prices(price: np.ndarray, factor: np.ndarray | None) -> np.ndarray:
+    """Catalog prices, or an A/B arm's changed prices (rounded to cents, as the storefront serves them)."""
+    return price if factor is None else np.round(price * factor, 2)
 
 
 def _ordered(fn, tasks, threads: int):
