@@ -208,7 +208,7 @@ def test_abtest_cli_end_to_end_paired(tmp_path, world):
     assert res.exit_code == 0, res.output
     s = json.loads((out / "abtest.json").read_text())
     assert s["experiment"] == "two-step" and s["changes"] == ["extra checkout step", "page size 12 → 4"]
-    assert s["agent"]["kind"] == "policy" and s["agent"]["checkpoint"].endswith("policy.npz") and s["data"]
+    assert s["agent"]["kind"] == "policy" and s["agent"]["checkpoint"] == "policy.npz" and s["data"]
     assert {e["metric"] for e in s["effects"]} == {"atc", "checkout", "purchase", "revenue", "pages", "products"}
     assert s["n_a"] == s["n_b"] == 60 and all(r["paired_buyers"] is None or r["paired_buyers"] >= 2 for r in s["power"]["metrics"])
     for f in ("abtest.md", "forest.svg", "sessions.parquet", "events.parquet", "variants.parquet", "meta.json"):
@@ -323,3 +323,42 @@ def test_harness_end_to_end_small(tmp_path):
     md = (tmp_path / "h" / "harness.md").read_text()
     assert "GENERATED" in md and "checkpoint" in md
     assert len(pq.read_table(tmp_path / "h" / "pairs.parquet")) == 3 * 6
+
+
+def test_abtest_with_an_llm_agent_backend(tmp_path, world, monkeypatch):
+    """Any agent: the LLM agent (its prompt, output parsing and batched act) on a scripted backend
+    standing in for an endpoint — both arms run, and the report names the endpoint and model."""
+    import re
+
+    from simpersona.abtest.stage import AbtestConfig, run
+    from simpersona.agents import llm
+    from simpersona.contracts import storefront as V
+
+    class Scripted:
+        """Adds the first product it sees to the cart, then ends."""
+
+        def __init__(self, cfg):
+            self.calls = 0
+
+        def generate(self, prompts):
+            self.calls += len(prompts)
+            out = []
+            for p in prompts:
+                page = p[-1]["content"]
+                ids = re.findall(r"\[(" + re.escape(V.PRODUCT_PREFIX) + r"[^\]]+)\]", page)
+                if f"[{V.ADD_BUTTON}]" in page:
+                    out.append('{"action": "add_to_cart", "quantity": 1, "reasoning": "want it"}')
+                elif ids and "/cart" not in page.split("\n", 1)[0]:
+                    out.append(json.dumps({"action": "click", "element_id": ids[0], "reasoning": "look"}))
+                else:
+                    out.append('{"action": "end_session", "goal_reached": true, "reasoning": "done"}')
+            return out
+
+    monkeypatch.setattr(llm, "EndpointBackend", Scripted)
+    cfg = AbtestConfig(ingest=world["ingest"], personas=world["personas"], buyers=6, agent="endpoint", bootstrap=50,
+                       variant=VariantConfig(name="pp", sort_order="price_asc"))
+    cfg.endpoint.url = "http://127.0.0.1:9/v1"
+    s = run(cfg, tmp_path / "llm")
+    assert s["agent"]["kind"] == "endpoint" and "127.0.0.1:9" in s["agent"]["checkpoint"] and "model" in s["agent"]["checkpoint"]
+    assert s["episodes"] == 24 and s["outcomes"]["A"].get("crash", 0) == 0 and s["outcomes"]["B"].get("crash", 0) == 0
+    assert next(e for e in s["effects"] if e["metric"] == "atc")["mean_a"] > 0  # the scripted agent carted on A

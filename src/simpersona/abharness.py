@@ -273,6 +273,7 @@ def run(cfg: HarnessConfig, out: Path, echo=print) -> dict[str, Any]:
         "real_log": {k: agreement(v, cfg.min_true_lift, "real") for k, v in kinds.items()},
         "wall_s": round(time.perf_counter() - t_all, 1),
     }
+    summary = json.loads(json.dumps(summary).replace(str(out) + "/", ""))  # paths relative to the output folder
     (out / "harness.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "harness.md").write_text(format_markdown(summary, rows) + "\n")
     write_meta(out, "abtest.harness", cfg, summary={k: summary[k] for k in ("data", "agent", "experiments", "simulated")})

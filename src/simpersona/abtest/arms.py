@@ -32,6 +32,8 @@ class Buyer:
     """One simulated buyer of the experiment (its episodes: `episode(arm)`)."""
 
     shop_id: str
+    # index of the shop in the experiment (ids and cookies carry it, not the shop's name)
+    shop_index: int
     # index of the buyer in its shop's population
     index: int
     code: int
@@ -45,11 +47,11 @@ class Buyer:
 
     @property
     def buyer_id(self) -> str:
-        return f"ab-{self.shop_id}-{self.index:06d}"[-64:]
+        return f"ab{self.shop_index:03d}b{self.index:06d}"
 
     def episode(self, arm: str) -> EpisodeSpec:
         """The buyer's episode on `arm` ("A" or "B"): session id `<buyer>-<arm>`."""
-        return EpisodeSpec(shop_id=self.shop_id, buyer_id=self.buyer_id, session_id=f"{self.buyer_id}-{arm}"[-64:],
+        return EpisodeSpec(shop_id=self.shop_id, buyer_id=self.buyer_id, session_id=f"{self.buyer_id}-{arm}",
                            code=self.code, stratum=self.stratum, intent=self.intent, goal=self.goal,
                            seed=self.seed_a if arm == "A" else self.seed_b, persona=self.persona, tag=arm)
 
@@ -76,7 +78,7 @@ def draw_buyers(mix, shops_obj: dict, shops: list[str], n: int, seed: int, same_
         picks = rng.choice(len(topics), size=n, p=p)
         seeds = rng.integers(1 << 31, size=(n, 2))
         for i in range(n):
-            out.append(Buyer(shop, i, int(pop.codes[i]), str(pop.strata[i]), str(pop.intents[i]),
+            out.append(Buyer(shop, si, i, int(pop.codes[i]), str(pop.strata[i]), str(pop.intents[i]),
                              goal_text(str(pop.intents[i]), topics[picks[i]]), int(seeds[i, 0]),
                              int(seeds[i, 0] if same_seeds else seeds[i, 1]), persona))
     return out

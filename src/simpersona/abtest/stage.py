@@ -140,7 +140,7 @@ def make_agent(cfg: AbtestConfig, run_dir: Path, max_code: int):
         if split is not None and model.shops:
             split.check_training(model.shops, "abtest (policy fit)")
         model.save(run_dir / "policy.npz")
-        where = cfg.policy.model or run_dir / "policy.npz"
+        where = str(cfg.policy.model) if cfg.policy.model is not None else "policy.npz"  # fitted: in the output folder
         text = (f"fast persona policy ({where}: {len(model.codes)} codes, fitted on "
                 f"{len(model.shops) or 'all'} training shop(s) of {cfg.ingest})")
         mk = lambda spec: PolicyAgent(model, np.random.default_rng([cfg.seed, spec.seed]), cfg.policy.max_plan_steps)  # noqa: E731

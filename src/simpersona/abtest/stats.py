@@ -15,6 +15,7 @@ lift r = mean(b)/mean(a) − 1 has the delta-method interval
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -148,8 +149,11 @@ def effect(metric: str, a: np.ndarray, b: np.ndarray, paired: bool, level: float
             blo = bhi = mb - ma
             rlo = rhi = lift
         else:
-            res = stats.bootstrap((a, b), _boot_stat, paired=paired, vectorized=True, n_resamples=n_boot,
-                                  confidence_level=level, method=method, rng=rng)
+            with warnings.catch_warnings():  # a resample distribution without spread (rare events) is expected here
+                warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+                warnings.simplefilter("ignore", RuntimeWarning)
+                res = stats.bootstrap((a, b), _boot_stat, paired=paired, vectorized=True, n_resamples=n_boot,
+                                      confidence_level=level, method=method, rng=rng)
             (blo, rlo), (bhi, rhi) = (float(x) for x in res.confidence_interval.low), (float(x) for x in res.confidence_interval.high)
     return Effect(metric, na, nb, ma, mb, mb - ma, lo, hi, blo, bhi, lift, llo, lhi, rlo, rhi, p)
 
