@@ -362,3 +362,18 @@ def test_abtest_with_an_llm_agent_backend(tmp_path, world, monkeypatch):
     assert s["agent"]["kind"] == "endpoint" and "127.0.0.1:9" in s["agent"]["checkpoint"] and "model" in s["agent"]["checkpoint"]
     assert s["episodes"] == 24 and s["outcomes"]["A"].get("crash", 0) == 0 and s["outcomes"]["B"].get("crash", 0) == 0
     assert next(e for e in s["effects"] if e["metric"] == "atc")["mean_a"] > 0  # the scripted agent carted on A
+
+
+def test_worker_processes_give_the_same_experiment(tmp_path, world):
+    """The fast policy's episodes over 2 processes: the same sessions, metrics and effects as one."""
+    import pyarrow.parquet as pq
+
+    from simpersona.abtest.stage import AbtestConfig, run
+
+    out = {}
+    for w in (1, 2):
+        cfg = AbtestConfig(ingest=world["ingest"], personas=world["personas"], buyers=10, workers=w, bootstrap=0,
+                           variant=VariantConfig(name="w", page_size=3, sort_order="price_desc"))
+        s = run(cfg, tmp_path / f"w{w}")
+        out[w] = (pq.read_table(tmp_path / f"w{w}" / "sessions.parquet").drop_columns([]), s["effects"])
+    assert out[1][0].equals(out[2][0]) and out[1][1] == out[2][1]

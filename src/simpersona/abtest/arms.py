@@ -84,21 +84,13 @@ def draw_buyers(mix, shops_obj: dict, shops: list[str], n: int, seed: int, same_
     return out
 
 
-def run_arms(storefront: StorefrontConfig, catalog: pa.Table | Path, episodes: dict[str, list[EpisodeSpec]],
-             make_agent, log_dir: Path | None, concurrency: int = 32, aa: bool = False) -> tuple[list[dict], pa.Table, pa.Table, float]:
-    """Run each arm's episodes ({"A": specs, "B": specs}) on one storefront serving
-    `storefront.variant` (aa: both arms get variant A); (episode records with `arm`, events,
-    the storefront's session log, wall seconds)."""
-    from simpersona.storefront.app import create_app
+def _run_pools(app, sf: StorefrontConfig, episodes: dict[str, list[EpisodeSpec]], make_agent, concurrency: int,
+               aa: bool) -> list[dict[str, Any]]:
+    """Each arm's episodes on environments asking for that arm (aa: both A); records with `arm`."""
     from simpersona.storefront.env import ShopEnv
     from simpersona.storefront.transports import AsgiTransport
 
-    if log_dir is not None:
-        shutil.rmtree(log_dir, ignore_errors=True)
-    sf = dataclasses.replace(storefront, events_out=log_dir)
-    app = create_app(sf, catalog)
     records: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
     for arm in ("A", "B"):
         specs = episodes.get(arm) or []
         if not specs:
@@ -107,11 +99,51 @@ def run_arms(storefront: StorefrontConfig, catalog: pa.Table | Path, episodes: d
         env_cfg = dataclasses.replace(sf.env, variant_share_b=share_b)
         envs = [ShopEnv(AsgiTransport(app), env_cfg) for _ in range(max(1, min(concurrency, len(specs))))]
         try:
-            for rec in run_episodes(specs, envs, make_agent):
-                records.append({**rec, "arm": arm})
+            records += [{**rec, "arm": arm} for rec in run_episodes(specs, envs, make_agent)]
         finally:
             for e in envs:
                 e.close()
+    return records
+
+
+def run_arms(storefront: StorefrontConfig, catalog: pa.Table | Path, episodes: dict[str, list[EpisodeSpec]],
+             make_agent, log_dir: Path | None, concurrency: int = 32, aa: bool = False,
+             workers: int = 1) -> tuple[list[dict], pa.Table, pa.Table, float]:
+    """Run each arm's episodes ({"A": specs, "B": specs}) on a storefront serving
+    `storefront.variant` (aa: both arms get variant A); (episode records with `arm`, events by
+    session (`runner.session_order`), the storefront's session log, wall seconds). `workers` > 1:
+    that many forked processes, each with its own app logging into log_dir/worker-K (agents that
+    share no backend only: the fast policy); the same records and events as one process."""
+    from simpersona.simulate.runner import run_in_workers, session_order
+    from simpersona.storefront.app import create_app
+    from simpersona.storefront.eventlog import read_parts
+
+    if log_dir is not None:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    if workers > 1:
+        if log_dir is None:
+            raise ValueError("run_arms with workers needs a log folder (each worker writes its own)")
+        flat = [s for arm in ("A", "B") for s in episodes.get(arm) or []]
+
+        def shard(part: list[EpisodeSpec], k: int) -> list[dict[str, Any]]:
+            app = create_app(dataclasses.replace(storefront, events_out=Path(log_dir) / f"worker-{k}"), catalog)
+            try:
+                recs = _run_pools(app, storefront, {a: [s for s in part if s.tag == a] for a in ("A", "B")},
+                                  make_agent, max(1, -(-concurrency // workers)), aa)
+            finally:
+                app.state.store.log.close()
+            at = {r["session_id"]: r for r in recs}
+            return [at[s.session_id] for s in part]
+
+        records = run_in_workers(flat, min(workers, len(flat)), shard)
+        wall = time.perf_counter() - t0
+        parts = [Path(log_dir) / f"worker-{k}" for k in range(min(workers, len(flat)))]
+        events = pa.concat_tables([read_parts(d) for d in parts])
+        sessions = pa.concat_tables([read_parts(d, "sessions") for d in parts])
+        return records, session_order(events), sessions, wall
+    app = create_app(dataclasses.replace(storefront, events_out=log_dir), catalog)
+    records = _run_pools(app, storefront, episodes, make_agent, concurrency, aa)
     wall = time.perf_counter() - t0
     log = app.state.store.log
-    return records, log.events(), log.sessions(), wall
+    return records, session_order(log.events()), log.sessions(), wall

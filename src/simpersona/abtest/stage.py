@@ -80,6 +80,9 @@ class AbtestConfig:
     persona: bool = True
     # episodes running at once per arm (the LLM batch is at most this)
     concurrency: int = 32
+    # processes for the fast policy's episodes, each with its own storefront app (0: one per CPU core;
+    # the llm/endpoint agents use one); the same output for any number
+    workers: int = 0
     # master seed (populations, goals, agent sampling, bootstrap)
     seed: int = 0
     # confidence level of every interval
@@ -219,6 +222,7 @@ def run(cfg: AbtestConfig, run_dir: Path, echo=print) -> dict[str, Any]:
     from simpersona.abtest.forest import forest_svg
     from simpersona.abtest.spec import check_variant, read_spec
     from simpersona.personas.assign import PersonaMix
+    from simpersona.simulate.runner import worker_count
     from simpersona.storefront.catalog import load_catalog
 
     if cfg.ingest is None or cfg.personas is None:
@@ -251,7 +255,8 @@ def run(cfg: AbtestConfig, run_dir: Path, echo=print) -> dict[str, Any]:
     make, backend, agent = make_agent(cfg, run_dir, max(u.code for u in buyers))
     sf = dataclasses.replace(cfg.storefront, variant=variant)
     episodes = {arm: [u.episode(arm) for u in us] for arm, us in arms.items()}
-    records, events, variants, wall = run_arms(sf, catalog_path, episodes, make, run_dir / "storefront", cfg.concurrency, cfg.aa)
+    workers = worker_count(cfg.workers) if cfg.agent == "policy" else 1
+    records, events, variants, wall = run_arms(sf, catalog_path, episodes, make, run_dir / "storefront", cfg.concurrency, cfg.aa, workers)
     note = cfg.data_note or data_note(Path(cfg.ingest))
 
     per_session = session_metrics(events)
