@@ -218,3 +218,20 @@ def test_snapshot_cache_is_shared_and_read_only(monkeypatch):
     assert s1 is s2 and dataclasses.asdict(s1) == dataclasses.asdict(parse(html, "/u"))
     plain = s1.render(100)
     assert s1.render(100) is plain and "= 'typed'" in s1.render(100, values={"q": "typed"}) and s1.render(100) == plain
+
+
+def test_remembered_cookies_still_refuse_forgeries():
+    """A valid visitor cookie is checked once and remembered; a forged tag, another cookie's name
+    or another key's cookie is still refused."""
+    from simpersona.storefront.app import create_app
+    from simpersona.storefront.cookies import BUYER, SESSION, new_key, sign
+
+    store = create_app(StorefrontConfig(max_sessions=2), catalog()).state.store
+    good = sign(store.cookie_key, BUYER, "b1")
+    assert store.cookie_id(BUYER, good) == "b1" == store.cookie_id(BUYER, good) and (BUYER, good) in store.verified
+    forged = good[:-1] + ("B" if good[-1] == "A" else "A")
+    assert store.cookie_id(BUYER, forged) is None and store.cookie_id(SESSION, good) is None
+    assert store.cookie_id(BUYER, sign(new_key(), BUYER, "b1")) is None and store.cookie_id(BUYER, None) is None
+    for i in range(10):  # bounded: at most 2 × max_sessions remembered
+        store.cookie_id(BUYER, sign(store.cookie_key, BUYER, f"b{i}"))
+    assert len(store.verified) <= 4

@@ -133,6 +133,21 @@ class Store:
         self.lock = threading.Lock()
         self.templates = templates()
         self.pages: OrderedDict[tuple, str] = OrderedDict()  # rendered pages by (template, values): see PAGE_CACHE
+        self.verified: dict[tuple[str, str], str] = {}  # (cookie name, cookie) → the id of a cookie whose tag checked out
+
+    def cookie_id(self, name: str, cookie: str | None) -> str | None:
+        """The id a sp_buyer / sp_session cookie carries, None when absent, unsigned or forged
+        (`cookies.verify`); a valid cookie is checked once and remembered (at most 2 × max_sessions)."""
+        if cookie is None:
+            return None
+        value = self.verified.get((name, cookie))
+        if value is None:
+            value = verify(self.cookie_key, name, cookie)
+            if value is not None:
+                if len(self.verified) >= 2 * self.config.max_sessions:
+                    self.verified.clear()
+                self.verified[(name, cookie)] = value
+        return value
 
     def variant_of(self, session_id: str, cookie: str | None = None) -> str:
         """The variant served to a session: a hash of its id, unless `cookie` is a sp_variant
@@ -150,7 +165,7 @@ class Store:
         set_cookies = {}
         ids = []
         for name in (BUYER, SESSION):
-            value = verify(self.cookie_key, name, request.cookies.get(name))
+            value = self.cookie_id(name, request.cookies.get(name))
             if value is None:  # absent, unsigned or forged: a new visitor
                 value = secrets.token_hex(8)
                 set_cookies[name] = sign(self.cookie_key, name, value)
