@@ -16,7 +16,9 @@ from simpersona.vqvae import losses
 
 
 def test_doctests():
-    for mod in (M, pop_mod, losses):
+    from simpersona.evaluate import clustering
+
+    for mod in (M, pop_mod, losses, clustering):
         assert doctest.testmod(mod).failed == 0
 
 
@@ -76,12 +78,22 @@ def test_evaluations_end_to_end(tmp_path):
         f"population.personas={tmp_path / 'pers'}", f"population.features={feat}",
         f"population.truth={tmp_path / 'truth' / 'buyers.parquet'}", f"population.ingest={tmp_path / 'ingest'}"])
     rep = clustering.run(ecfg.clustering, tmp_path / "evc")
-    assert set(rep["kmeans"]) == set(rep["vqvae"]) and rep["vqvae"]["calinski_harabasz"] > 0
-    assert "| mean_stratum_purity_pct ↑ |" in (tmp_path / "evc" / "clustering.md").read_text()
+    assert set(rep["kmeans"]) == set(rep["vqvae"]) == set(rep["kmeans_equal_codes"])
+    # values, not ranges (fabricated buyers of six planted types whose product category follows the
+    # type: both methods find the strata; the VQ-VAE's codes hold one type each, k-means splits them)
+    vq, km, eq = rep["vqvae"], rep["kmeans"], rep["kmeans_equal_codes"]
+    assert rep["k"]["kmeans_equal_codes"] == vq["codes_used"] == eq["codes_used"] >= 6
+    assert vq["mean_stratum_purity_pct"] >= 95 and vq["incompatible_mixing_codes"] == 0
+    assert vq["mean_stratum_purity_pct"] >= eq["mean_stratum_purity_pct"]
+    assert vq["calinski_harabasz_scalars"] > km["calinski_harabasz_scalars"]
+    assert rep["min_code_size"]["vqvae"]["buyers_pct"] > 95 and rep["suggested_k"] == 16  # 574 buyers / 25 per code
+    text = (tmp_path / "evc" / "clustering.md").read_text()
+    assert "| mean_stratum_purity_pct ↑ |" in text and "Suggested K" in text
     pop = pop_mod.run(ecfg.population, tmp_path / "evp")
-    assert pop["n_shops"] == 4 and 0 <= pop["stratum_js"]["mean"] <= 1
+    assert pop["n_shops"] == 4 and pop["stratum_js"]["mean"] < 0.05  # per-shop strata recovered from the codes
     assert pop["truth"]["n_matched"] == pop["n_buyers"]  # raw truth ids hashed with the ingest salt
-    assert -1 <= pop["truth"]["ami"] <= 1 + 1e-9
+    assert pop["truth"]["ami"] > 0.8  # the held-out shops' codes recover the planted types (measured 1.0)
+    assert pop["truth"]["type_mix_tv"]["max"] < 0.05  # and each shop's type mix
     json.loads((tmp_path / "evp" / "population.json").read_text())
     assert pop["held_out"]
     # no held-out buyers: in-sample fallback, said so; or an error when the fallback is switched off

@@ -167,3 +167,66 @@ def test_resume_refuses_a_different_config(feat, tmp_path):
     with pytest.raises(ConfigError, match="model"):
         train_mod.run(tiny_cfg(feat, "max_steps=4", "model.latent_dim=8"), tmp_path)
     assert train_mod.run(tiny_cfg(feat, "max_steps=4"), tmp_path)["resumed"]
+
+
+
+def _trained_codes(tmp_path: Path, type_categories: bool):
+    """Train 8 epochs (40 steps, K = 16) on fabricated buyers of six planted types; (log, x,
+    strata, codes, planted types) of the §1.6 sample."""
+    import json
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from simpersona.evaluate.clustering import load_eval_buyers
+
+    feat = fabricate_features(tmp_path / "fab", n_shops=5, buyers_per_shop=160, type_categories=type_categories)
+    train_mod.run(tiny_cfg(feat, "max_epochs=8"), tmp_path / "run")
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    model, _ = load_model(tmp_path / "run")
+    x, strata, _ = load_eval_buyers(feat, ["train", "val"])
+    codes = model.encode_codes(torch.from_numpy(x)).numpy()
+    split = pq.read_table(feat / "buyers.parquet", columns=["split"]).column("split").to_numpy(zero_copy_only=False)
+    types = pq.read_table(tmp_path / "fab" / "truth" / "buyers.parquet", columns=["type"]).column("type").to_numpy(zero_copy_only=False)
+    return log, x, strata, codes, types[np.isin(split, ["train", "val"])]
+
+
+def test_vqvae_recovers_planted_types_and_its_loss_falls(tmp_path):
+    """Six planted types whose product category follows the type: after 40 steps the codes
+    recover the types (AMI ≥ 0.9; measured 1.0, k-means at K = 16: 0.80), at least one code per
+    type, and the total loss falls by ≥ 40% (measured 2.47 → 0.96). A model whose codes ignore
+    behaviour, or that does not learn, fails."""
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    from simpersona.evaluate.clustering import kmeans_codes
+    from simpersona.evaluate.config import ClusteringConfig
+
+    log, x, _, codes, types = _trained_codes(tmp_path, True)
+    assert log[-1]["total"] < 0.6 * log[0]["total"] and log[-1]["recon"] < 0.6 * log[0]["recon"]
+    assert len(set(codes.tolist())) >= 6
+    ami = adjusted_mutual_info_score(types, codes)
+    assert ami >= 0.9 and ami > adjusted_mutual_info_score(types, kmeans_codes(x, 16, ClusteringConfig())) + 0.1
+
+
+def test_vqvae_beats_kmeans_on_strata_when_product_text_says_nothing_of_behaviour(tmp_path):
+    """The Table 1 situation: each buyer's product category drawn at random (as in `simpersona
+    synth`), so the product channels that dominate the 403-d geometry carry no type. Against
+    MiniBatchKMeans at the same number of used codes (Table 1's fair comparison), the VQ-VAE's
+    codes are purer in strata (weighted purity measured 0.80 vs 0.69), nearer the planted types
+    (AMI 0.57 vs 0.41) and tighter on the behavioural scalars (CH 92 vs 35), while k-means stays
+    tighter on the product channels it optimises (CH 54 vs higher)."""
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    from simpersona.evaluate import metrics as M
+    from simpersona.evaluate.clustering import kmeans_codes
+    from simpersona.evaluate.config import ClusteringConfig
+    from simpersona.features.layout import SCALARS
+
+    log, x, strata, codes, types = _trained_codes(tmp_path, False)
+    assert log[-1]["total"] < 0.85 * log[0]["total"]
+    km = kmeans_codes(x, len(set(codes.tolist())), ClusteringConfig())
+    purity = lambda c: M.weighted_purity(M.contingency(c, strata, 16, 5))  # noqa: E731
+    assert purity(codes) > purity(km) + 0.05
+    assert adjusted_mutual_info_score(types, codes) > adjusted_mutual_info_score(types, km) + 0.08
+    assert M.calinski_harabasz(x[:, SCALARS], codes) > 1.5 * M.calinski_harabasz(x[:, SCALARS], km)
+    assert M.calinski_harabasz(x[:, 16:400], codes) < M.calinski_harabasz(x[:, 16:400], km)

@@ -26,6 +26,10 @@ class ClusteringConfig:
     mix_min_size: int = 10
     # a code spans non-adjacent bins when its low and high bins each hold at least this share
     span_threshold: float = 0.1
+    # Table 1 again over the codes with at least this many buyers (both methods; near-singletons are trivially pure)
+    min_code_size: int = 10
+    # buyers per code a log needs for a K to suit it (the suggested K: the largest power of two ≤ buyers / this)
+    buyers_per_code: int = 25
     # torch / BLAS threads
     threads: int = 2
 

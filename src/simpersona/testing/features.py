@@ -59,10 +59,13 @@ def _terciles(v: np.ndarray) -> np.ndarray:
 
 
 def fabricate_features(root: Path, n_shops: int = 5, buyers_per_shop: int = 160, n_holdout: int = 1,
-                       seed: int = 0) -> Path:
+                       seed: int = 0, type_categories: bool = True) -> Path:
     """Write root/feat, root/ingest/summary.json, root/truth/buyers.parquet; returns root/feat.
 
-    Ids are hashed with the installation's salt (`deid.load_or_create_salt`), as an ingest would."""
+    Ids are hashed with the installation's salt (`deid.load_or_create_salt`), as an ingest would.
+    `type_categories=False`: each buyer's product category is drawn at random, not from its type
+    (product text unrelated to behaviour, as in `simpersona synth`): the product channels, which
+    dominate the 403-d geometry, then say nothing about the planted types."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     feat = root / "feat"
@@ -91,7 +94,7 @@ def fabricate_features(root: Path, n_shops: int = 5, buyers_per_shop: int = 160,
     x = np.zeros((n, INPUT_DIM), np.float32)
     x[:, :N_SCALARS] = z
     centroids = rng.normal(size=(4, 3, CHANNEL_DIM))
-    cat = np.array([TYPES[t][3] for t in types])
+    cat = np.array([TYPES[t][3] for t in types]) if type_categories else rng.integers(0, 4, n)
     has = np.stack([raw[:, 2] > 0, raw[:, 3] > 0, raw[:, 7] > 0], axis=1)  # viewed, carted, purchased
     for c, sl in enumerate(CHANNEL_SLICES):
         emb = centroids[cat, c] + 0.5 * rng.normal(size=(n, CHANNEL_DIM))
