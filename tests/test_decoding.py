@@ -155,10 +155,35 @@ def test_checkpoint_without_the_runs_persona_tokens(tiny):
     assert d.failure == "backend_error" and "<|persona_9|>" in d.detail
 
 
-def test_endpoint_answering_non_json_is_a_classified_failure():
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, text="<html>gateway error</html>"))
+@pytest.mark.parametrize("status,body", [
+    (200, "<html>gateway error</html>"),  # not JSON at all
+    (200, ""),  # an empty body
+    (200, '{"choices": [{"message": {"content": "{\\"action'),  # truncated JSON
+    (200, '{"choices": []}'),  # JSON without an answer
+    (200, '{"choices": [{"message": {"content": null}}]}'),  # an answer without text
+    (200, '{"choices": [{"message": "view_cart"}]}'),  # the wrong shape
+    (200, '[1, 2, 3]'),  # JSON, not an object
+    (502, '{"error": "upstream"}'),  # an HTTP error
+])
+def test_endpoint_answering_non_json_is_a_classified_failure(status, body):
+    transport = httpx.MockTransport(lambda request: httpx.Response(status, text=body))
     backend = EndpointBackend(EndpointConfig(url="http://model.invalid/v1"), transport=transport)
     agent = LLMAgent(backend)
     agent.reset("g", None)
     d = act_batch([agent], [{"url": "/s/x/", "page": "URL: /s/x/\nhi", "error": None}])[0]
     assert d.action is None and d.failure == "backend_error" and d.detail
+
+
+def test_endpoint_answering_non_json_never_crashes_the_run(app):
+    """Episodes with an endpoint answering garbage end as classified failures; the run completes."""
+    from simpersona.simulate.runner import EpisodeSpec, run_episodes
+
+    answers = iter(["<html>502</html>", '{"choices": [{"message": {"content": "I think I will look around"}}]}',
+                    '{"choices": [{"message": {"content": "{\\"action\\": \\"view_cart\\"}"}}]}'] * 10)
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, text=next(answers)))
+    backend = EndpointBackend(EndpointConfig(url="http://model.invalid/v1", concurrency=1), transport=transport)
+    specs = [EpisodeSpec("shop0", f"b{i}", f"s{i}", 1, "A", "buy", "You are here to buy skirts.", i) for i in range(3)]
+    out = run_episodes(specs, [ShopEnv(AsgiTransport(app))], lambda spec: LLMAgent(backend))
+    assert len(out) == 3
+    assert [(o["outcome"], o["failure"]) for o in out[:2]] == [("crash", "backend_error"), ("malformed", "no_json")]
+    assert out[2]["steps"] == 1 and out[2]["failure"] == "backend_error"  # view_cart executed, then the endpoint failed

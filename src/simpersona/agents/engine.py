@@ -206,24 +206,20 @@ class OnnxEngine:
 
     def assign(self, prompts: list[list[int]]) -> list[tuple[int, int]]:
         """(pool key, n) per prompt: a generator whose first n tokens are the prompt's. Prompts with the
-        longest cached prefixes (an episode's next step) choose first; a prompt matching under half of
-        itself (a new episode) gets a fresh generator while the pool has room, else the least recently
-        used free one, so it does not evict a running episode's cache."""
+        longest cached prefixes (an episode's next step) choose first, each the free generator sharing
+        the longest prefix with it (a new episode then takes a finished episode's generator, reusing
+        its system prompt); a fresh generator when none shares anything and the pool has room."""
         best = [max((self._match(ids, held) for _, held in self.pool.values()), default=0) for ids in prompts]
         out: list[tuple[int, int] | None] = [None] * len(prompts)
         busy: set[int] = set()
         for i in sorted(range(len(prompts)), key=lambda i: -best[i]):
             ids = prompts[i]
             free = [(self._match(ids, held), k) for k, (_, held) in self.pool.items() if k not in busy]
-            n, key = max(free, key=lambda t: t[0], default=(0, None))
-            if key is None or n * 2 < len(ids):
-                if len(self.pool) < self.size or not free:
-                    key, n = self._next, 0
-                    self._next += 1
-                    self.pool[key] = (self._new(), [])
-                else:
-                    key = free[0][1]  # least recently used free generator
-                    n = self._match(ids, self.pool[key][1])
+            n, key = max(free, key=lambda t: t[0], default=(0, None))  # ties: the least recently used
+            if key is None or (n == 0 and len(self.pool) < self.size):
+                key, n = self._next, 0
+                self._next += 1
+                self.pool[key] = (self._new(), [])
             busy.add(key)
             self.pool.move_to_end(key)
             out[i] = (key, n)
@@ -260,39 +256,47 @@ class OnnxEngine:
         held.append(int(token))
         return np.asarray(gen.get_logits(), dtype=np.float32).reshape(-1)
 
-    def generate(self, prompts: list[list[int]], *, max_new_tokens: int, stop_ids: list[int], temperature: float,
-                 top_p: float, generator, matchers: list | None = None, constraint=None, closed=None) -> list[list[int]]:
-        """New token ids of each prompt (stop tokens excluded), as `agents.decoding.generate_ids` gives
-        them: masked by `matchers` (constrained) or stopped by `closed(row, ids)` (free)."""
+    def _answer(self, i, key, ids, n, max_new_tokens, stop, temperature, top_p, generator, matchers, constraint, closed):
         import torch
 
         from simpersona.agents.decoding import choose
 
-        out: list[list[int]] = []
+        logits = torch.from_numpy(self.prefill(key, ids, n))  # (V,)
+        row: list[int] = []
+        for _ in range(min(max_new_tokens, self.context - len(ids))):
+            if matchers is not None:
+                logits = logits.masked_fill(~constraint.allowed(matchers[i], logits.shape[-1]), float("-inf"))
+            t = int(choose(logits[None], temperature, top_p, generator)[0])
+            if t in stop:
+                break
+            if matchers is not None:
+                if not matchers[i].consume_token(t):
+                    break  # cannot happen under the mask; the row ends (its text gets classified)
+                row.append(t)
+                if matchers[i].is_accepting() or matchers[i].is_stopped():
+                    break
+            else:
+                row.append(t)
+                if closed is not None and closed(i, row):
+                    break
+            if len(ids) + len(row) >= self.context:
+                break
+            logits = torch.from_numpy(self.step(key, t))
+        return row
+
+    def generate(self, prompts: list[list[int]], *, max_new_tokens: int, stop_ids: list[int], temperature: float,
+                 top_p: float, generator, matchers: list | None = None, constraint=None, closed=None) -> list:
+        """New token ids of each prompt (stop tokens excluded), as `agents.decoding.generate_ids` gives
+        them: masked by `matchers` (constrained) or stopped by `closed(row, ids)` (free); a prompt the
+        runtime fails on gets its exception instead (the others are answered)."""
+        out: list[list[int] | Exception] = []
         stop = set(stop_ids)
         for i, (ids, (key, n)) in enumerate(zip(prompts, self.assign(prompts))):
-            logits = torch.from_numpy(self.prefill(key, ids, n))  # (V,)
-            row: list[int] = []
-            room = self.context - len(ids)
-            for _ in range(min(max_new_tokens, room)):
-                if matchers is not None:
-                    logits = logits.masked_fill(~constraint.allowed(matchers[i], logits.shape[-1]), float("-inf"))
-                t = int(choose(logits[None], temperature, top_p, generator)[0])
-                if t in stop:
-                    break
-                if matchers is not None:
-                    if not matchers[i].consume_token(t):
-                        break  # cannot happen under the mask; the row ends (its text gets classified)
-                    row.append(t)
-                    if matchers[i].is_accepting() or matchers[i].is_stopped():
-                        break
-                else:
-                    row.append(t)
-                    if closed is not None and closed(i, row):
-                        break
-                if len(ids) + len(row) >= self.context:
-                    break
-                logits = torch.from_numpy(self.step(key, t))
-            out.append(row)
+            try:
+                out.append(self._answer(i, key, ids, n, max_new_tokens, stop, temperature, top_p, generator, matchers,
+                                        constraint, closed))
+            except Exception as e:  # one prompt's failure (the runtime's error) is its row's, not the batch's
+                self.pool.pop(key, None)  # its cache is in an unknown state
+                out.append(e)
         self.trim()
         return out

@@ -279,6 +279,9 @@ class LocalBackend:
             self.decode_s += time.perf_counter() - t0
             self.calls += 1
             for ids, i in zip(gen, idx):
+                if isinstance(ids, Exception):  # the engine failed on this prompt only
+                    out[i] = ids
+                    continue
                 self.tokens_generated += len(ids)
                 out[i] = self.cfg.response_prefix + self.tok.decode(ids, skip_special_tokens=True)
         return out
