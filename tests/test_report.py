@@ -98,7 +98,7 @@ def populated_run(toy_run, tmp_path_factory):
     assign.run(assign.PersonasConfig(model=side / "vqvae", features=feat), side / "personas")
     clustering.run(ClusteringConfig(model=side / "vqvae", features=feat, kmeans_k=8), lay.clustering)
     population.run(PopulationConfig(personas=side / "personas", features=feat), lay.population)
-    simulate_then_evaluate(sim_instructions, sim_instructions.TasksConfig(ingest=lay.ingest, agent="script", repetitions=1, max_shops=1),
+    simulate_then_evaluate(sim_instructions, sim_instructions.TasksConfig(ingest=lay.ingest, agents=["script"], fast_repetitions=1, max_shops=1),
                            instructions, instructions.InstructionsConfig, lay.instructions)
     simulate_then_evaluate(sim_ablations, sim_ablations.AblationRunsConfig(simulate=SimulateConfig(ingest=lay.ingest, personas=lay.personas, buyers=6)),
                            ablations, ablations.AblationsConfig, lay.ablations)
@@ -176,13 +176,14 @@ def test_every_number_in_the_page_is_the_json_it_came_from(populated_run, tmp_pa
     m = next(m for m in rows if isinstance(t1["vqvae"][m], (int, float)))
     assert not shows(rows[m][2], t1["vqvae"][m] + 1)  # a different number does not pass
 
-    # Table 2: stratum, cells, ARA correct / all-mismatch / 1-random, paper ×3, ATC, PUR alignment
+    # Table 2: stratum, cells, ARA correct / all-mismatch / 1-random, paper ×3, ATC, PUR alignment, correct − all-mis, CI
     t2 = read(lay.alignment / "alignment.json")
     rows = {r[0]: r for r in tables["Table 2 — action rate alignment"][0][1:]}
     assert set(rows) == set(t2["table"])
     for st, row in rows.items():
         x, p = t2["table"][st], t2["paper"].get(st, {})
-        want = [x["cells"], *x["ara"], *(p.get("ara") or [None] * 3), x["atc"][0], x["pur"][0]]
+        ci = f"[{x['gap_ci'][0]:+.3f}, {x['gap_ci'][1]:+.3f}]" if x["gap_ci"] else "–"
+        want = [x["cells"], *x["ara"], *(p.get("ara") or [None] * 3), x["atc"][0], x["pur"][0], x["gap"], ci]
         for cell, v in zip(row[1:], want, strict=True):
             assert shows(cell, v), (st, cell, v)
             checked += 1
@@ -200,17 +201,25 @@ def test_every_number_in_the_page_is_the_json_it_came_from(populated_run, tmp_pa
             assert shows(cell, v), (row[0], cell, v)
             checked += 1
 
-    # Table 4: steps, self-reported and judged completion
-    t4 = read(lay.instructions / "instructions.json")
-    rows = {r[0]: r for r in tables["Table 4 — instruction following"][0][1:]}
-    assert shows(rows["avg steps per run"][1], t4["overall"]["steps"])
-    assert shows(rows["self-reported goal reached"][1], t4["overall"]["self_reported"], pct=True)
-    assert shows(rows["judged completed"][1], t4["overall"]["completed"], pct=True)
-    checked += 3
+    # Table 4: one column per agent (the script here): runs, steps, each rate with its interval and counts
+    from simpersona.evaluate.instructions import rate_text
 
-    # Table 9: with / without the persona token
-    t9 = read(lay.ablations / "ablations.json")["token"]
+    t4 = read(lay.instructions / "instructions.json")["agents"]["script"]
+    head, *body = tables["Table 4 — instruction following"][0]
+    rows = {r[0]: r for r in body}
+    assert head[1] == "script"
+    assert shows(rows["runs"][1], t4["runs"]) and shows(rows["avg steps per run"][1], t4["overall"]["steps"])
+    assert rows["self-reported goal reached"][1] == rate_text(t4["overall"], "self_reported")
+    assert rows["judged completed"][1] == rate_text(t4["overall"], "completed") == "100.0% [64.6, 100.0] (7/7)"  # Wilson: 7/7 → [0.646, 1]
+    checked += 4
+
+    # Table 9: with / without the persona token (the policy's)
+    t9 = read(lay.ablations / "ablations.json")["token"]["policy"]
     for row in tables["Ablations (Tables 7–9)"][0][1:]:
+        if row[0].endswith("(95% CI)"):
+            m, c = row[0].split()[0], t9["with"]
+            assert row[1] == f"{100 * c[m]:.1f}% [{100 * c[m + '_ci'][0]:.1f}%, {100 * c[m + '_ci'][1]:.1f}%]", row
+            continue
         assert shows(row[1], t9["with"][row[0]]) and shows(row[2], t9["without"][row[0]]), row
         checked += 2
 

@@ -432,11 +432,14 @@ def test_report_names_the_checkpoint_and_shows_the_validation_curve(trained, tmp
     lay = RunLayout(tmp_path / "run")
     shutil.copytree(trained, lay.sft)
     lay.instructions.mkdir(parents=True)
+    ident = checkpoint_id(lay.stage2)
+    card = {"name": "llm", "agent": "llm", "persona_token": True, "checkpoint": ident}  # as simulate.cards.agent_card writes it
+    overall = {"runs": 1, "steps": 3, "self_reported": 0.0, "completed": 0.0, "n": {"self_reported": [0, 1], "completed": [0, 1]},
+               "ci": {"self_reported": [0.0, 0.79], "completed": [0.0, 0.79]}}
     (lay.instructions / "instructions.json").write_text(json.dumps({
-        "tasks": 1, "runs": 1, "agent": "llm", "overall": {"steps": 3, "self_reported": 0.0, "completed": 0.0}, "types": {},
+        "tasks": 1, "agents": {"llm": {"status": "run", "agent": card, "data": None, "runs": 1, "overall": overall, "types": {}}},
         "paper": {"steps": 1, "self_reported": 1, "cart->atc": 1, "checkout->checkout": 1, "purchase->checkout": 1}}))
     page, status = build.render(build.ReportConfig(run=lay.root))
-    ident = checkpoint_id(lay.stage2)
     assert status["SFT — the agent's checkpoints and validation curves"] == "ok"
     assert f"{ident['path']} (sha256 {ident['sha256']})" in page  # the SFT table and Table 4's agent line
     assert page.count(ident["sha256"]) >= 2 and "Validation loss per evaluation step" in page

@@ -417,7 +417,7 @@ def evaluate_separation(cfg, out) -> None:
 
 @evaluate.command("instructions", cls=ConfigCommand, config="simpersona.simulate.instructions:TasksConfig",
                   section="evaluate.instructions",
-                  flags=("ingest", "personas", "agent", ("checkpoint", "llm.checkpoint"), ("endpoint", "endpoint.url"),
+                  flags=("ingest", "personas", "agents", ("checkpoint", "llm.checkpoint"), ("endpoint", "endpoint.url"),
                          "repetitions"))
 @_out("Output folder [default: runs/behaviour/instructions].")
 @SETS

@@ -17,7 +17,8 @@ RUN/
   traces/       traces.jsonl, stage1/, stage2/
   sft/          stage1/, stage2/, single/ checkpoints
   simulate/     episodes.parquet, events.parquet, summary.json
-  behaviour/    alignment/ (Table 2), separation/ (Table 3), instructions/ (Table 4), ablations/ (7–9), fidelity/
+  behaviour/    alignment/ (Table 2), separation/ (Table 3) of the fast policy; populations/ (Tables 2–3 of
+                the LLM agent variants); instructions/ (Table 4), ablations/ (7–9), fidelity/
   report/       index.html
 """
 
@@ -143,6 +144,11 @@ class RunLayout:
     def separation(self) -> Path:
         """Table 3 (separation.json)."""
         return self.behaviour / "separation"
+
+    @property
+    def populations(self) -> Path:
+        """Tables 2–3 of the LLM agent variants: simulation/<agent>/, <agent>/alignment/, <agent>/separation/."""
+        return self.behaviour / "populations"
 
     @property
     def instructions(self) -> Path:

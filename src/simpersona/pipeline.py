@@ -35,7 +35,7 @@ SECTIONS = ("synth", "ingest", "split", "features", "vqvae", "personas", "evalua
             "report")
 # The `evaluate:` section's parts: Table 1 / App. B (stage evaluate), Tables 2–4, 7–9 (stage behaviour),
 # fidelity (the `evaluate fidelity` command).
-EVALUATE_PARTS = ("clustering", "population", "alignment", "separation", "instructions", "ablations", "fidelity")
+EVALUATE_PARTS = ("clustering", "population", "alignment", "separation", "populations", "instructions", "ablations", "fidelity")
 
 
 @dataclass
@@ -204,6 +204,8 @@ class BehaviourConfig:
     alignment: Any = None
     # Table 3: separation by aux-head bin
     separation: Any = None
+    # Tables 2–3 of the LLM agent variants (with and without the persona token), on their own small population
+    populations: Any = None
     # Table 4: instruction following
     instructions: Any = None
     # Tables 7–9: token and two-stage ablations
@@ -214,17 +216,19 @@ class BehaviourConfig:
 
 def _behaviour() -> Step:
     from simpersona.evaluate import ablations, alignment, fidelity, instructions, separation
-    from simpersona.simulate import ablations as sim_ablations, instructions as sim_instructions
+    from simpersona.simulate import ablations as sim_ablations, instructions as sim_instructions, populations as sim_populations
 
     def make(sec: dict[str, Any], lay: RunLayout):
         sim, per, ing, agent = str(lay.simulate), str(lay.personas), str(lay.ingest), str(lay.stage2)
+        on_eval = {"ingest": ing, "personas": per, "split": str(lay.split), "llm": {"checkpoint": agent}}
         return BehaviourConfig(
             alignment=resolve(alignment.AlignmentConfig, sec, "evaluate.alignment",
                               {"features": str(lay.features), "personas": per, "simulation": sim}),
             separation=resolve(separation.SeparationConfig, sec, "evaluate.separation",
                                {"simulation": sim, "personas": per}),
+            populations=resolve(sim_populations.PopulationsConfig, sec, "evaluate.populations", {"simulate": on_eval}),
             instructions=resolve(sim_instructions.TasksConfig, sec, "evaluate.instructions",
-                                 {"ingest": ing, "personas": per, "split": str(lay.split), "llm": {"checkpoint": agent}}),
+                                 {**on_eval, "policy_model": str(lay.simulate / "policy.npz")}),
             ablations=resolve(sim_ablations.AblationRunsConfig, sec, "evaluate.ablations", {
                 "sft": str(lay.sft), "simulate": {"ingest": ing, "personas": per, "split": str(lay.split),
                                                   "llm": {"checkpoint": agent}}}),
@@ -238,6 +242,7 @@ def _behaviour() -> Step:
         summary = {
             "alignment": alignment.run(cfg.alignment, part.alignment),
             "separation": separation.run(cfg.separation, part.separation),
+            "populations": evaluate_populations(cfg, part.populations),
             "instructions": simulate_then_evaluate(sim_instructions, cfg.instructions, instructions, instructions.InstructionsConfig,
                                                    part.instructions),
             "ablations": simulate_then_evaluate(sim_ablations, cfg.ablations, ablations, ablations.AblationsConfig, part.ablations),
@@ -249,11 +254,32 @@ def _behaviour() -> Step:
     def describe(s: dict[str, Any]) -> str:
         return "\n".join([
             alignment.format_table(s["alignment"]), separation.format_table(s["separation"]),
+            *(f"{a}: not run ({r['reason']})" if r["status"] != "run" else
+              alignment.format_table(r["alignment"]) + "\n" + separation.format_table(r["separation"]) for a, r in s["populations"].items()),
             instructions.format_table(s["instructions"]), ablations.format_report(s["ablations"]),
             fidelity.format_summary(s["fidelity"]),
         ])
 
     return Step("behaviour", ("features", "split", "personas", "ingest", "simulate", "sft"), make, run_all, describe)
+
+
+def evaluate_populations(cfg: BehaviourConfig, out_dir: Path) -> dict[str, Any]:
+    """Tables 2–3 of each LLM agent variant: its population simulated into out_dir/simulation/<agent>/
+    (`simulate.populations`), then alignment and separation (which only read it) into out_dir/<agent>/."""
+    from simpersona.evaluate import alignment, separation
+    from simpersona.simulate import populations
+
+    runs = populations.run(cfg.populations, out_dir / "simulation", echo=lambda _: None)
+    out: dict[str, Any] = {}
+    for agent, info in runs.items():
+        if info["status"] != "run":
+            out[agent] = info
+            continue
+        sim = out_dir / "simulation" / info["dir"]
+        out[agent] = {"status": "run", "alignment": alignment.run(dataclasses.replace(
+            cfg.alignment, simulation=sim, min_sim_sessions=cfg.populations.min_sim_sessions), out_dir / agent / "alignment"),
+            "separation": separation.run(dataclasses.replace(cfg.separation, simulation=sim), out_dir / agent / "separation")}
+    return out
 
 
 def simulate_then_evaluate(sim_module, sim_cfg: Any, eval_module, eval_cfg_cls, out_dir: Path) -> dict[str, Any]:

@@ -108,6 +108,18 @@ def file_hash(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def checkpoint_id(path: Path) -> dict[str, str]:
+    """A checkpoint's name in every figure made with it: its resolved path and a short content hash
+    (sha256 over its *.safetensors files in name order, 12 hex digits)."""
+    path = Path(path).resolve()
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*.safetensors")):
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return {"path": str(path), "sha256": h.hexdigest()[:12]}
+
+
 def manifest(folder: Path) -> dict[str, dict[str, Any]]:
     """`{relative path: {"bytes", "sha256"}}` of every file under `folder` but meta.json, sorted."""
     folder = Path(folder)

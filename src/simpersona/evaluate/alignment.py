@@ -15,7 +15,10 @@ Pairings, per simulated cell (s, a, stratum): correct (real cell (s, a, stratum)
 with `seed`). Only cells with ≥ min_real_buyers real buyers and ≥ min_sim_sessions simulated
 sessions, and with at least one mismatch candidate, count. Per stratum: the mean over its cells;
 "Stratified": the mean of the per-stratum values (each stratum weighs the same, as the paper's
-stratified row is the mean of its A–D rows).
+stratified row is the mean of its A–D rows). `gap` = ARA correct − all-mismatch (what the persona
+token buys), per stratum and stratified, with a 95% bootstrap interval (cells resampled within
+each stratum, `bootstrap` draws). The report names the simulation's agent (checkpoint and content
+hash) and data (its summary's agent and data cards).
 
 Writes alignment.json, alignment.md, meta.json; also per-shop real vs simulated funnel rates
 (add-to-cart, checkout, purchase sessions) for the report.
@@ -60,8 +63,10 @@ class AlignmentConfig:
     min_sim_sessions: int = 3
     # episode outcomes left out of the simulated rates
     exclude_outcomes: list[str] = field(default_factory=lambda: ["crash"])
-    # seed of the random-mismatch draw
+    # seed of the random-mismatch draw and of the bootstrap
     seed: int = 0
+    # bootstrap draws of the correct − all-mismatch interval (0: no interval)
+    bootstrap: int = 2000
 
 
 def real_cells(features: Path, personas: Path, strata: list[str]) -> dict[tuple[str, int, str], tuple[int, float, float]]:
@@ -88,7 +93,7 @@ def sim_cells(stats, exclude: list[str]) -> dict[tuple[str, int, str], tuple[int
 
 
 def alignment_table(real: dict, sim: dict, strata: list[str], min_real: int, min_sim: int,
-                    rng: np.random.Generator) -> dict[str, Any]:
+                    rng: np.random.Generator, n_boot: int = 0) -> dict[str, Any]:
     """Per stratum and stratified: mean ATC / purchase alignment and ARA for the three pairings."""
     per: dict[str, dict[str, list[list[float]]]] = {st: {m: [[], [], []] for m in ("atc", "pur", "ara")} for st in strata}
     cells = 0
@@ -109,13 +114,31 @@ def alignment_table(real: dict, sim: dict, strata: list[str], min_real: int, min
             for m, v in zip(("atc", "pur", "ara"), np.mean(vals, 0)):
                 per[st][m][j].append(float(v))
     table: dict[str, Any] = {}
+    gaps = {st: np.array(per[st]["ara"][0]) - np.array(per[st]["ara"][1]) for st in strata}  # (cells,) correct − all-mismatch
     for st in strata:
         n = len(per[st]["ara"][0])
-        table[st] = {"cells": n, **{m: [float(np.mean(v)) if v else None for v in per[st][m]] for m in ("atc", "pur", "ara")}}
+        table[st] = {"cells": n, **{m: [float(np.mean(v)) if v else None for v in per[st][m]] for m in ("atc", "pur", "ara")},
+                     "gap": float(gaps[st].mean()) if n else None, "gap_ci": gap_ci({st: gaps[st]}, n_boot, rng)}
     have = [st for st in strata if table[st]["cells"]]
     table["Stratified"] = {"cells": cells, **{m: [float(np.mean([table[st][m][j] for st in have])) if have else None
-                                                  for j in range(3)] for m in ("atc", "pur", "ara")}}
+                                                  for j in range(3)] for m in ("atc", "pur", "ara")},
+                           "gap": float(np.mean([table[st]["gap"] for st in have])) if have else None,
+                           "gap_ci": gap_ci({st: gaps[st] for st in have}, n_boot, rng)}
     return table
+
+
+def gap_ci(gaps: dict[str, np.ndarray], n_boot: int, rng: np.random.Generator) -> list[float] | None:
+    """95% percentile bootstrap interval of the mean over strata of each stratum's mean cell gap
+    (cells resampled within each stratum); None without cells or draws.
+
+    >>> gap_ci({"A": np.array([0.1, 0.1, 0.1])}, 100, np.random.default_rng(0))
+    [0.1, 0.1]
+    """
+    have = [g for g in gaps.values() if len(g)]
+    if not have or n_boot <= 0:
+        return None
+    draws = np.mean([g[rng.integers(len(g), size=(n_boot, len(g)))].mean(1) for g in have], axis=0)  # (n_boot,)
+    return [round(float(x), 12) for x in np.percentile(draws, [2.5, 97.5])]
 
 
 def funnel_rates(features: Path, stats, exclude: list[str]) -> dict[str, dict[str, dict[str, float]]]:
@@ -143,8 +166,11 @@ def run(cfg: AlignmentConfig, out_dir: Path) -> dict[str, Any]:
     stats = episode_stats(Path(cfg.simulation))  # noqa: F841 (read by DuckDB by name)
     real = real_cells(Path(cfg.features), Path(cfg.personas), cfg.strata)
     sim = sim_cells(stats, cfg.exclude_outcomes)
-    table = alignment_table(real, sim, cfg.strata, cfg.min_real_buyers, cfg.min_sim_sessions, np.random.default_rng(cfg.seed))
+    table = alignment_table(real, sim, cfg.strata, cfg.min_real_buyers, cfg.min_sim_sessions, np.random.default_rng(cfg.seed),
+                            cfg.bootstrap)
+    summary = json.loads((Path(cfg.simulation) / "summary.json").read_text())
     report = {"table": table, "pairings": list(PAIRINGS), "paper": PAPER_TABLE2,
+              "agent": summary.get("agent_card"), "data": summary.get("data"),
               "episodes": int(stats.num_rows), "sim_cells": len(sim), "real_cells": len(real),
               "funnel": funnel_rates(Path(cfg.features), stats, cfg.exclude_outcomes)}
     out_dir = Path(out_dir)
@@ -160,14 +186,19 @@ def _f(v: float | None) -> str:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """Table 2, ours beside the paper's (correct / all-mismatch / 1-random)."""
-    lines = ["| stratum | cells | ATC ours (C / All-Mis / 1-R) | ATC paper | PUR ours | PUR paper | ARA ours | ARA paper |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Table 2, ours beside the paper's (correct / all-mismatch / 1-random), and correct − all-mismatch."""
+    from simpersona.simulate.cards import agent_label, data_label
+
+    lines = ["| stratum | cells | ATC ours (C / All-Mis / 1-R) | ATC paper | PUR ours | PUR paper | ARA ours | ARA paper | ARA C − All-Mis [95% CI] |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for st, row in report["table"].items():
         p = report["paper"].get(st)
         cols = []
         for m in ("atc", "pur", "ara"):
             cols.append(" / ".join(_f(v) for v in row[m]))
             cols.append(" / ".join(f"{v:.3f}" for v in p[m]) if p else "–")
+        ci = row.get("gap_ci")
+        cols.append(_f(row.get("gap")) + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""))
         lines.append(f"| {st} | {row['cells']} | " + " | ".join(cols) + " |")
-    return (f"Table 2 (ARA by funnel stratum) over {report['episodes']:,} simulated episodes\n\n" + "\n".join(lines))
+    return (f"Table 2 (ARA by funnel stratum) over {report['episodes']:,} simulated episodes; agent {agent_label(report.get('agent'))}; "
+            f"{data_label(report.get('data'))}\n\n" + "\n".join(lines))

@@ -12,8 +12,10 @@ simulated session (from the events through the features aggregation, `simulate.l
 
 Per head: mean score per bin; Cohen's d (low vs high), Welch's t p (low vs high), Kruskal–Wallis
 p (three bins), permutation p (10,000 shuffles of the bin labels; statistic the bin–score
-correlation); plus ATC and checkout rates per purchase bin. Episodes without a persona token
-or with an outcome in `exclude_outcomes` are left out. Writes separation.json / .md, meta.json.
+correlation); plus ATC and checkout rates per purchase bin. Episodes without a drawn persona code
+or with an outcome in `exclude_outcomes` are left out; a no-persona simulation (the same drawn
+codes, no token given) is kept, grouped by the code it would have had: the control row. The report
+names the simulation's agent (checkpoint, content hash) and data. Writes separation.json / .md, meta.json.
 """
 
 from __future__ import annotations
@@ -78,12 +80,14 @@ def run(cfg: SeparationConfig, out_dir: Path) -> dict[str, Any]:
         raise ConfigError("evaluate separation needs --simulation SIM_DIR and --personas DIR (cards.json)")
     cards = {int(c["code"]): c["labels"] for c in json.loads((Path(cfg.personas) / "cards.json").read_text())}
     stats = episode_stats(Path(cfg.simulation))
-    keep = np.array([p and o not in cfg.exclude_outcomes and int(k) in cards for p, o, k in zip(
-        stats["persona"].to_pylist(), stats["outcome"].to_pylist(), stats["code"].to_pylist())], dtype=bool)
+    keep = np.array([o not in cfg.exclude_outcomes and k is not None and int(k) in cards for o, k in zip(
+        stats["outcome"].to_pylist(), stats["code"].to_pylist())], dtype=bool)
     stats = stats.filter(keep) if len(keep) else stats
     codes = stats["code"].to_pylist()
     scores = head_scores(stats)
-    report: dict[str, Any] = {"episodes": int(stats.num_rows), "heads": {}, "paper": PAPER_TABLE3}
+    summary = json.loads((Path(cfg.simulation) / "summary.json").read_text())
+    report: dict[str, Any] = {"episodes": int(stats.num_rows), "heads": {}, "paper": PAPER_TABLE3,
+                              "agent": summary.get("agent_card"), "data": summary.get("data")}
     for h in HEADS:
         bins = np.array([LEVELS.index(cards[int(k)][h]) for k in codes], dtype=np.int64)
         report["heads"][h] = separation(bins, scores[h], cfg.n_resamples, cfg.seed)
@@ -122,4 +126,7 @@ def format_table(report: dict[str, Any]) -> str:
     rows += ["", "| purchase bin | low | medium | high | paper low / medium / high |", "|---|---|---|---|---|"]
     for m in ("atc", "checkout"):
         rows.append(f"| {m} | " + " | ".join(pct(v) for v in f[m]) + " | " + " / ".join(pct(v) for v in pf[m]) + " |")
-    return f"Table 3 (separation by head bin) over {report['episodes']:,} simulated episodes\n\n" + "\n".join(rows)
+    from simpersona.simulate.cards import agent_label, data_label
+
+    return (f"Table 3 (separation by head bin) over {report['episodes']:,} simulated episodes; agent {agent_label(report.get('agent'))}; "
+            f"{data_label(report.get('data'))}\n\n" + "\n".join(rows))

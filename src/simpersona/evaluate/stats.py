@@ -6,6 +6,10 @@
 - `trend_permutation_p`: scipy.stats.permutation_test, bin labels shuffled against the scores
   (`pairings`), statistic = Pearson correlation of bin index (0/1/2) and score, i.e. the
   least-squares gradient up to a constant; two-sided; n_resamples shuffles.
+- `wilson_ci(k, n)`: the 95% Wilson score interval of a rate k/n (the CI every rate of Tables 4, 9 carries).
+- `mcnemar_p(a, b)`: exact McNemar p of two paired yes/no outcomes (the same episodes run two ways:
+  Table 9's with vs without the persona token), a two-sided binomial test on the discordant pairs.
+- `fisher_p(k1, n1, k2, n2)`: two-sided Fisher exact p of two independent rates.
 Degenerate inputs (too few values, zero variance) give NaN rather than an exception.
 """
 
@@ -96,3 +100,45 @@ def trend_permutation_p(bins: np.ndarray, scores: np.ndarray, n_resamples: int =
                                  vectorized=True, alternative="two-sided", random_state=np.random.default_rng(seed),
                                  batch=max(1, min(n_resamples, 2_000_000 // max(len(x), 1))))
     return float(res.pvalue)
+
+
+def wilson_ci(k: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
+    """95% Wilson score interval of the rate k / n (None when n = 0).
+
+    >>> [round(x, 3) for x in wilson_ci(8, 10)]
+    [0.49, 0.943]
+    """
+    if n <= 0:
+        return None
+    p, z2 = k / n, z * z
+    mid = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+def mcnemar_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided exact McNemar p of paired yes/no outcomes a[i], b[i] (NaN without discordant pairs).
+
+    >>> round(mcnemar_p(np.array([1] * 10 + [0] * 5), np.array([0] * 10 + [0] * 5)), 4)
+    0.002
+    """
+    from scipy import stats
+
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
+    if only_a + only_b == 0:
+        return math.nan
+    return float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def fisher_p(k1: int, n1: int, k2: int, n2: int) -> float:
+    """Two-sided Fisher exact p that two independent rates k1/n1 and k2/n2 differ.
+
+    >>> round(fisher_p(9, 10, 1, 10), 4)
+    0.0011
+    """
+    from scipy import stats
+
+    if n1 <= 0 or n2 <= 0:
+        return math.nan
+    return float(stats.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]]).pvalue)

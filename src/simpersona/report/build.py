@@ -193,33 +193,62 @@ def sec_table1(cfg: ReportConfig, lay: RunLayout) -> str:
             + _table(["metric", "k-means (ours)", "VQ-VAE (ours)", "k-means (paper)", "VQ-VAE (paper)"], rows))
 
 
-def sec_table2(cfg: ReportConfig, lay: RunLayout) -> str:
-    r = _json(lay.alignment / "alignment.json")
-    if not r:
-        return _notrun(f"no {_rel(lay, lay.alignment)}/alignment.json")
+def _who(r: dict[str, Any]) -> str:
+    """The agent (checkpoint, content hash) and data a figure came from (the agent and data cards its JSON carries)."""
+    from simpersona.simulate.cards import agent_label, data_label
+
+    return f'<p class="small">agent {escape(agent_label(r.get("agent")))}; {escape(data_label(r.get("data")))}</p>'
+
+
+def _populations(lay: RunLayout, part: str) -> list[tuple[str, dict[str, Any] | None, str]]:
+    """(agent, its Table 2 or 3 JSON or None, where/why) for the fast policy and each LLM population."""
+    name = f"{part}.json"
+    out = [("policy (simulate stage)", _json(getattr(lay, part) / name), f"no {_rel(lay, getattr(lay, part))}/{name}")]
+    runs = _json(lay.populations / "simulation" / "runs.json") or {}
+    for agent, info in runs.items():
+        path = lay.populations / agent / part / name
+        out.append((agent, _json(path) if info["status"] == "run" else None, info.get("reason") or f"no {_rel(lay, path)}"))
+    return out
+
+
+def _table2(r: dict[str, Any]) -> str:
     rows = []
     for st, row in r["table"].items():
         p = r["paper"].get(st, {})
-        rows.append([st, row["cells"], *row["ara"], *(p.get("ara") or [None] * 3), row["atc"][0], row["pur"][0]])
+        ci = row.get("gap_ci")
+        rows.append([st, row["cells"], *row["ara"], *(p.get("ara") or [None] * 3), row["atc"][0], row["pur"][0], row.get("gap"),
+                     f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "–"])
     chart = svg.grouped([(st, [row["ara"][0], row["ara"][1], row["ara"][2]]) for st, row in r["table"].items()],
                         ["correct", "all-mismatch", "1-random"], "ARA by stratum (ours)", 1.0)
-    return (_table(["stratum", "cells", "ARA correct", "all-mis", "1-random", "paper correct", "paper all-mis", "paper 1-R",
-                    "ATC align (correct)", "PUR align (correct)"], rows) + chart
+    return (_who(r) + _table(["stratum", "cells", "ARA correct", "all-mis", "1-random", "paper correct", "paper all-mis", "paper 1-R",
+                              "ATC align (correct)", "PUR align (correct)", "correct − all-mis", "95% CI"], rows) + chart
             + f'<p class="small">{r["episodes"]:,} simulated episodes.</p>')
 
 
-def sec_table3(cfg: ReportConfig, lay: RunLayout) -> str:
-    r = _json(lay.separation / "separation.json")
-    if not r:
-        return _notrun(f"no {_rel(lay, lay.separation)}/separation.json")
+def sec_table2(cfg: ReportConfig, lay: RunLayout) -> str:
+    parts = _populations(lay, "alignment")
+    if not any(r for _, r, _ in parts):
+        return _notrun(parts[0][2])
+    return "".join(f"<h3>{escape(a)}</h3>" + (_table2(r) if r else _notrun(why)) for a, r, why in parts)
+
+
+def _table3(r: dict[str, Any]) -> str:
     rows = []
     for h, x in r["heads"].items():
         p = r["paper"][h]
         rows.append([h, *x["means"], x["d"], x["t_p"], x["kw_p"], x["perm_p"], p["d"], str(p["perm_p"])])
     f, pf = r["funnel"], r["paper"]["funnel"]
     frows = [[m, *(f[m]), *(pf[m])] for m in ("atc", "checkout")]
-    return (_table(["head", "mean low", "mean med", "mean high", "Cohen's d", "Welch p", "KW p", "perm p", "paper d", "paper perm p"], rows)
-            + _table(["purchase bin → rate", "low", "medium", "high", "paper low", "paper medium", "paper high"], frows))
+    return (_who(r) + _table(["head", "mean low", "mean med", "mean high", "Cohen's d", "Welch p", "KW p", "perm p", "paper d", "paper perm p"], rows)
+            + _table(["purchase bin → rate", "low", "medium", "high", "paper low", "paper medium", "paper high"], frows)
+            + f'<p class="small">{r["episodes"]:,} simulated episodes.</p>')
+
+
+def sec_table3(cfg: ReportConfig, lay: RunLayout) -> str:
+    parts = _populations(lay, "separation")
+    if not any(r for _, r, _ in parts):
+        return _notrun(parts[0][2])
+    return "".join(f"<h3>{escape(a)}</h3>" + (_table3(r) if r else _notrun(why)) for a, r, why in parts)
 
 
 def _checkpoint(path: Path) -> str:
@@ -228,11 +257,6 @@ def _checkpoint(path: Path) -> str:
     ident = (_json(path / "meta.json") or {}).get("checkpoint") or {}
     where = str(path.resolve())  # where it is now (a plugged-in checkpoint: the folder the link points at)
     return f"{where} (sha256 {ident['sha256']})" if ident.get("sha256") else f"{where} (no content hash recorded)"
-
-
-def _agent(agent: Any, lay: RunLayout) -> str:
-    """An agent's name; the LLM agent with the checkpoint it ran."""
-    return f"{agent}, checkpoint {_checkpoint(lay.stage2)}" if agent == "llm" else str(agent)
 
 
 def sec_sft(cfg: ReportConfig, lay: RunLayout) -> str:
@@ -257,17 +281,24 @@ def sec_sft(cfg: ReportConfig, lay: RunLayout) -> str:
 
 
 def sec_table4(cfg: ReportConfig, lay: RunLayout) -> str:
+    from simpersona.evaluate.instructions import ROWS, rate_text
+    from simpersona.simulate.cards import agent_label, data_label
+
     r = _json(lay.instructions / "instructions.json")
     if not r:
         return _notrun(f"no {_rel(lay, lay.instructions)}/instructions.json")
-    o, t, p = r["overall"], r["types"], r["paper"]
-    rows = [["avg steps per run", o["steps"], p["steps"]],
-            ["self-reported goal reached", _num(o["self_reported"], True), _num(p["self_reported"], True)],
-            ["judged completed", _num(o["completed"], True), "–"],
-            ["cart tasks → added to cart", _num(t.get("cart", {}).get("reached_atc"), True), _num(p["cart->atc"], True)],
-            ["checkout tasks → reached checkout", _num(t.get("checkout", {}).get("reached_checkout"), True), _num(p["checkout->checkout"], True)],
-            ["purchase tasks → reached checkout", _num(t.get("purchase", {}).get("reached_checkout"), True), _num(p["purchase->checkout"], True)]]
-    return f'<p class="small">{r["tasks"]} tasks, {r["runs"]} runs, agent {escape(_agent(r["agent"], lay))}</p>' + _table(["metric", "ours", "paper"], rows)
+    ran = {a: x for a, x in r["agents"].items() if x["status"] == "run"}
+    p = r["paper"]
+    rows = [["runs", *(x["runs"] for x in ran.values()), "–"],
+            ["avg steps per run", *(x["overall"].get("steps") for x in ran.values()), p["steps"]]]
+    for label, kind, metric, paper in ROWS:
+        rows.append([label, *(rate_text(x["overall"] if kind is None else x["types"].get(kind), metric) for x in ran.values()),
+                     _num(p[paper], True) if paper else "–"])
+    who = "".join(f"<li>{escape(a)}: {escape(agent_label(x['agent']))}</li>" for a, x in ran.items())
+    who += "".join(f"<li>{escape(a)}: not run ({escape(x['reason'])})</li>" for a, x in r["agents"].items() if x["status"] != "run")
+    data = data_label(next(iter(ran.values()), {}).get("data"))
+    return (f'<p class="small">{escape(data)}; {r["tasks"]} tasks; rates with 95% Wilson intervals (k/n).</p><ul class="small">{who}</ul>'
+            + _table(["metric", *ran, "paper"], rows))
 
 
 def sec_ablations(cfg: ReportConfig, lay: RunLayout) -> str:
@@ -275,20 +306,28 @@ def sec_ablations(cfg: ReportConfig, lay: RunLayout) -> str:
     if not r:
         return _notrun(f"no {_rel(lay, lay.ablations)}/ablations.json")
     out = []
-    if "token" in r:
-        t, p = r["token"], r["paper"]["table9"]
+    p = r["paper"]["table9"]
+    for agent, t in (r.get("token") or {}).items():
+        out.append(f"<h3>Persona token vs none (neutral intents): {escape(agent)}</h3>")
+        if t["status"] != "run":
+            out.append(_notrun(t["reason"]))
+            continue
         rows = [[m, t["with"][m], t["without"][m], p["with"][m], p["without"][m]] for m in
                 ("crash_rate", "goal_reached", "atc_events", "checkout_reached", "actions", "pages", "products")]
-        out.append(f"<h3>Persona token vs none (neutral intents, agent {escape(_agent(t['agent'], lay))})</h3>"
-                   + _table(["metric", "with token", "no token", "paper with", "paper without"], rows))
+        rows += [[f"{m} (95% CI)", *(f"{_num(t[c][m], True)} [{_num(t[c][m + '_ci'][0], True)}, {_num(t[c][m + '_ci'][1], True)}]"
+                                     if t[c][m + "_ci"] else "–" for c in ("with", "without")), "–", "–"] for m in ("atc_rate", "checkout_rate")]
+        out.append(_who({"agent": t["with"].get("agent"), "data": t.get("data")})
+                   + _table(["metric", "with token", "no token", "paper with", "paper without"], rows)
+                   + f'<p class="small">{t["with"]["episodes"]} episodes per condition, {t["pairs"]} pairs; with vs without, exact McNemar p: '
+                   f'add-to-cart rate {_num(t["atc_rate_p"])}, checkout rate {_num(t["checkout_rate_p"])}.</p>')
     if "stages" in r:
         s = r["stages"]
         if s.get("status") != "run":
             out.append("<h3>Two-stage vs single-stage</h3>" + _notrun(s.get("reason", "")))
         else:
             rows = [[k, s["two_stage"]["shares"][k], s["single_stage"]["shares"][k]] for k in s["two_stage"]["shares"]]
-            out.append("<h3>Two-stage vs single-stage</h3>" + f'<p class="small">two-stage {escape(_checkpoint(lay.stage2))}; '
-                       f'single-stage {escape(_checkpoint(lay.single))}</p>' + _table(["outcome share", "two-stage", "single-stage"], rows))
+            out.append("<h3>Two-stage vs single-stage</h3>" + _who(s["two_stage"]) + _who(s["single_stage"])
+                       + _table(["outcome share", "two-stage", "single-stage"], rows))
     return "".join(out) or _notrun("no ablation in ablations.json")
 
 
@@ -299,8 +338,9 @@ def sec_simulation(cfg: ReportConfig, lay: RunLayout) -> str:
         return _notrun(f"no {_rel(lay, lay.simulate)}/summary.json")
     out = []
     if s is not None:
-        out.append(_table(["episodes", "agent", "sessions/s", "mean steps", *s["outcomes"]],
-                          [[s["episodes"], _agent(s.get("agent"), lay), s.get("sessions_per_s"), s["mean_steps"], *s["outcomes"].values()]]))
+        out.append(_who({"agent": s.get("agent_card"), "data": s.get("data")})
+                   + _table(["episodes", "agent", "sessions/s", "mean steps", *s["outcomes"]],
+                            [[s["episodes"], s.get("agent"), s.get("sessions_per_s"), s["mean_steps"], *s["outcomes"].values()]]))
     if a and a.get("funnel"):
         rows = []
         for shop, v in list(a["funnel"].items())[: cfg.max_shops]:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from simpersona.config import ConfigError, write_meta
+from simpersona.stagedir import checkpoint_id  # noqa: F401 (a checkpoint's name, defined below the stages: simulate uses it too)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -204,20 +205,6 @@ def load_base(mc: ModelConfig, texts: list[str], seed: int):
         return model.to(dtype), tok
     tok = AutoTokenizer.from_pretrained(mc.name, local_files_only=True)
     return AutoModelForCausalLM.from_pretrained(mc.name, dtype=dtype, local_files_only=True), tok
-
-
-def checkpoint_id(path: Path) -> dict[str, str]:
-    """A checkpoint's name in every figure made with it: its resolved path and a short content hash
-    (sha256 over its *.safetensors files, 12 hex digits)."""
-    import hashlib
-
-    path = Path(path).resolve()
-    h = hashlib.sha256()
-    for f in sorted(path.glob("*.safetensors")):
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-    return {"path": str(path), "sha256": h.hexdigest()[:12]}
 
 
 def save_checkpoint(out: Path, model, tokenizer, cfg: SftConfig, **extra: Any) -> None:

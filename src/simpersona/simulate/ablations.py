@@ -2,8 +2,10 @@
 single-stage SFT (App. F, Tables 7–8); `evaluate.ablations` reads them.
 
 - token: the same population (same codes, goals, seeds) simulated twice under NEUTRAL intents
-  ("You are interested in …"), with and without the persona token (`simulate.persona`), with the
-  configured agent: RUN_DIR/token_with/, RUN_DIR/token_without/.
+  ("You are interested in …"), with and without the persona token (`simulate.persona`), by each
+  agent of `token_agents` (the fast policy on `simulate.buyers` buyers per shop, the LLM agent on
+  `llm_buyers`): RUN_DIR/token_<agent>_with/, RUN_DIR/token_<agent>_without/. An agent that cannot
+  run (an LLM agent without a checkpoint) is "not run" with the reason.
 - stages: the LLM agent on SFT_DIR/stage2 (two-stage) and SFT_DIR/single (single-stage) on the
   same population (stratum intents): RUN_DIR/two_stage/, RUN_DIR/single_stage/. Needs both
   checkpoints: otherwise not run, with the reason.
@@ -32,6 +34,11 @@ class AblationRunsConfig:
     sft: Path | None = None
     # ablations to run: token, stages
     which: list[str] = field(default_factory=lambda: ["token", "stages"])
+    # agents of the token ablation (policy, llm, endpoint), each run with and without the token
+    token_agents: list[str] = field(default_factory=lambda: ["policy", "llm"])
+    # buyers per shop of an LLM / endpoint agent's runs (token and stages ablations; CPU-bound);
+    # the fast policy runs `simulate.buyers`
+    llm_buyers: int = 6
     # decoding of the two-stage vs single-stage runs: free text, so the paper's malformed-output
     # comparison (Tables 7–8 "other") measures the models (constrained decoding makes it 0 by construction)
     stages_decoding: Literal["constrained", "free"] = "free"
@@ -39,16 +46,24 @@ class AblationRunsConfig:
 
 def run(cfg: AblationRunsConfig, run_dir: Path) -> dict[str, Any]:
     """Simulate every condition of cfg.which; write runs.json (see module doc) and return it."""
-    from simpersona.simulate import stage
+    from simpersona.simulate import cards, stage
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     runs: dict[str, Any] = {}
     if "token" in cfg.which:
-        for name, persona in (("with", True), ("without", False)):
-            sim = dataclasses.replace(cfg.simulate, intent="neutral", persona=persona)
-            stage.run(sim, run_dir / f"token_{name}", echo=lambda s: None)
-        runs["token"] = {"with": "token_with", "without": "token_without", "agent": cfg.simulate.agent}
+        runs["token"] = {}
+        for agent in cfg.token_agents:
+            sim = cards.variant(dataclasses.replace(cfg.simulate, intent="neutral"), agent)
+            if agent in ("llm", "endpoint"):
+                sim = dataclasses.replace(sim, buyers=cfg.llm_buyers)
+            why = cards.unavailable(sim)
+            if why is not None:
+                runs["token"][agent] = {"status": "not run", "reason": why}
+                continue
+            for name, persona in (("with", True), ("without", False)):
+                stage.run(dataclasses.replace(sim, persona=persona), run_dir / f"token_{agent}_{name}", echo=lambda s: None)
+            runs["token"][agent] = {"status": "run", "with": f"token_{agent}_with", "without": f"token_{agent}_without"}
     if "stages" in cfg.which:
         ckpts = {"two_stage": Path(cfg.sft or "") / "stage2", "single_stage": Path(cfg.sft or "") / "single"}
         missing = [str(p) for p in ckpts.values() if not (p / "config.json").exists()]
@@ -57,7 +72,7 @@ def run(cfg: AblationRunsConfig, run_dir: Path) -> dict[str, Any]:
             runs["stages"] = {"status": "not run", "reason": f"needs the two-stage and single-stage SFT checkpoints: {why}"}
         else:
             for name, path in ckpts.items():
-                sim = dataclasses.replace(cfg.simulate, agent="llm", llm=dataclasses.replace(
+                sim = dataclasses.replace(cfg.simulate, agent="llm", persona=True, buyers=cfg.llm_buyers, llm=dataclasses.replace(
                     cfg.simulate.llm, checkpoint=path, decoding=cfg.stages_decoding))
                 stage.run(sim, run_dir / name, echo=lambda s: None)
             runs["stages"] = {"status": "run", "two_stage": "two_stage", "single_stage": "single_stage",

@@ -11,16 +11,24 @@ Task templates (App. J, Table 10; `nav` counts the navigation actions the instru
     buy27      search and view six products, add three, view two again, check out and buy (purchase)
 
 Products (and so queries: product titles) are drawn per shop with a seed, so the task set is
-deterministic. Each task runs `repetitions` times; a run's persona token is drawn from the shop's
-p̂_s when a personas folder is given. Agents: llm (an SFT checkpoint), endpoint
-(OpenAI-compatible), script (`agents.script.ScriptAgent` follows the task's plan exactly: checks
-that every task is feasible in the step budget), policy (the persona policy, which ignores
-instructions: a floor). `evaluate.instructions` judges the runs from the event log.
+deterministic. Each agent of `agents` runs every task `repetitions` times (LLM / endpoint agents) or
+`fast_repetitions` times (policy, script); a run's persona code is drawn from the shop's p̂_s when
+a personas folder is given, the same draws for every agent (paired runs). Agents
+(`simulate.cards.variant` names, plus script): llm (an SFT checkpoint with its persona token),
+llm_no_persona (the same checkpoint, no token), endpoint (OpenAI-compatible), script
+(`agents.script.ScriptAgent` follows the task's plan exactly: checks that every task is feasible
+in the step budget), policy (the persona policy, which ignores instructions: a floor). An agent that
+cannot run (no checkpoint, no policy model) is "not run" with the reason. With greedy decoding
+(llm.temperature 0, as for Table 4) the runs of one task differ only by the persona drawn, so an
+llm_no_persona run repeats itself: size Table 4 by shops (`max_shops`) rather than repetitions.
+`evaluate.instructions` judges the runs from the event log.
 
 RUN_DIR/
   tasks.json         the tasks: id, shop, template, kind, nav, instruction, required event counts
-                     (`need`), `no_purchase`, the scripted plan; and the agent
-  events.parquet, catalog.parquet, episodes.parquet (tag = task id), summary.json, meta.json
+                     (`need`), `no_purchase`, the scripted plan
+  runs.json          agent → its folder, or {"status": "not run", "reason": …}
+  <agent>/           events.parquet, catalog.parquet, episodes.parquet (tag = task id), summary.json
+                     (agent and data cards), meta.json
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -116,10 +124,15 @@ class TasksConfig:
     split: Path | None = None
     # shops used when `shops` is empty
     max_shops: int = 10
-    # runs of each task (paper: 10)
+    # templates run ([] = all seven: browse3 cart3 co5 co7 co10 buy16 buy27)
+    templates: list[str] = field(default_factory=list)
+    # runs of each task by an LLM / endpoint agent (paper: 10)
     repetitions: int = 10
-    # llm / endpoint: the model under test; script: the plan itself (a check); policy: persona policy floor
-    agent: Literal["llm", "endpoint", "script", "policy"] = "llm"
+    # runs of each task by the policy and script agents (cheap)
+    fast_repetitions: int = 10
+    # agents run side by side: llm, llm_no_persona, endpoint[_no_persona] (models under test); script (the plan
+    # itself: a check); policy[_no_persona] (the persona policy, which ignores instructions: a floor)
+    agents: list[str] = field(default_factory=lambda: ["llm", "llm_no_persona", "policy", "script"])
     # simulate RUN_DIR whose policy.npz the policy agent uses (agent: policy)
     policy_model: Path | None = None
     # episodes at once
@@ -145,60 +158,81 @@ def build_tasks(cfg: TasksConfig) -> list[Task]:
     for i, s in enumerate(shops):
         titles = sorted({p.title for p in shops_obj[s].products.values() if p.title})
         tasks += make_tasks(s, titles, shops_obj[s].collections(24), np.random.default_rng([cfg.seed, i]))
-    return tasks
+    unknown = set(cfg.templates) - {t.template for t in tasks}
+    if unknown and tasks:
+        raise ConfigError(f"evaluate.instructions.templates: unknown template(s) {sorted(unknown)}")
+    return [t for t in tasks if not cfg.templates or t.template in cfg.templates]
 
 
 def run(cfg: TasksConfig, run_dir: Path) -> dict[str, Any]:
-    """Run every task `repetitions` times with cfg.agent; write the tasks and the simulation (see module doc)."""
-    from simpersona.simulate.stage import SimulateConfig, episodes_table, make_agents, simulate, summarise
+    """Run every task with every agent of cfg.agents; write the tasks, one simulation per agent, runs.json."""
+    from simpersona.simulate import cards, stage
 
     if cfg.ingest is None:
         raise ConfigError("the instruction tasks need ingest DIR (catalog.parquet)")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tasks = build_tasks(cfg)
-    by_id = {t.task_id: t for t in tasks}
+    (run_dir / "tasks.json").write_text(json.dumps({"tasks": [asdict(t) for t in tasks]}, indent=1) + "\n")
     mix = None
     if cfg.personas is not None:
         from simpersona.personas.assign import PersonaMix
 
         mix = PersonaMix(cfg.personas)
     rng = np.random.default_rng(cfg.seed)
-    specs = []
+    draws = []  # (task index, repetition, code, seed): the same for every agent
     for ti, t in enumerate(tasks):
-        for r in range(cfg.repetitions):
+        for r in range(max(cfg.repetitions, cfg.fast_repetitions)):
             code = int(mix.sample_population(t.shop_id, 1, rng).codes[0]) if mix is not None and t.shop_id in mix.mix else None
-            specs.append(EpisodeSpec(t.shop_id, f"task{ti:03d}r{r:02d}", f"task{ti:03d}r{r:02d}s", code, "", "task", t.instruction,
-                                     int(rng.integers(1 << 31)), persona=code is not None, tag=t.task_id))
-    sim = SimulateConfig(ingest=cfg.ingest, personas=cfg.personas, agent="policy" if cfg.agent == "script" else cfg.agent,
-                         concurrency=cfg.concurrency, seed=cfg.seed, storefront=cfg.storefront, llm=cfg.llm, endpoint=cfg.endpoint)
-    backend = None
-    if cfg.agent == "script":
-        from simpersona.agents.script import ScriptAgent
+            draws.append((ti, r, code, int(rng.integers(1 << 31))))
+    base = stage.SimulateConfig(ingest=cfg.ingest, personas=cfg.personas, split=cfg.split, concurrency=cfg.concurrency,
+                                seed=cfg.seed, storefront=cfg.storefront, llm=cfg.llm, endpoint=cfg.endpoint)
+    runs: dict[str, Any] = {}
+    for name in cfg.agents:
+        sim = cards.variant(base, "policy") if name == "script" else cards.variant(base, name)
+        out = run_dir / name
+        why = cards.unavailable(sim) if name != "script" else None
+        if sim.agent == "policy" and name != "script" and cfg.policy_model is None:
+            why = "no policy_model (a simulate RUN_DIR/policy.npz)"
+        if why is not None:
+            runs[name] = {"status": "not run", "reason": why}
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        reps = cfg.repetitions if sim.agent in ("llm", "endpoint") else cfg.fast_repetitions
+        specs = [EpisodeSpec(tasks[ti].shop_id, f"task{ti:03d}r{r:02d}", f"task{ti:03d}r{r:02d}s", code, "", "task", tasks[ti].instruction,
+                             seed, persona=sim.persona and code is not None, tag=tasks[ti].task_id)
+                 for ti, r, code, seed in draws if r < reps]
+        backend, card = None, {"name": "script", "agent": "script", "persona_token": False}
+        if name == "script":
+            from simpersona.agents.script import ScriptAgent
 
-        make_agent = lambda spec: ScriptAgent(by_id[spec.tag].plan)  # noqa: E731
-    elif cfg.agent == "policy":
-        from simpersona.agents.policy import PolicyAgent, PolicyModel
+            by_id = {t.task_id: t for t in tasks}
+            make_agent = lambda spec: ScriptAgent(by_id[spec.tag].plan)  # noqa: E731
+        elif sim.agent == "policy":
+            from simpersona.agents.policy import PolicyAgent, PolicyModel
 
-        if cfg.policy_model is None:
-            raise ConfigError("agent policy needs policy_model (a simulate RUN_DIR/policy.npz)")
-        model = PolicyModel.load(cfg.policy_model)
-        make_agent = lambda spec: PolicyAgent(model, np.random.default_rng(spec.seed))  # noqa: E731
-    else:
-        make_agent, backend, _ = make_agents(sim, run_dir)
-    episodes, events, wall = simulate(sim, run_dir, specs, Path(cfg.ingest) / "catalog.parquet", make_agent)
-    pq.write_table(events, run_dir / "events.parquet")
-    shutil.copyfile(Path(cfg.ingest) / "catalog.parquet", run_dir / "catalog.parquet")
-    pq.write_table(episodes_table(episodes), run_dir / "episodes.parquet")
-    (run_dir / "tasks.json").write_text(json.dumps({"agent": cfg.agent, "tasks": [asdict(t) for t in tasks]}, indent=1) + "\n")
-    summary = summarise(episodes, wall, events.num_rows, backend)
-    summary.update(tasks=len(tasks), agent=cfg.agent)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_meta(run_dir, "simulate.instructions", cfg, summary=summary)
-    return summary
+            model = PolicyModel.load(cfg.policy_model)
+            make_agent = lambda spec: PolicyAgent(model, np.random.default_rng(spec.seed))  # noqa: E731
+            card = cards.agent_card(sim, cfg.policy_model)
+        else:
+            make_agent, backend, _ = stage.make_agents(sim, out)
+            card = cards.agent_card(sim)
+        episodes, events, wall = stage.simulate(sim, out, specs, Path(cfg.ingest) / "catalog.parquet", make_agent)
+        pq.write_table(events, out / "events.parquet")
+        shutil.copyfile(Path(cfg.ingest) / "catalog.parquet", out / "catalog.parquet")
+        pq.write_table(stage.episodes_table(episodes), out / "episodes.parquet")
+        summary = stage.summarise(episodes, wall, events.num_rows, backend)
+        summary.update(tasks=len(tasks), repetitions=reps, agent=name, agent_card=card,
+                       data=cards.data_card(Path(cfg.ingest), sorted({t.shop_id for t in tasks}), cfg.split))
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        runs[name] = {"status": "run", "dir": name, "episodes": summary["episodes"], "wall_s": summary["wall_s"]}
+    (run_dir / "runs.json").write_text(json.dumps(runs, indent=2) + "\n")
+    write_meta(run_dir, "simulate.instructions", cfg, runs=runs)
+    return runs
 
 
-def load_tasks(run_dir: Path) -> tuple[list[Task], str]:
-    """(tasks, agent) of a RUN_DIR written by `run`."""
+def load_tasks(run_dir: Path) -> tuple[list[Task], dict[str, Any]]:
+    """(tasks, runs: agent → folder or "not run" reason) of a RUN_DIR written by `run`."""
     data = json.loads((Path(run_dir) / "tasks.json").read_text())
-    return [Task(**{**t, "plan": [tuple(op) for op in t["plan"]]}) for t in data["tasks"]], data["agent"]
+    runs = json.loads((Path(run_dir) / "runs.json").read_text())
+    return [Task(**{**t, "plan": [tuple(op) for op in t["plan"]]}) for t in data["tasks"]], runs

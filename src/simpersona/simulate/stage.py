@@ -17,7 +17,9 @@ RUN_DIR/
   episodes.parquet   shop_id, buyer_id, session_id, code, persona, stratum, intent, goal, outcome,
                      self_reported_goal, steps, invalid_actions, failure, … (one row per episode)
   policy.npz         the fitted persona policy (agent: policy)
-  summary.json, meta.json
+  summary.json, meta.json   the summary names the agent (`agent_card`: variant, checkpoint path and
+                     content hash, decoding) and the data (`data_card`: ingest, generated or not,
+                     shops): `simulate.cards`
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from simpersona.contracts.split import load_split
 from simpersona.contracts.storefront import OUTCOMES
 from simpersona.storefront.config import StorefrontConfig
 
+from simpersona.simulate.cards import agent_card, agent_label, data_card, data_label
 from simpersona.simulate.runner import EpisodeSpec, run_episodes, run_in_workers, session_order, worker_count
 
 
@@ -276,7 +279,11 @@ def run(cfg: SimulateConfig, run_dir: Path, echo=print) -> dict[str, Any]:
     shutil.copyfile(catalog_path, run_dir / "catalog.parquet")
     pq.write_table(episodes_table(episodes), run_dir / "episodes.parquet")
     summary = summarise(episodes, wall, events.num_rows, backend)
-    summary.update(info, shops=len(shops), agent=cfg.agent, persona=cfg.persona, intent=cfg.intent, transport=cfg.transport)
+    card = agent_card(cfg, run_dir / "policy.npz")
+    if "checkpoint" in card and cfg.agent == "policy":  # the folder may still be renamed into place: name it relatively
+        card["checkpoint"]["path"] = "policy.npz of this simulation"
+    summary.update(info, shops=len(shops), agent=cfg.agent, persona=cfg.persona, intent=cfg.intent, transport=cfg.transport,
+                   agent_card=card, data=data_card(Path(cfg.ingest), shops, cfg.split))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_meta(run_dir, "simulate", cfg, summary=summary)
     return summary
@@ -310,6 +317,8 @@ def format_summary(summary: dict[str, Any]) -> str:
              f"intent {summary.get('intent')}) over {summary.get('shops')} shops: {summary['events']:,} events, "
              f"{summary['mean_steps']:.1f} steps/episode, {summary['sessions_per_s']} sessions/s",
              "outcomes " + "  ".join(f"{k} {v} ({v / n:.1%})" for k, v in o.items())]
+    if "agent_card" in summary:
+        lines.append(f"agent {agent_label(summary['agent_card'])}; {data_label(summary.get('data'))}")
     if summary["failures"]:
         lines.append("failures " + "  ".join(f"{k} {v}" for k, v in summary["failures"].items()))
     if summary.get("tokens_per_s") is not None:
