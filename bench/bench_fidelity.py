@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/bench_fidelity.py                        # a FABRICATED toy world (testing.world)
     .venv/bin/python bench/bench_fidelity.py --run runs/demo        # a main-job run folder (its split's evaluation shops)
+    .venv/bin/python bench/bench_fidelity.py --run runs/agent --llm-checkpoint runs/agent/sft/stage2 --llm-sessions 8
+                                                                    # + the LLM agent's next action on the storefront
 
 Prints the machine's load average (before and after: the machine may be shared), the wall time of
 each part (load + fit, next-action prediction, distributions + per persona) and, as the baseline
@@ -25,6 +27,10 @@ def main() -> None:
     ap.add_argument("--run", type=Path, default=None, help="a main-job run folder (ingest/, features/, personas/)")
     ap.add_argument("--storefront-episodes", type=int, default=40, help="policy episodes for the storefront baseline")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--llm-checkpoint", type=Path, default=None, help="an SFT stage folder: also the LLM agent's next action")
+    ap.add_argument("--llm-sessions", type=int, default=8, help="real sessions the LLM agent predicts step by step")
+    ap.add_argument("--llm-engine", default="transformers", help="transformers or onnx")
+    ap.add_argument("--llm-conditions", default="persona,no_persona", help="comma-separated: persona, no_persona, random_persona")
     args = ap.parse_args()
 
     from simpersona.evaluate import fidelity as F
@@ -49,6 +55,22 @@ def main() -> None:
     t = time.perf_counter()
     r = F.run(cfg, tmp / "fidelity")
     wall = time.perf_counter() - t
+    if args.llm_checkpoint is not None:
+        from simpersona.evaluate.nextaction import llm_next_action
+
+        cfg.llm_agent, cfg.llm_sessions, cfg.llm_conditions = "llm", args.llm_sessions, args.llm_conditions.split(",")
+        cfg.llm.checkpoint, cfg.llm.threads, cfg.llm.engine = args.llm_checkpoint, args.threads, args.llm_engine
+        t = time.perf_counter()
+        m = llm_next_action(cfg, r["data"]["eval_shops"])
+        llm_wall = time.perf_counter() - t
+        if m.get("value", 0) is None:
+            print(f"LLM agent: {m['note']}")
+        else:
+            print(f"LLM agent ({m['agent']['checkpoint_id'] or m['agent']['checkpoint']}, {cfg.llm.decoding} decoding, "
+                  f"{cfg.llm.engine} engine): {m['sessions']} sessions, {m['steps']} steps × "
+                  f"{len(cfg.llm_conditions)} conditions = {m['decisions']} decisions in {llm_wall:.1f} s "
+                  f"({m['decisions'] / max(m['timing_s']['predict'], 1e-9):.3f} decisions/s; replay {m['timing_s']['replay']} s)")
+            print("\n".join(F.format_llm(m)))
     steps = r["next_action"]["steps"]
     tm = r["timing_s"]
     print(f"fidelity: {r['data']['real_sessions']:,} real sessions ({steps:,} prediction steps, "

@@ -15,6 +15,9 @@ split, or a supplied simulation's policy, has an evaluation shop on the training
     majority         (next-action only) the training shops' most frequent next event / outcome
     storefront       (distributions only, when `simulation` is given) the sessions a `simpersona
                      simulate` run logged on the evaluation shops (any agent, on the storefront)
+    LLM agent        (next-action only, `llm_agent: llm | endpoint`, on `llm_sessions` sessions) a
+                     local checkpoint or an endpoint, replayed step by step on the storefront with
+                     the persona, no persona and a random persona (`evaluate.nextaction`)
 
 The intent of a real buyer is the one simulation and SFT give: "buy" for strata A–C, else "browse"
 (`intent: neutral` gives none to anyone).
@@ -38,7 +41,8 @@ The intent of a real buyer is the one simulation and SFT give: "buy" for strata 
    the paired difference, where the bias largely cancels.)
 2. Session distributions, overall, per shop and per stratum: simulated sessions of each agent
    (`sim_per_real` per real session; codes from the shop's session-weighted persona mix, strata ~
-   P(stratum | k) and intents as `simpersona simulate` draws them, `draw_population`; rolled out from the page-type model, `agents.policy.rollout_events`; the
+   P(stratum | k) and intents as `simpersona simulate` draws them, `draw_population`; rolled out from the page-type model, `agents.policy.rollout_events`, orders
+   logged one purchase row per cart line as the storefront logs them, `orders_as_logged`; the
    products viewed follow a re-view rate per code fitted on the training shops) against the real
    ones: Jensen–Shannon divergence of event-type bigrams (with start/stop markers), Wasserstein
    distance of session length and of distinct products viewed, funnel rates (sessions with an
@@ -445,12 +449,46 @@ def review_rates(model: PolicyModel, views: dict[int, tuple[float, float]], stre
     return np.r_[(r + strength * g) / (n + strength), g]
 
 
+def orders_as_logged(seq: np.ndarray) -> np.ndarray:
+    """Rolled-out event rows (n, T), -1 padded, as the storefront logs them: a run of purchase
+    events is ONE order, logged as one purchase row per cart line (add_to_cart rows − remove rows
+    since the last order; at least one: a chain that reaches an order without carting in the
+    session stands for a cart carried from an earlier visit, as in real logs); the cart is empty
+    after an order. The page-type chain draws purchase rows one at a time, independently of the
+    cart, so without this a simulated session bought more lines than it carted (46% of the demo's
+    simulated purchase sessions; never in its real ones, where each purchase row is a cart line).
+
+    >>> a, r, p = (EVENTS.index(e) for e in ("add_to_cart", "remove_from_cart", "purchase"))
+    >>> got = orders_as_logged(np.array([[a, a, p, -1, -1], [p, p, -1, -1, -1], [a, a, r, p, p]])).tolist()
+    >>> got == [[a, a, p, p, -1], [p, -1, -1, -1, -1], [a, a, r, p, -1]]
+    True
+    """
+    add, rem, pur = (EVENTS.index(e) for e in ("add_to_cart", "remove_from_cart", "purchase"))
+    out = seq.copy()
+    for i in np.flatnonzero((seq == pur).any(1)):
+        row: list[int] = []
+        lines, prev = 0, -1
+        for e in seq[i][seq[i] >= 0].tolist():
+            if e != pur:
+                row.append(e)
+                lines = lines + 1 if e == add else max(lines - 1, 0) if e == rem else lines
+            elif prev != pur:  # an order: one row per cart line
+                row += [pur] * max(lines, 1)
+                lines = 0
+            prev = e
+        row = row[:seq.shape[1]]
+        out[i] = -1
+        out[i, :len(row)] = row
+    return out
+
+
 def simulate_sessions(model: PolicyModel, review: np.ndarray, pop: Sessions, agent: str, max_events: int,
                       rng: np.random.Generator) -> Sessions:
-    """Roll out one session per row of `pop` (its shop, code, stratum, intent) for an agent."""
+    """Roll out one session per row of `pop` (its shop, code, stratum, intent) for an agent, its
+    orders logged as the storefront logs them (`orders_as_logged`)."""
     flat = model.tables.reshape(-1, len(STATES), len(EVENTS))
     rows = agent_rows(model, pop.code, pop.intent, agent, rng)
-    seq = rollout_events(flat, rows, max_events, rng)  # (n, T)
+    seq = orders_as_logged(rollout_events(flat, rows, max_events, rng))  # (n, T)
     lengths = (seq >= 0).sum(1)
     events = seq[seq >= 0].astype(np.int64)
     views = (seq == EVENTS.index("product_view")).sum(1)

@@ -139,7 +139,7 @@ def load_sessions(ingest: Path, features: Path, personas: Path, shops: list[str]
 
     con = duckdb.connect()
     con.execute("CREATE TEMP TABLE keep AS SELECT unnest($1::VARCHAR[]) AS shop_id", [list(shops)])
-    rows = con.execute(f"""
+    rows = con.sql(f"""
         WITH s AS (SELECT shop_id, buyer_id, session_id FROM read_parquet('{Path(ingest) / 'events.parquet'}')
                    WHERE shop_id IN (SELECT shop_id FROM keep) AND event_type <> 'page_view' GROUP BY shop_id, buyer_id, session_id
                    ORDER BY md5(concat('{int(seed)}/llm/', shop_id, '/', buyer_id, '/', session_id)) LIMIT {int(n)}),
