@@ -7,7 +7,8 @@ beside the policy alone, all in one run.
 
 World: `testing.world.make_toy_world` (default 2 shops × 48 products, bench_simulate.py's; 4 persona
 codes, FABRICATED sessions fit the policy); `simulate` stage, concurrency 32, seed 0, its
-sessions/s (wall of the episodes, storefront apps included). Variants, each in a fresh process, alternating per round so
+sessions/s (wall of the episodes, storefront apps included) and CPU-ms per session (CPU time of the
+episodes, workers included: the figure a loaded, shared machine distorts least). Variants, each in a fresh process, alternating per round so
 drift on a shared machine hits all alike; medians of the rounds; the load average before each:
   - before:  the storefront and simulation code of `--baseline` (a git revision of this
              repository, default the commit before the fast path: httpx's ASGITransport as the
@@ -32,13 +33,27 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = """
-import json, sys
+import json, resource, sys, time
 from pathlib import Path
 from simpersona.simulate import stage
 a = json.loads(sys.argv[1])
 cfg = stage.SimulateConfig(ingest=Path(a["ingest"]), personas=Path(a["personas"]), buyers=a["buyers"], concurrency=32,
                            seed=0, **a["extra"])
-print(json.dumps(stage.run(cfg, Path(a["out"]), echo=lambda line: None)))
+inner, cpu = stage.simulate, {}
+
+def cpu_s():
+    c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + c.ru_utime + c.ru_stime
+
+def timed(*args, **kw):  # CPU seconds of the episodes, this process and its workers together
+    t = cpu_s()
+    out = inner(*args, **kw)
+    cpu["s"] = cpu_s() - t
+    return out
+
+stage.simulate = timed
+s = stage.run(cfg, Path(a["out"]), echo=lambda line: None)
+print(json.dumps({**s, "cpu_s": cpu["s"]}))
 """
 
 
@@ -96,6 +111,7 @@ def main() -> None:
     print(f"world: {a.shops} shops x {a.products} products (fabricated), {buyers * a.shops:,} sessions per measurement; baseline {a.baseline}; "
           f"{os.cpu_count()} CPUs; load average at start {load()}")
     rates: dict[str, list[float]] = {k: [] for k in variants}
+    cpu_ms: dict[str, list[float]] = {k: [] for k in variants}
     rates["policy alone"] = []
     codes, counts = fit_counts(world["ingest"] / "events.parquet", world["personas"] / "assignments.parquet")
     model = PolicyModel(codes, counts)
@@ -104,8 +120,9 @@ def main() -> None:
             before = load()
             s = run_sim(src, world, tmp / f"{slug}-{r}", buyers, extra)
             rates[name].append(s["sessions_per_s"])
+            cpu_ms[name].append(s["cpu_s"] / s["episodes"] * 1000)
             print(f"round {r + 1} {name:16s}: {s['episodes']:,} sessions, {s['events']:,} events, {s['mean_steps']:.2f} steps/session "
-                  f"in {s['wall_s']:.2f} s = {s['sessions_per_s']:,.0f} sessions/s (load {before})")
+                  f"in {s['wall_s']:.2f} s = {s['sessions_per_s']:,.0f} sessions/s, {cpu_ms[name][-1]:.2f} CPU-ms/session (load {before})")
         rng = np.random.default_rng(r)
         rows = rng.integers(0, len(model.probs), a.rollout)
         before = load()
@@ -118,7 +135,8 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in rates.items()}
     print(f"\nmedians of {a.rounds} (load average at end {load()}):")
     for k, v in med.items():
-        print(f"  {k:18s} {v:>14,.0f} sessions/s   {v / med['before']:8.2f}x before")
+        cpu = f"   {statistics.median(cpu_ms[k]):6.2f} CPU-ms/session ({statistics.median(cpu_ms['before']) / statistics.median(cpu_ms[k]):.2f}x less)" if k in cpu_ms else ""
+        print(f"  {k:18s} {v:>14,.0f} sessions/s   {v / med['before']:8.2f}x before{cpu}")
     print(f"  policy alone / now, {workers} workers: {med['policy alone'] / med[f'now, {workers} workers']:,.0f}x")
 
 
