@@ -316,6 +316,47 @@ def check_sections(sections: dict[str, Any]) -> None:
         raise ConfigError(f"evaluate: {bad} name no evaluation; known: {list(EVALUATE_PARTS)}")
 
 
+def shop_settings(cfg: Any, key: str) -> list[tuple[str, list[str]]]:
+    """The settings in `cfg` (a config dataclass, nested ones included) that name shops: each
+    non-empty list field whose name ends in `shops`, as (its dotted preset key, the names)."""
+    out: list[tuple[str, list[str]]] = []
+    if not dataclasses.is_dataclass(cfg):
+        return out
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name.endswith("shops") and isinstance(value, (list, tuple)) and value:
+            out.append((f"{key}.{f.name}", [str(v) for v in value]))
+        elif dataclasses.is_dataclass(value):
+            out += shop_settings(value, f"{key}.{f.name}")
+    return out
+
+
+def check_shops(plan: list[Step], sections: dict[str, Any], lay: RunLayout) -> None:
+    """Right after ingest, before any stage fits: the data has a shop to hold out and a shop to
+    train on, and every setting that names shops (split.eval_shops, simulate.shops,
+    evaluate.fidelity.eval_shops …) names shops of the data; ConfigError naming the setting and
+    the missing shops otherwise (a preset must not assume the generator's `shop_00` …)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    events = lay.ingest / "events.parquet"
+    shops = sorted(s for s in pc.unique(pq.read_table(events, columns=["shop_id"]).column("shop_id")).to_pylist()
+                   if s is not None)
+    if len(shops) < 2:
+        raise ConfigError(
+            f"{events} has {len(shops)} shop{'' if len(shops) == 1 else 's'} {shops}: the run holds out evaluation shops and "
+            "trains on the others, so it needs at least 2; split a single store's buyers into pseudo-shops with "
+            "--set ingest.shop_shards=4 (REES46: --set ingest.shop_key=brand or category)")
+    known = set(shops)
+    for step in plan:
+        key = "evaluate" if step.name == "behaviour" else step.name
+        for setting, names in shop_settings(step.make_config(sections, lay), key):
+            missing = [n for n in names if n not in known]
+            if missing:
+                raise ConfigError(f"{setting}: shop(s) {missing[:5]}{' …' if len(missing) > 5 else ''} are not shops of the data "
+                                  f"({events}: {len(shops)} shops, e.g. {shops[:5]})")
+
+
 def input_hashes(step: Step, lay: RunLayout, data: Path | None) -> dict[str, Any]:
     """The content digests of what `step` reads: each input stage's outputs digest (from its
     marker, which must be complete) and, for ingest of a real log, the log's bytes."""
@@ -363,6 +404,8 @@ def run(preset: str | Path, run_dir: Path, overrides: tuple[str, ...] = (), data
         if marker is not None:
             echo(f"[{i}/{len(plan)}] {step.name}: done already (same config and inputs), skipped")
             results[step.name] = marker.get("summary") or {}
+            if step.name == "ingest":
+                check_shops(plan, sections, lay)
             continue
         rerun = True  # everything after a re-run stage runs again
         echo(f"[{i}/{len(plan)}] {step.name} …")
@@ -373,5 +416,7 @@ def run(preset: str | Path, run_dir: Path, overrides: tuple[str, ...] = (), data
         stagedir.commit(part, stage_dir, step.name, cfg, summary=summary, input_hashes=inputs)
         results[step.name] = summary
         echo(step.describe(summary))
+        if step.name == "ingest":  # the data's shops are known now; nothing has been fitted yet
+            check_shops(plan, sections, lay)
     echo(f"main job finished in {time.perf_counter() - t_all:.1f}s: {lay.root}")
     return results

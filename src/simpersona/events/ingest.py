@@ -69,6 +69,9 @@ class IngestConfig:
     shop_key: Literal["store", "brand", "category"] = "store"
     # Shop id for single-shop sources (None: the format's name).
     shop_name: str | None = None
+    # Split each shop's buyers into this many pseudo-shops `<shop>~<i>` by a stable hash (MD5) of the raw
+    # buyer id, so a single-store log has shops to hold out (held-out buyers of one store); 0 = off.
+    shop_shards: int = 0
     # Inactivity gap that starts a new session for sources without sessions (Taobao).
     session_gap_minutes: float = 30.0
     # Year of the Tmall log, whose rows carry only month and day.
@@ -107,6 +110,23 @@ def resolve_inputs(cfg: IngestConfig) -> tuple[list[Path], list[Path]]:
 
 
 def _source(cfg: IngestConfig, rows: str) -> readers.Source:
+    src = _format_source(cfg, rows)
+    if cfg.shop_shards < 0:
+        raise IngestError(f"ingest.shop_shards must be ≥ 0, got {cfg.shop_shards}")
+    if cfg.shop_shards > 1:
+        return readers.Source(shard_sql(src.sql, cfg.shop_shards), src.sub)
+    return src
+
+
+def shard_sql(sql: str, shards: int) -> str:
+    """`sql`'s rows with shop_id `<shop>~<i>`, i = MD5(raw buyer id) mod `shards`: the same pseudo-shop for a
+    buyer on every run and machine (salt-independent); rows without a buyer keep their shop (rejected later)."""
+    shard = f"(md5_number(buyer_id) % {int(shards)})::VARCHAR"
+    return f"""SELECT * REPLACE (CASE WHEN buyer_id IS NULL OR buyer_id = '' OR shop_id IS NULL THEN shop_id
+                                 ELSE shop_id || '~' || {shard} END AS shop_id) FROM ({sql})"""
+
+
+def _format_source(cfg: IngestConfig, rows: str) -> readers.Source:
     shop = cfg.shop_name or DEFAULT_SHOP.get(cfg.format, cfg.format)
     if cfg.format == "canonical":
         return readers.canonical(rows)

@@ -68,6 +68,10 @@ class Task:
     plan: list[tuple]
 
 
+# distinct product titles a shop needs for the seven templates (buy16 and buy27 name six)
+MIN_TITLES = 6
+
+
 def make_tasks(shop_id: str, titles: list[str], collections: list[str], rng: np.random.Generator) -> list[Task]:
     """The seven templates on one shop's products (titles: distinct product titles)."""
     pick = lambda n: [titles[int(i)] for i in rng.choice(len(titles), size=min(n, len(titles)), replace=False)]  # noqa: E731
@@ -153,10 +157,18 @@ def build_tasks(cfg: TasksConfig) -> list[Task]:
 
     shops_obj = load_catalog(Path(cfg.ingest) / "catalog.parquet")
     split = load_split(cfg.split)
-    shops = list(cfg.shops) or sorted(s for s in shops_obj if split is None or s in split.eval)[: cfg.max_shops]
+    titles_of = {s: sorted({p.title for p in shop.products.values() if p.title}) for s, shop in shops_obj.items()}
+    if cfg.shops:
+        few = [s for s in cfg.shops if len(titles_of.get(s, ())) < MIN_TITLES]
+        if few:
+            raise ConfigError(f"evaluate.instructions.shops {few}: not in the catalog or fewer than {MIN_TITLES} product titles "
+                              "(the tasks name up to six distinct products)")
+    # small real shops (a brand with two products) cannot hold the six-product tasks: the first shops that can
+    shops = list(cfg.shops) or sorted(s for s in shops_obj if (split is None or s in split.eval)
+                                      and len(titles_of[s]) >= MIN_TITLES)[: cfg.max_shops]
     tasks = []
     for i, s in enumerate(shops):
-        titles = sorted({p.title for p in shops_obj[s].products.values() if p.title})
+        titles = titles_of[s]
         tasks += make_tasks(s, titles, shops_obj[s].collections(24), np.random.default_rng([cfg.seed, i]))
     unknown = set(cfg.templates) - {t.template for t in tasks}
     if unknown and tasks:
