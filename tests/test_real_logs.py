@@ -35,7 +35,7 @@ SAMPLES = {
 FAST = ("features.embedding.enabled=false", "evaluate.instructions.repetitions=1",
         "evaluate.instructions.storefront.env.max_steps=6", "evaluate.ablations.simulate.storefront.env.max_steps=6",
         "evaluate.ablations.simulate.buyers=4", "simulate.max_shops=3", "evaluate.fidelity.max_sessions=400",
-        "evaluate.fidelity.n_boot=200", "vqvae.max_epochs=3")
+        "evaluate.fidelity.n_boot=200", "vqvae.max_epochs=3", "sft.single_ablation=false")
 
 
 def _no_nan(text: str) -> dict:
