@@ -31,10 +31,11 @@ SAMPLES = {
     "otto": ("otto-sample/train.jsonl", "otto", ("ingest.shop_shards=4",)),
 }
 # test sizes on top of the `real` preset: no title embeddings (the text channels are zero), the LLM
-# agent's tasks once each with a short step budget, fidelity on at most 400 sessions
+# agent's episodes few and short, fidelity on at most 400 sessions
 FAST = ("features.embedding.enabled=false", "evaluate.instructions.repetitions=1",
         "evaluate.instructions.storefront.env.max_steps=6", "evaluate.ablations.simulate.storefront.env.max_steps=6",
-        "evaluate.ablations.simulate.buyers=4", "simulate.max_shops=3", "evaluate.fidelity.max_sessions=400",
+        "evaluate.ablations.simulate.buyers=4", "evaluate.populations.buyers=1", "evaluate.populations.simulate.max_shops=1",
+        "evaluate.populations.simulate.storefront.env.max_steps=6", "simulate.max_shops=3", "evaluate.fidelity.max_sessions=400",
         "evaluate.fidelity.n_boot=200", "vqvae.max_epochs=3", "sft.single_ablation=false")
 
 
