@@ -240,8 +240,8 @@ def main() -> None:
             f"{'cached':>7} {'prefill tok/s':>13} {'GFLOP/s':>8} {'gen tok':>7} {'decode tok/s':>12} {'wall s':>7}")
     print(head)
     base = None
-    for batch in args.batch:
-        for decoding in args.decoding:
+    for decoding in args.decoding:  # constrained first: the agent's mode
+        for batch in args.batch:
             for cache in args.cache:
                 for engine in args.engine:
                     r = run_config(model, tok, obs_seq, batch, args.steps, decoding, cache, engine, checkpoint, engine_dir, personas)
