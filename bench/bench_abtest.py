@@ -65,7 +65,7 @@ def main() -> None:
     shops = [s for s in mix.mix if s in shops_obj and (sp is None or s in sp.eval)]
     base = AbtestConfig(ingest=ingest, personas=personas, split=split, shops=shops, data_note=note)
     make, _, agent = make_agent(base, tmp, max(int(c) for s in shops for c in mix.mix[s][0]))
-    base = dataclasses.replace(base, policy=dataclasses.replace(base.policy, model=Path(agent["checkpoint"])))
+    base = dataclasses.replace(base, policy=dataclasses.replace(base.policy, model=tmp / "policy.npz"))  # the fit above, reused
     who = f"agent: {agent['text']}; data: {note}"
     workers = worker_count(0)
     print(who)
