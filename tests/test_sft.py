@@ -348,7 +348,8 @@ def test_agent_preset_extends_demo_and_trains_for_real():
     cfg = load_config(SftConfig, "agent", section="sft")
     for st in (cfg.stage1, cfg.stage2):
         assert st.max_steps >= 20 and st.batch_size * st.grad_accum >= 8 and st.sampling == "group_by_length"
-        assert st.bf16 and st.eval_steps > 0 and st.max_length >= cfg.model.max_record_tokens
+        assert st.bf16 and st.max_eval_records > 0 and st.max_length >= cfg.model.max_record_tokens  # validated before/after
+    assert 0 < cfg.stage2.eval_steps < cfg.stage2.max_steps  # and a validation curve through stage 2
     assert cfg.model.preset == "smollm2" and cfg.stage1.weight_decay == 0 and not cfg.single_ablation
 
 
