@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from simpersona.contracts.goals import goal_text, topic_name
-from simpersona.simulate.runner import EpisodeSpec, run_episodes
+from simpersona.contracts.goals import goal_text
+from simpersona.simulate.runner import EpisodeSpec, run_episodes, shop_topics
 from simpersona.storefront.config import StorefrontConfig
 
 
@@ -54,17 +54,6 @@ class Buyer:
         return EpisodeSpec(shop_id=self.shop_id, buyer_id=self.buyer_id, session_id=f"{self.buyer_id}-{arm}",
                            code=self.code, stratum=self.stratum, intent=self.intent, goal=self.goal,
                            seed=self.seed_a if arm == "A" else self.seed_b, persona=self.persona, tag=arm)
-
-
-def shop_topics(shop) -> tuple[list[str], np.ndarray]:
-    """(goal topics, probabilities ∝ products) of a storefront `Shop`: its leaf collections, or
-    its titles' last words when it has none."""
-    if shop.leaves:
-        names = sorted(shop.leaves)
-        w = np.array([shop.leaves[c] for c in names], float)
-        return [topic_name(c) for c in names], w / w.sum()
-    titles = sorted({p.title.split()[-1].lower() for p in shop.products.values() if p.title}) or ["gift"]
-    return titles, np.full(len(titles), 1 / len(titles))
 
 
 def draw_buyers(mix, shops_obj: dict, shops: list[str], n: int, seed: int, same_seeds: bool = True,

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from simpersona.agents.base import Decision, act_batch
+from simpersona.contracts.goals import topic_name
 from simpersona.contracts.persona import persona_token
 
 CRASH_FAILURES = frozenset({"backend_error", "context_length"})
@@ -186,3 +187,15 @@ def session_order(events: pa.Table) -> pa.Table:
     order = events.append_column("_seq", seq).sort_by([("shop_id", "ascending"), ("buyer_id", "ascending"),
                                                          ("session_id", "ascending"), ("_seq", "ascending")])
     return order.drop_columns(["_seq"])
+
+
+def shop_topics(shop) -> tuple[list[str], np.ndarray]:
+    """(topics, probabilities ∝ products) of a storefront `Shop` (its leaf collections; a shop
+    without collections: its product titles' last words)."""
+    leaves = shop.leaves or {}
+    if leaves:
+        names = sorted(leaves)
+        w = np.array([leaves[c] for c in names], float)
+        return [topic_name(c) for c in names], w / w.sum()
+    titles = sorted({p.title.split()[-1].lower() for p in shop.products.values() if p.title}) or ["gift"]
+    return titles, np.full(len(titles), 1 / len(titles))

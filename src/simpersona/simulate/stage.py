@@ -40,13 +40,13 @@ import pyarrow.parquet as pq
 
 from simpersona.agents.llm import EndpointConfig, LLMConfig
 from simpersona.config import ConfigError, write_meta
-from simpersona.contracts.goals import goal_text, topic_name
+from simpersona.contracts.goals import goal_text
 from simpersona.contracts.split import load_split
 from simpersona.contracts.storefront import OUTCOMES
 from simpersona.storefront.config import StorefrontConfig
 
 from simpersona.simulate.cards import agent_card, agent_label, data_card, data_label
-from simpersona.simulate.runner import EpisodeSpec, run_episodes, run_in_workers, session_order, worker_count
+from simpersona.simulate.runner import EpisodeSpec, run_episodes, run_in_workers, session_order, shop_topics, worker_count
 
 
 @dataclass
@@ -100,18 +100,6 @@ class SimulateConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     # the LLM agent on an endpoint
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
-
-
-def shop_topics(shop) -> tuple[list[str], np.ndarray]:
-    """(topics, probabilities ∝ products) of a storefront `Shop` (its leaf collections; a shop
-    without collections: its product titles' last words)."""
-    leaves = shop.leaves or {}
-    if leaves:
-        names = sorted(leaves)
-        w = np.array([leaves[c] for c in names], float)
-        return [topic_name(c) for c in names], w / w.sum()
-    titles = sorted({p.title.split()[-1].lower() for p in shop.products.values() if p.title}) or ["gift"]
-    return titles, np.full(len(titles), 1 / len(titles))
 
 
 def draw_specs(mix, shops_obj: dict, shops: list[str], n: int, intent_mode: str, persona: bool, seed: int,
