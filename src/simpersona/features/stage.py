@@ -159,6 +159,10 @@ def _stream_to_parquet(expr, path: Path, batch_rows: int = 500_000) -> int:
         # DuckDB's own COPY streams and spills (ibis 12's to_pyarrow_batches breaks on duckdb 2.0)
         expr._find_backend().to_parquet(expr, path)
         return pq.read_metadata(path).num_rows
+    if expr._find_backend().name == "pyspark":  # executors write parts, joined into one file
+        from simpersona.features import spark
+
+        return spark.write_one_parquet(spark.frame(expr._find_backend(), expr), path, path.parent / "_tmp" / f"{path.stem}.spark")
     n = 0
     reader = expr.to_pyarrow_batches(chunk_size=batch_rows)
     # Spark hands back naive timestamps (its session time zone is UTC): mark them UTC
@@ -333,11 +337,14 @@ def run(cfg: FeaturesConfig, run_dir: Path, encoder=None) -> dict:
     titles = cat["title_min"].to_pylist()
     index = pa.table({"shop_id": cat["shop_id"], "product_id": cat["product_id"], "row": pa.array(np.arange(len(titles)))})
     pq.write_table(index, run_dir / "product_index.parquet")
-    b_rows, p_rows, chan = _engine(cfg, buyer_product_rows, con, events_path, keys_path, run_dir / "product_index.parquet")
-    timings["pairs_s"] = time.perf_counter() - t
-    if cfg.engine == "duckdb":
+    if cfg.engine == "pyspark":  # the pairs stay in Spark, read by the vectors step (features/spark.py)
+        pairs = buyer_product_expr(con, events_path, keys_path, run_dir / "product_index.parquet")
+        _log(cfg, f"buyer–product pairs (Spark) over {len(titles):,} indexed products", t0)
+    else:
+        b_rows, p_rows, chan = _engine(cfg, buyer_product_rows, con, events_path, keys_path, run_dir / "product_index.parquet")
         con.disconnect()  # the engine's work is done: hand its memory back before the vectors
-    _log(cfg, f"{len(b_rows):,} distinct buyer–product–channel pairs over {len(titles):,} indexed products", t0)
+        _log(cfg, f"{len(b_rows):,} distinct buyer–product–channel pairs over {len(titles):,} indexed products", t0)
+    timings["pairs_s"] = time.perf_counter() - t
 
     # (5) embeddings
     from simpersona.features.embed import EmbeddingCache, SentenceEncoder, embed_texts
@@ -359,7 +366,12 @@ def run(cfg: FeaturesConfig, run_dir: Path, encoder=None) -> dict:
     timings["embed_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    vectors = _channels_and_vectors(cfg, run_dir, raw, col, train, emb, b_rows, p_rows, chan, e.enabled)
+    if cfg.engine == "pyspark":
+        from simpersona.features import spark
+
+        vectors = spark.channels_and_vectors(cfg, con, run_dir, tmp, raw, col, train, emb, pairs, e.enabled)
+    else:
+        vectors = _channels_and_vectors(cfg, run_dir, raw, col, train, emb, b_rows, p_rows, chan, e.enabled)
     timings["vectors_s"] = time.perf_counter() - t
     scalar_t, pcas, masks = vectors
 

@@ -53,6 +53,9 @@ class PersonasConfig:
     threads: int = 2
     # also write persona cards
     cards: bool = True
+    # where the encoder runs: "duckdb" (this process, streamed), "pyspark" (personas/spark.py) or
+    # "auto": the engine the features folder was made with (its summary.json)
+    engine: Literal["auto", "duckdb", "pyspark"] = "auto"
     # items listed per code and field on a card (collections, brands, queries, products)
     cards_top_n: int = 5
 
@@ -124,6 +127,14 @@ def _stream(feat_dir: Path, batch_rows: int, buyer_cols: list[str]):
         yield v, fixed_list_to_numpy(v.column("x")), b
 
 
+def engine(cfg: PersonasConfig) -> str:
+    """The configured engine; "auto": the one FEAT_DIR/summary.json names (duckdb when it names none)."""
+    if cfg.engine != "auto":
+        return cfg.engine
+    summary = Path(cfg.features) / "summary.json"
+    return json.loads(summary.read_text()).get("engine", "duckdb") if summary.exists() else "duckdb"
+
+
 def run(cfg: PersonasConfig, out_dir: Path) -> dict:
     if cfg.model is None or cfg.features is None:
         raise ConfigError("personas assign needs --model RUN_DIR and --features FEAT_DIR")
@@ -144,28 +155,34 @@ def run(cfg: PersonasConfig, out_dir: Path) -> dict:
     schema = pa.schema([("shop_id", pa.string()), ("buyer_id", pa.string()), ("code", pa.int16())])
     n_rows = 0
     t_kernel = 0.0
-    with pq.ParquetWriter(out_dir / "assignments.parquet", schema) as writer:
-        for ids, x, b in _stream(feat, cfg.batch_rows, ["stratum", *SCALAR_NAMES]):
-            t = time.perf_counter()
-            codes = assigner(x)
-            t_kernel += time.perf_counter() - t
-            writer.write_table(pa.table(
-                {"shop_id": ids.column("shop_id").cast(pa.string()), "buyer_id": ids.column("buyer_id").cast(pa.string()),
-                 "code": pa.array(codes.astype(np.int16))}, schema=schema))
-            shops, inv = np.unique(b.column("shop_id").to_numpy(zero_copy_only=False), return_inverse=True)
-            for s in shops:
-                if s not in shop_index:
-                    shop_index[s] = len(shop_index)
-                    shop_counts.append(np.zeros(k, np.int64))
-            counts = np.bincount(inv * k + codes, minlength=len(shops) * k).reshape(len(shops), k)
-            for s, c in zip(shops, counts):
-                shop_counts[shop_index[s]] += c
-            st = np.searchsorted(np.array(STRATA), b.column("stratum").to_numpy(zero_copy_only=False))
-            strata_counts += np.bincount(codes * len(STRATA) + st, minlength=k * len(STRATA)).reshape(k, -1)
-            raw = np.stack([b.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in SCALAR_NAMES], 1)
-            for j in range(raw.shape[1]):
-                raw_sums[:, j] += np.bincount(codes, weights=raw[:, j], minlength=k)
-            n_rows += len(codes)
+    if engine(cfg) == "pyspark":
+        from simpersona.personas import spark
+
+        shop_index, shop_counts, strata_counts, raw_sums, n_rows, t_kernel = spark.assign(
+            cfg, feat, assigner, k, out_dir / "assignments.parquet")
+    else:
+        with pq.ParquetWriter(out_dir / "assignments.parquet", schema) as writer:
+            for ids, x, b in _stream(feat, cfg.batch_rows, ["stratum", *SCALAR_NAMES]):
+                t = time.perf_counter()
+                codes = assigner(x)
+                t_kernel += time.perf_counter() - t
+                writer.write_table(pa.table(
+                    {"shop_id": ids.column("shop_id").cast(pa.string()), "buyer_id": ids.column("buyer_id").cast(pa.string()),
+                     "code": pa.array(codes.astype(np.int16))}, schema=schema))
+                shops, inv = np.unique(b.column("shop_id").to_numpy(zero_copy_only=False), return_inverse=True)
+                for s in shops:
+                    if s not in shop_index:
+                        shop_index[s] = len(shop_index)
+                        shop_counts.append(np.zeros(k, np.int64))
+                counts = np.bincount(inv * k + codes, minlength=len(shops) * k).reshape(len(shops), k)
+                for s, c in zip(shops, counts):
+                    shop_counts[shop_index[s]] += c
+                st = np.searchsorted(np.array(STRATA), b.column("stratum").to_numpy(zero_copy_only=False))
+                strata_counts += np.bincount(codes * len(STRATA) + st, minlength=k * len(STRATA)).reshape(k, -1)
+                raw = np.stack([b.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in SCALAR_NAMES], 1)
+                for j in range(raw.shape[1]):
+                    raw_sums[:, j] += np.bincount(codes, weights=raw[:, j], minlength=k)
+                n_rows += len(codes)
 
     # p̂_s(k), P(stratum | k), x̄_k
     shops = list(shop_index)
@@ -187,6 +204,7 @@ def run(cfg: PersonasConfig, out_dir: Path) -> dict:
 
     summary = {
         "rows": n_rows, "shops": len(shops), "codes_used": int((size > 0).sum()), "precision": "bf16" if bf16 else "fp32",
+        "engine": engine(cfg),
         "kernel_rows_per_s": round(n_rows / t_kernel) if t_kernel else None,
         "wall_s": round(time.perf_counter() - t0, 2),
     }
