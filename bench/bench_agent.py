@@ -23,6 +23,7 @@ prompts' K/V; the engine: one KV cache per episode, rewound to the common prefix
   decisions/s   answers per wall second (prefill + decode + grammar)
   prefill tok/s tokens actually prefilled / prefill seconds (cached tokens are not prefilled)
   decode tok/s  generated tokens / (wall − prefill) seconds (grammar masks and sampling included)
+  passes        model calls after the prefills (fast-forward: one per sampled token, forced ones ride along)
   GFLOP/s       prefill tokens × 2 × non-embedding parameters / prefill seconds, beside the matmul rate
                 (the engine's int8 matmuls count the same FLOPs: a rate above fp32 matmul is possible)
 `--libs`: grammar libraries on SmolLM2's 49,152-token vocabulary: per-page grammar compile and
@@ -80,12 +81,12 @@ def pages(world: dict, n: int = 3) -> list[dict]:
 
 
 def run_config(model, tok, obs_seq: list[dict], batch: int, steps: int, decoding: str, cache: int, engine: str,
-               checkpoint: Path, engine_dir: Path | None, personas: int) -> dict:
+               checkpoint: Path, engine_dir: Path | None, personas: int, fast_forward: bool = True) -> dict:
     from simpersona.agents.base import act_batch
     from simpersona.agents.llm import LLMAgent, LLMConfig, TransformersBackend
 
     cfg = LLMConfig(checkpoint=checkpoint, decoding=decoding, batch_size=batch, prefix_cache=cache, threads=2,
-                    max_new_tokens=64, engine=engine, engine_dir=engine_dir)
+                    max_new_tokens=64, engine=engine, engine_dir=engine_dir, fast_forward=fast_forward)
     backend = TransformersBackend(cfg, model=model, tokenizer=tok) if engine == "transformers" else TransformersBackend(cfg)
     agents = [LLMAgent(backend) for _ in range(batch)]
     for i, a in enumerate(agents):  # distinct goals: episodes share the system prompt, not their whole prompt
@@ -99,7 +100,7 @@ def run_config(model, tok, obs_seq: list[dict], batch: int, steps: int, decoding
     wall = time.perf_counter() - t
     c = backend.cache
     return {"wall": wall, "decisions": decisions, "valid": valid, "gen": backend.tokens_generated,
-            "prefill": c.prefill_tokens, "cached": c.hit_tokens, "prefill_s": c.prefill_s}
+            "prefill": c.prefill_tokens, "cached": c.hit_tokens, "prefill_s": c.prefill_s, "passes": c.decode_passes}
 
 
 def base_checkpoint(folder: Path):
@@ -190,6 +191,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="steps per episode (pages: home, collection, product)")
     ap.add_argument("--decoding", nargs="+", default=["constrained", "free"], choices=["constrained", "free"])
     ap.add_argument("--cache", type=int, nargs="+", default=[32], help="llm.prefix_cache values (0 = uncached)")
+    ap.add_argument("--ff", type=int, nargs="+", default=[1], choices=[0, 1],
+                    help="llm.fast_forward values (1: grammar-forced tokens in one pass with the chosen one)")
     ap.add_argument("--engine", nargs="+", default=["transformers", "onnx"], choices=["transformers", "onnx"])
     ap.add_argument("--checkpoint", type=Path, default=None, help="an SFT stage folder (default: SmolLM2 base from the GGUF)")
     ap.add_argument("--engine-precision", default="int8", choices=["int8", "int4", "fp32"])
@@ -236,23 +239,24 @@ def main() -> None:
               f"{time.perf_counter() - t:.1f} s)")
     peak = matmul_gflops(2)
     print(f"fp32 matmul (1024³, 2 threads): {peak:.1f} GFLOP/s")
-    head = (f"{'engine':<12} {'batch':>5} {'decoding':<11} {'cache':<6} {'decisions/s':>11} {'valid':>7} {'prefill tok':>11} "
-            f"{'cached':>7} {'prefill tok/s':>13} {'GFLOP/s':>8} {'gen tok':>7} {'decode tok/s':>12} {'wall s':>7}")
+    head = (f"{'engine':<12} {'batch':>5} {'decoding':<11} {'cache':<6} {'ff':<3} {'decisions/s':>11} {'valid':>7} {'prefill tok':>11} "
+            f"{'cached':>7} {'prefill tok/s':>13} {'GFLOP/s':>8} {'gen tok':>7} {'passes':>6} {'decode tok/s':>12} {'wall s':>7}")
     print(head)
     base = None
-    for decoding in args.decoding:  # constrained first: the agent's mode
-        for batch in args.batch:
-            for cache in args.cache:
-                for engine in args.engine:
-                    r = run_config(model, tok, obs_seq, batch, args.steps, decoding, cache, engine, checkpoint, engine_dir, personas)
-                    dps = r["decisions"] / r["wall"]
-                    pf = r["prefill"] / max(r["prefill_s"], 1e-9)
-                    dec = r["gen"] / max(r["wall"] - r["prefill_s"], 1e-9)
-                    base = base or dps
-                    print(f"{engine:<12} {batch:>5} {decoding:<11} {'on' if cache else 'off':<6} {dps:>11.3f} "
-                          f"{r['valid']:>3}/{r['decisions']:<3} {r['prefill']:>11} {r['cached']:>7} {pf:>13.0f} "
-                          f"{pf * 2 * body / 1e9:>8.1f} {r['gen']:>7} {dec:>12.1f} {r['wall']:>7.1f}   "
-                          f"({dps / base:.2f}x the first row; load {os.getloadavg()[0]:.1f})", flush=True)
+    # constrained first (the agent's mode); fast-forward only applies to constrained decoding
+    configs = [(d, b, c, f, e) for d in args.decoding for b in args.batch for c in args.cache
+               for f in (args.ff if d == "constrained" else [0]) for e in args.engine]
+    for decoding, batch, cache, ff, engine in configs:
+        r = run_config(model, tok, obs_seq, batch, args.steps, decoding, cache, engine, checkpoint, engine_dir,
+                       personas, bool(ff))
+        dps = r["decisions"] / r["wall"]
+        pf = r["prefill"] / max(r["prefill_s"], 1e-9)
+        dec = r["gen"] / max(r["wall"] - r["prefill_s"], 1e-9)
+        base = base or dps
+        print(f"{engine:<12} {batch:>5} {decoding:<11} {'on' if cache else 'off':<6} {'on' if ff else 'off':<3} {dps:>11.3f} "
+              f"{r['valid']:>3}/{r['decisions']:<3} {r['prefill']:>11} {r['cached']:>7} {pf:>13.0f} "
+              f"{pf * 2 * body / 1e9:>8.1f} {r['gen']:>7} {r['passes']:>6} {dec:>12.1f} {r['wall']:>7.1f}   "
+              f"({dps / base:.2f}x the first row; load {os.getloadavg()[0]:.1f})", flush=True)
     print(f"load average {os.getloadavg()[0]:.1f} at the end; fp32 matmul {peak:.1f} GFLOP/s at the start, "
           f"{matmul_gflops(2):.1f} GFLOP/s at the end of this run (the prefill GFLOP/s column against it)")
 

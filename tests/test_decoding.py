@@ -187,3 +187,28 @@ def test_endpoint_answering_non_json_never_crashes_the_run(app):
     assert len(out) == 3
     assert [(o["outcome"], o["failure"]) for o in out[:2]] == [("crash", "backend_error"), ("malformed", "no_json")]
     assert out[2]["steps"] == 1 and out[2]["failure"] == "backend_error"  # view_cart executed, then the endpoint failed
+
+
+def test_fast_forward_batched_answers_equal_single_ones_in_fewer_passes(tiny):
+    """Forced tokens (JSON keys, the rest of a unique id) go through the model with the chosen token:
+    rows of a batch then feed different numbers of tokens (padded, masked out). A batch answers as each
+    prompt alone does, in fewer model passes than token-by-token decoding, and every answer is valid."""
+    model, tok = tiny
+    page = "URL: /s/shop0/\nTITLE: Shop\n[nav-home] link: Home\n[search-q] input Search = ''\n[collection-shoes] link: Shoes"
+    obs = [{"url": "/s/shop0/", "page": page + f"\n[product-p{k}] link: Product {k}", "error": None} for k in range(3)]
+
+    def answers(batch_size: int, fast_forward: bool):
+        backend = TransformersBackend(LLMConfig(batch_size=batch_size, max_text_tokens=8, fast_forward=fast_forward),
+                                      model=model, tokenizer=tok)
+        agents = [LLMAgent(backend) for _ in range(3)]
+        for k, a in enumerate(agents):
+            a.reset(["You are here to buy shoes.", "You are here to browse hats.", "You are interested in socks."][k], k)
+        ds = [d for _ in range(2) for d in act_batch(agents, obs)]
+        return [d.raw for d in ds], [d.action for d in ds], backend.cache.decode_passes
+
+    batched, actions, passes = answers(3, True)
+    single, _, _ = answers(1, True)
+    _, slow_actions, slow_passes = answers(3, False)
+    assert batched == single
+    assert all(a is not None for a in actions + slow_actions)
+    assert passes < slow_passes

@@ -191,6 +191,7 @@ class OnnxEngine:
         self.hit_tokens = 0
         self.prefill_tokens = 0
         self.prefill_s = 0.0
+        self.decode_passes = 0  # appends after the prefill (one per chosen token, with the tokens it forces)
 
     def _new(self):
         p = self._og.GeneratorParams(self.model)
@@ -247,32 +248,36 @@ class OnnxEngine:
         self.prefill_s += time.perf_counter() - t0
         return np.asarray(gen.get_logits(), dtype=np.float32).reshape(-1)
 
-    def step(self, key: int, token: int):
-        """Append one chosen token to generator `key`; logits (V,) of the next."""
+    def step(self, key: int, tokens: list[int]):
+        """Append chosen (and grammar-forced) tokens to generator `key`; logits (V,) of the next."""
         import numpy as np
 
         gen, held = self.pool[key]
-        gen.append_tokens(np.asarray([token], dtype=np.int32))
-        held.append(int(token))
+        gen.append_tokens(np.asarray(tokens, dtype=np.int32))
+        self.decode_passes += 1
+        held.extend(int(t) for t in tokens)
         return np.asarray(gen.get_logits(), dtype=np.float32).reshape(-1)
 
-    def _answer(self, i, key, ids, n, max_new_tokens, stop, temperature, top_p, generator, matchers, constraint, closed):
+    def _answer(self, i, key, ids, n, max_new_tokens, stop, temperature, top_p, generator, matchers, constraint, closed,
+                fast_forward):
         import torch
 
-        from simpersona.agents.decoding import choose
+        from simpersona.agents.decoding import advance, choose
 
         logits = torch.from_numpy(self.prefill(key, ids, n))  # (V,)
         row: list[int] = []
-        for _ in range(min(max_new_tokens, self.context - len(ids))):
+        while len(row) < min(max_new_tokens, self.context - len(ids)):
             if matchers is not None:
                 logits = logits.masked_fill(~constraint.allowed(matchers[i], logits.shape[-1]), float("-inf"))
             t = int(choose(logits[None], temperature, top_p, generator)[0])
             if t in stop:
                 break
+            new = [t]
             if matchers is not None:
-                if not matchers[i].consume_token(t):
+                new = advance(matchers[i], t, fast_forward)
+                if new is None:
                     break  # cannot happen under the mask; the row ends (its text gets classified)
-                row.append(t)
+                row += new
                 if matchers[i].is_accepting() or matchers[i].is_stopped():
                     break
             else:
@@ -281,11 +286,12 @@ class OnnxEngine:
                     break
             if len(ids) + len(row) >= self.context:
                 break
-            logits = torch.from_numpy(self.step(key, t))
+            logits = torch.from_numpy(self.step(key, new))
         return row
 
     def generate(self, prompts: list[list[int]], *, max_new_tokens: int, stop_ids: list[int], temperature: float,
-                 top_p: float, generator, matchers: list | None = None, constraint=None, closed=None) -> list:
+                 top_p: float, generator, matchers: list | None = None, constraint=None, closed=None,
+                 fast_forward: bool = True) -> list:
         """New token ids of each prompt (stop tokens excluded), as `agents.decoding.generate_ids` gives
         them: masked by `matchers` (constrained) or stopped by `closed(row, ids)` (free); a prompt the
         runtime fails on gets its exception instead (the others are answered)."""
@@ -294,7 +300,7 @@ class OnnxEngine:
         for i, (ids, (key, n)) in enumerate(zip(prompts, self.assign(prompts))):
             try:
                 out.append(self._answer(i, key, ids, n, max_new_tokens, stop, temperature, top_p, generator, matchers,
-                                        constraint, closed))
+                                        constraint, closed, fast_forward))
             except Exception as e:  # one prompt's failure (the runtime's error) is its row's, not the batch's
                 self.pool.pop(key, None)  # its cache is in an unknown state
                 out.append(e)

@@ -52,6 +52,9 @@ class LLMConfig:
     # text the assistant turn is forced to start with (every SFT answer starts so): a cheap
     # constraint that keeps an under-trained model from answering in prose; "" = none
     response_prefix: str = '{"action": "'
+    # constrained: the tokens the grammar forces after a chosen one (JSON keys, the rest of a unique id)
+    # go through the model with it in one pass, unsampled (False: one pass per token, as free mode)
+    fast_forward: bool = True
     # sampling temperature; 0 = greedy (Table 4); > 0 for population simulation
     temperature: float = 0.0
     # nucleus sampling mass (temperature > 0)
@@ -271,7 +274,7 @@ class LocalBackend:
             t0 = time.perf_counter()
             kw = dict(max_new_tokens=cap, stop_ids=self.stop_ids, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
                       generator=self.generator, matchers=[matchers[i] for i in idx] if self.constraint is not None else None,
-                      constraint=self.constraint, closed=self._closed())
+                      constraint=self.constraint, closed=self._closed(), fast_forward=self.cfg.fast_forward)
             if self.engine is not None:
                 gen = self.engine.generate([enc[i] for i in idx], **kw)
             else:
