@@ -28,24 +28,28 @@ def jvm_size(size: str) -> str:
 def spark_session(threads: int = 2, memory: str = "2GB"):
     """The process's SparkSession (created once, then reused).
 
-    Under `spark-submit` (or any launcher that started the JVM first) the master and the driver's
-    memory are the launcher's; otherwise a local session `local[threads]` with a `memory` heap.
-    Executors run this interpreter unless PYSPARK_PYTHON says otherwise (they import simpersona)."""
+    Local (no launcher): `local[threads]` with a `memory` driver heap, `threads × 2` shuffle
+    partitions, no web UI, executors on this interpreter (PYSPARK_PYTHON unless set). Under
+    `spark-submit` (the JVM started first) the master, memory, partitions and executors' Python
+    are the launcher's (`--master`, `--conf`). Always: UTC session time, Arrow transfers, Parquet
+    timestamps as int64 microseconds (Spark's default INT96 carries no UTC mark for Arrow)."""
     from pyspark.sql import SparkSession
 
     b = SparkSession.builder.appName("simpersona")
     if "PYSPARK_GATEWAY_PORT" not in os.environ:  # not under spark-submit: a local session
-        b = b.master(f"local[{threads}]").config("spark.driver.memory", jvm_size(memory))
-    # PySpark reads the workers' interpreter from the environment only (its default is `python3`)
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        # PySpark reads the workers' interpreter from the environment only (its default is `python3`)
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        b = (
+            b.master(f"local[{threads}]")
+            .config("spark.driver.memory", jvm_size(memory))
+            .config("spark.sql.shuffle.partitions", str(max(2, threads * 2)))
+            .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
+        )
     return (
         b.config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.shuffle.partitions", str(max(2, threads * 2)))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        # Parquet timestamps as int64 microseconds (Spark's default INT96 is not UTC-marked for Arrow)
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
         .getOrCreate()
     )
 

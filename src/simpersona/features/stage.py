@@ -80,7 +80,7 @@ class FeaturesConfig:
     input: Path | None = None
     # engine that runs the Ibis aggregations
     engine: Literal["duckdb", "pyspark"] = "duckdb"
-    # DuckDB memory limit (it spills beyond it)
+    # DuckDB memory limit (it spills beyond it); on a local Spark session, the driver JVM heap
     memory_limit: str = "2GB"
     # DuckDB spill cap: a query that would spill more fails with an error instead of filling the disk
     max_temp_directory_size: str = "8GB"
