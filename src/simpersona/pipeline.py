@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,15 +240,23 @@ def _behaviour() -> Step:
 
     def run_all(cfg: BehaviourConfig, stage_dir: Path) -> dict[str, Any]:
         part = RunLayout(stage_dir.parent)  # the partial run folder the stage writes into
-        summary = {
-            "alignment": alignment.run(cfg.alignment, part.alignment),
-            "separation": separation.run(cfg.separation, part.separation),
-            "populations": evaluate_populations(cfg, part.populations),
-            "instructions": simulate_then_evaluate(sim_instructions, cfg.instructions, instructions, instructions.InstructionsConfig,
-                                                   part.instructions),
-            "ablations": simulate_then_evaluate(sim_ablations, cfg.ablations, ablations, ablations.AblationsConfig, part.ablations),
-            "fidelity": fidelity.run(cfg.fidelity, part.fidelity),
+        parts = {
+            "alignment": lambda: alignment.run(cfg.alignment, part.alignment),
+            "separation": lambda: separation.run(cfg.separation, part.separation),
+            "populations": lambda: evaluate_populations(cfg, part.populations),
+            "instructions": lambda: simulate_then_evaluate(sim_instructions, cfg.instructions, instructions,
+                                                           instructions.InstructionsConfig, part.instructions),
+            "ablations": lambda: simulate_then_evaluate(sim_ablations, cfg.ablations, ablations, ablations.AblationsConfig,
+                                                        part.ablations),
+            "fidelity": lambda: fidelity.run(cfg.fidelity, part.fidelity),
         }
+        summary: dict[str, Any] = {}
+        seconds: dict[str, list[float]] = {}  # part → [wall s, CPU-s]
+        for name, make_part in parts.items():
+            t0, c0 = time.perf_counter(), cpu_seconds()
+            summary[name] = make_part()
+            seconds[name] = [round(time.perf_counter() - t0, 1), round(cpu_seconds() - c0, 1)]
+        summary["seconds"] = seconds
         (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         return summary
 
@@ -258,6 +267,7 @@ def _behaviour() -> Step:
               alignment.format_table(r["alignment"]) + "\n" + separation.format_table(r["separation"]) for a, r in s["populations"].items()),
             instructions.format_table(s["instructions"]), ablations.format_report(s["ablations"]),
             fidelity.format_summary(s["fidelity"]),
+            "behaviour parts (wall s / CPU-s): " + ", ".join(f"{k} {w:.1f} / {c:.1f}" for k, (w, c) in s.get("seconds", {}).items()),
         ])
 
     return Step("behaviour", ("features", "split", "personas", "ingest", "simulate", "sft"), make, run_all, describe)
@@ -385,6 +395,14 @@ def _done(stage_dir: Path, cfg: Any, inputs: dict[str, Any]) -> dict[str, Any] |
     return marker if same and marker.get("input_hashes") == inputs else None
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished children."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run(preset: str | Path, run_dir: Path, overrides: tuple[str, ...] = (), data: Path | None = None,
         fmt: str = "canonical", echo: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
     """Run (or resume) the main job; returns each stage's summary."""
@@ -410,12 +428,15 @@ def run(preset: str | Path, run_dir: Path, overrides: tuple[str, ...] = (), data
         rerun = True  # everything after a re-run stage runs again
         echo(f"[{i}/{len(plan)}] {step.name} …")
         key = json.dumps({"config": to_dict(cfg), "inputs": inputs}, sort_keys=True, default=str)
+        t0, c0 = time.perf_counter(), cpu_seconds()
         part = stagedir.begin(stage_dir, key, resume=step.resumes)
         with stagedir.discard_on_error(part, keep=step.resumes, out=stage_dir):
             summary = stagedir.relocate(step.run(cfg, part), part, stage_dir)
         stagedir.commit(part, stage_dir, step.name, cfg, summary=summary, input_hashes=inputs)
         results[step.name] = summary
         echo(step.describe(summary))
+        echo(f"[{i}/{len(plan)}] {step.name}: {time.perf_counter() - t0:.1f}s wall, {cpu_seconds() - c0:.1f} CPU-s "
+             f"(load average {os.getloadavg()[0]:.1f})")
         if step.name == "ingest":  # the data's shops are known now; nothing has been fitted yet
             check_shops(plan, sections, lay)
     echo(f"main job finished in {time.perf_counter() - t_all:.1f}s: {lay.root}")
