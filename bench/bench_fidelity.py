@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--llm-checkpoint", type=Path, default=None, help="an SFT stage folder: also the LLM agent's next action")
     ap.add_argument("--llm-sessions", type=int, default=8, help="real sessions the LLM agent predicts step by step")
     ap.add_argument("--llm-engine", default="transformers", help="transformers or onnx")
+    ap.add_argument("--llm-engine-cache", type=Path, default=None, help="onnx: where converted engines are kept (llm.engine_cache)")
     ap.add_argument("--llm-conditions", default="persona,no_persona", help="comma-separated: persona, no_persona, random_persona")
     args = ap.parse_args()
 
@@ -51,6 +52,7 @@ def main() -> None:
         print(f"data: {args.run} (evaluation shops: its split's, else its held-out shops)")
     cfg = F.FidelityConfig(ingest=world["ingest"], features=world["features"], personas=world["personas"],
                            eval_shops=eval_shops, max_sessions=args.sessions, threads=args.threads,
+                           codes="assigned" if args.run is None else "history",  # the toy world's codes are planted
                            split=args.run / "split" if args.run is not None and (args.run / "split").exists() else None)
     t = time.perf_counter()
     r = F.run(cfg, tmp / "fidelity")
@@ -60,8 +62,11 @@ def main() -> None:
 
         cfg.llm_agent, cfg.llm_sessions, cfg.llm_conditions = "llm", args.llm_sessions, args.llm_conditions.split(",")
         cfg.llm.checkpoint, cfg.llm.threads, cfg.llm.engine = args.llm_checkpoint, args.threads, args.llm_engine
+        if args.llm_engine_cache is not None:
+            cfg.llm.engine_cache = args.llm_engine_cache
+        labels = F.buyer_labels(cfg, r["data"]["eval_shops"], tmp / "llm_labels")  # the same history codes as the run's
         t = time.perf_counter()
-        m = llm_next_action(cfg, r["data"]["eval_shops"])
+        m = llm_next_action(cfg, r["data"]["eval_shops"], labels)
         llm_wall = time.perf_counter() - t
         if m.get("value", 0) is None:
             print(f"LLM agent: {m['note']}")

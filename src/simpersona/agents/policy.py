@@ -146,10 +146,12 @@ class PolicyModel:
         return cls(z["codes"], z["counts"], float(z["strength"]), float(z["alpha"]), shops)
 
 
-def fit_intent_counts(events_path: Path, assignments_path: Path, threads: int = 2,
-                      shops: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def fit_intent_counts(events_path: Path, assignments_path: Path, threads: int = 2, shops: list[str] | None = None,
+                      labels_sql: str | None = None, sessions_sql: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(codes (K,), counts (K, I, S, A)) from real events and persona assignments; only the events
-    of `shops` when given (the training shops)."""
+    of `shops` when given (the training shops). `labels_sql`: a relation (shop_id, buyer_id, code,
+    intent) used instead of the assignments and the buyers' own intents (a buyer whose code is NULL
+    is left out); `sessions_sql`: a relation (shop_id, buyer_id, session_id), the only sessions counted."""
     import duckdb
 
     con = duckdb.connect()
@@ -158,15 +160,19 @@ def fit_intent_counts(events_path: Path, assignments_path: Path, threads: int = 
     if shops is not None:
         con.execute("CREATE TEMP TABLE keep AS SELECT unnest($1::VARCHAR[]) AS shop_id", [list(shops)])
         where = "WHERE shop_id IN (SELECT shop_id FROM keep)"
+    labels = labels_sql or f"SELECT shop_id, buyer_id, a.code, b.intent FROM read_parquet('{assignments_path}') a JOIN buyer b USING (shop_id, buyer_id)"
+    only = f"WHERE (shop_id, buyer_id, session_id) IN (SELECT (shop_id, buyer_id, session_id) FROM ({sessions_sql}))" if sessions_sql else ""
     rows = con.execute(f"""
-        WITH e AS (SELECT * FROM read_parquet('{events_path}') {where}),
+        WITH e0 AS (SELECT * FROM read_parquet('{events_path}') {where}),
         buyer AS (
           SELECT shop_id, buyer_id, CASE WHEN bool_or(event_type IN ('add_to_cart', 'remove_from_cart', 'checkout_start',
-                 'purchase')) THEN 'buy' ELSE 'browse' END AS intent FROM e GROUP BY ALL),
+                 'purchase')) THEN 'buy' ELSE 'browse' END AS intent FROM e0 GROUP BY ALL),
+        l AS (SELECT * FROM ({labels}) WHERE code IS NOT NULL),
+        e AS (SELECT * FROM e0 {only}),
         ev AS (
-          SELECT a.code, b.intent, e.event_type,
+          SELECT l.code, l.intent, e.event_type,
                  lag(e.event_type) OVER w AS prev, lead(e.event_type) OVER w AS nxt
-          FROM e JOIN read_parquet('{assignments_path}') a USING (shop_id, buyer_id) JOIN buyer b USING (shop_id, buyer_id)
+          FROM e JOIN l USING (shop_id, buyer_id)
           WINDOW w AS (PARTITION BY e.shop_id, e.buyer_id, e.session_id ORDER BY {EVENT_ORDER_SQL}))
         SELECT code, intent, coalesce(prev, 'start') AS s, event_type AS a, count(*) FROM ev GROUP BY ALL
         UNION ALL
@@ -291,29 +297,17 @@ class PolicyAgent:
 
 
 def rollout(probs: np.ndarray, rows: np.ndarray, max_steps: int, rng: np.random.Generator) -> np.ndarray:
-    """Sessions sampled from the page-type model alone (no storefront), vectorised.
-    probs (R, S, A), rows (n,) row per session → event counts (n, A-1) per session.
+    """Sessions sampled from the page-type model alone (no storefront), vectorised: the event counts
+    (n, A-1) of `rollout_events`' sequences (the same draws).
 
     >>> p = np.zeros((1, len(STATES), len(EVENTS))); p[:, :, STOP] = 1; p[0, 0] = 0; p[0, 0, 3] = 1
     >>> rollout(p, np.zeros(2, int), 30, np.random.default_rng(0))[:, 3].tolist()
     [1, 1]
     """
+    seq = rollout_events(probs, rows, max_steps, rng).astype(np.int64)  # (n, T)
     n = len(rows)
-    cum = probs.cumsum(-1)  # (R, S, A)
-    cum[..., -1] = 1.0
-    counts = np.zeros((n, len(EVENTS)), dtype=np.int32)
-    state = np.zeros(n, dtype=np.int64)
-    alive = np.ones(n, dtype=bool)
-    for _ in range(max_steps):
-        idx = np.flatnonzero(alive)
-        if len(idx) == 0:
-            break
-        c = cum[rows[idx], state[idx]]  # (m, A)
-        a = (rng.random(len(idx))[:, None] > c).sum(1)  # (m,)
-        counts[idx, a] += 1
-        alive[idx[a == STOP]] = False
-        state[idx] = NEXT_STATE[a]
-    return counts[:, :STOP]
+    ok = seq >= 0
+    return np.bincount(np.repeat(np.arange(n), ok.sum(1)) * STOP + seq[ok], minlength=n * STOP).reshape(n, STOP).astype(np.int32)
 
 
 def rollout_events(probs: np.ndarray, rows: np.ndarray, max_events: int, rng: np.random.Generator) -> np.ndarray:

@@ -19,8 +19,17 @@ split, or a supplied simulation's policy, has an evaluation shop on the training
                      local checkpoint or an endpoint, replayed step by step on the storefront with
                      the persona, no persona and a random persona (`evaluate.nextaction`)
 
-The intent of a real buyer is the one simulation and SFT give: "buy" for strata A–C, else "browse"
-(`intent: neutral` gives none to anyone).
+Persona codes and intents of the evaluation buyers (`codes`): `personas assign` codes a buyer from
+ALL its sessions, so conditioning a prediction of those same sessions on that code lets them pick
+their own condition. With `codes: history` (default) each evaluation buyer's sessions are split in
+time (`personas.history`): its first ⌊f·n⌋ sessions (f = `history_fraction`) are encoded with the
+features stage's fitted transforms and the trained VQ-VAE (code) and give its stratum (intent),
+and only the later sessions are scored (next action and distributions); a buyer without an
+earlier session has no code and no intent (the population-wide row; counted). The intent is the
+one simulation and SFT give: "buy" for strata A–C, else "browse" (`intent: neutral`: none). The
+per-stratum cells are the history's strata too ("none": no history). `codes:
+assigned` takes the personas folder's codes and strata as they are: only for codes that were not
+inferred from the scored sessions (a fabricated world's planted codes).
 
 1. Next-action prediction. Every real session of an evaluation shop (at most `max_sessions`,
    drawn by a seeded hash of its ids), step by step: before each event and after the last (the
@@ -41,10 +50,13 @@ The intent of a real buyer is the one simulation and SFT give: "buy" for strata 
    the paired difference, where the bias largely cancels.)
 2. Session distributions, overall, per shop and per stratum: simulated sessions of each agent
    (`sim_per_real` per real session; codes from the shop's session-weighted persona mix, strata ~
-   P(stratum | k) and intents as `simpersona simulate` draws them, `draw_population`; rolled out from the page-type model, `agents.policy.rollout_events`, orders
+   P(stratum | k) of the training shops and intents as `simpersona simulate` draws them, `draw_population`; rolled out from the page-type model, `agents.policy.rollout_events`, orders
    logged one purchase row per cart line as the storefront logs them, `orders_as_logged`; the
    products viewed follow a re-view rate per code fitted on the training shops) against the real
-   ones: Jensen–Shannon divergence of event-type bigrams (with start/stop markers), Wasserstein
+   ones: Jensen–Shannon divergence of event-type bigrams (with start/stop markers), pooled and within
+   shop × stratum cells (mean over the cells with ≥ `min_sessions` a side, weighted by real sessions:
+   pooled bigram counts are what a first-order chain fitted to the pooled transitions reproduces by
+   construction, so pooled JS cannot tell a mixture of personas from the no-persona policy), Wasserstein
    distance of session length and of distinct products viewed, funnel rates (sessions with an
    add-to-cart / checkout / purchase, funnel closure) with bootstrap 95% CIs, and a classifier
    two-sample test: a cross-validated HistGradientBoosting classifier tells real from simulated
@@ -58,7 +70,8 @@ The intent of a real buyer is the one simulation and SFT give: "buy" for strata 
 A metric with fewer than `min_sessions` sessions on a side (or too few codes for a correlation)
 reads {"value": null, "note": "n too small (…)"}: never a crash, never a NaN.
 
-Writes fidelity.json, fidelity.md, policy.npz (the fitted policy), meta.json.
+Writes fidelity.json, fidelity.md, policy.npz (the fitted policy), meta.json; with `codes: history`
+also history_codes.parquet and scored_sessions.parquet (`personas.history`).
 """
 
 from __future__ import annotations
@@ -107,6 +120,14 @@ class FidelityConfig:
     split: Path | None = None
     # stratum: buyers get their intent (A–C buy, else browse), as in simulation; neutral: no intent
     intent: Literal["stratum", "neutral"] = "stratum"
+    # where an evaluation buyer's code and intent come from: history (its earlier sessions, which are not scored;
+    # `personas.history`) or assigned (the personas folder's codes from ALL its sessions: only for codes not
+    # inferred from the scored sessions, e.g. a fabricated world's planted ones)
+    codes: Literal["history", "assigned"] = "history"
+    # codes: history — a buyer's first ⌊f·n⌋ of n sessions (by start) are its history, the rest are scored
+    history_fraction: float = 0.5
+    # codes: history — the VQ-VAE run folder that encodes the history (None: the one the personas folder was assigned with)
+    vqvae: Path | None = None
     # real sessions evaluated, drawn by a seeded hash of their ids (0 = every session of the evaluation shops)
     max_sessions: int = 0
     # simulated sessions per real session, per agent (distributions)
@@ -227,6 +248,28 @@ def js_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
         return np.where(a > 0, a * np.log2(np.where(a > 0, a, 1) / np.where(m > 0, m, 1)), 0.0).sum(-1)
 
     return np.maximum(0.0, 0.5 * kl(p) + 0.5 * kl(q))
+
+
+def cell_js(b_real: np.ndarray, cell_r: np.ndarray, b_sim: np.ndarray, cell_s: np.ndarray, cells: list[str],
+            w_r: np.ndarray | None = None, w_s: np.ndarray | None = None) -> np.ndarray:
+    """Bigram JS within cells, averaged over `cells` weighted by real sessions: per-session bigram
+    counts (n, V) and cell labels (n,) of each side; w_r (B, n_r), w_s (B, n_s) bootstrap weights
+    (None: each session once) → (B,).
+
+    >>> b = np.eye(2)  # two sessions: one bigram each
+    >>> cells = np.array(["x", "y"])
+    >>> cell_js(b, cells, b, cells, ["x", "y"]).tolist(), cell_js(b, cells, b[::-1], cells, ["x", "y"]).tolist()
+    ([0.0], [1.0])
+    """
+    w_r = np.ones((1, len(b_real))) if w_r is None else w_r
+    w_s = np.ones((1, len(b_sim))) if w_s is None else w_s
+    num, den = np.zeros(len(w_r)), np.zeros(len(w_r))
+    for c in cells:
+        ir, i_s = np.flatnonzero(cell_r == c), np.flatnonzero(cell_s == c)
+        wt = w_r[:, ir].sum(1)
+        num += wt * js_rows(w_r[:, ir] @ b_real[ir], w_s[:, i_s] @ b_sim[i_s])
+        den += wt
+    return num / np.maximum(den, 1e-12)
 
 
 def wasserstein(real: np.ndarray, sim: np.ndarray) -> float:
@@ -361,10 +404,56 @@ def _in_list(con, name: str, values: list[str]) -> None:
     con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT unnest($1::VARCHAR[]) AS shop_id", [list(values)])
 
 
+@dataclass
+class BuyerLabels:
+    """What conditions the agents on a real evaluation session, and which sessions are scored."""
+
+    sql: str  # relation (shop_id, buyer_id, code, stratum, intent_stratum): code/intent_stratum NULL when unknown
+    sessions: str | None  # relation (shop_id, buyer_id, session_id) of the sessions that may be scored (None: all)
+    info: dict[str, Any]  # how the codes were obtained (fidelity.json "codes")
+
+
+def buyer_labels(cfg: FidelityConfig, shops: list[str], out_dir: Path) -> BuyerLabels:
+    """Codes and intents of the evaluation buyers (`cfg.codes`). history: `personas.history` writes
+    out_dir/history_codes.parquet and scored_sessions.parquet: a buyer's code and intent come from its
+    earlier sessions, only the later ones are scored, and its stratum (the per-stratum cells) is the
+    history's too ("none" without a history): the features stage's stratum of all its sessions would
+    put a scored session into a cell by its own outcome (a bounce makes a bouncer), which no agent
+    conditioned on the past can reproduce."""
+    buyers = Path(cfg.features) / "buyers.parquet"
+    if cfg.codes == "assigned":
+        assignments = Path(cfg.personas) / "assignments.parquet"
+        return BuyerLabels(f"SELECT b.shop_id, b.buyer_id, a.code, b.stratum, b.stratum AS intent_stratum FROM read_parquet('{buyers}') b "
+                           f"LEFT JOIN read_parquet('{assignments}') a USING (shop_id, buyer_id)", None,
+                           {"from": "assigned", "note": f"{assignments}: each buyer's code from ALL its sessions, the scored ones "
+                                                        "included (honest only for codes not inferred from them)"})
+    from simpersona.personas.history import history_codes, model_of
+
+    try:
+        model = Path(cfg.vqvae) if cfg.vqvae is not None else model_of(Path(cfg.personas))
+    except FileNotFoundError as e:
+        raise ConfigError(f"evaluate.fidelity.codes history needs the VQ-VAE: set evaluate.fidelity.vqvae ({e})") from None
+    info = history_codes(Path(cfg.ingest) / "events.parquet", Path(cfg.ingest) / "catalog.parquet", Path(cfg.features), model,
+                         shops, cfg.history_fraction, out_dir, cfg.threads)
+    h = Path(out_dir) / "history_codes.parquet"
+    return BuyerLabels(f"SELECT b.shop_id, b.buyer_id, h.code, coalesce(h.stratum, 'none') AS stratum, h.stratum AS intent_stratum "
+                       f"FROM read_parquet('{buyers}') b "
+                       f"LEFT JOIN read_parquet('{h}') h USING (shop_id, buyer_id)",
+                       f"SELECT shop_id, buyer_id, session_id FROM read_parquet('{Path(out_dir) / 'scored_sessions.parquet'}')",
+                       {"from": "history", **info,
+                        "note": f"each buyer's code and intent from its first ⌊{cfg.history_fraction}·n⌋ sessions (by start), "
+                                "encoded with the features stage's fitted transforms and the VQ-VAE; only the later sessions are "
+                                "scored, and the policy is fitted on the training shops' later sessions with their buyers' history "
+                                "codes and intents (as it is used); a buyer without an earlier session has no code (population row) "
+                                "and no intent"})
+
+
 def load_sessions(events_path: Path, labels_sql: str, shops: list[str], intent_mode: str, max_sessions: int, seed: int,
-                  threads: int) -> Sessions:
-    """Sessions of `shops` from a canonical events.parquet; labels_sql: a relation (shop_id,
-    buyer_id, code, stratum). Ordered by (shop, buyer, session)."""
+                  threads: int, sessions_sql: str | None = None) -> Sessions:
+    """Sessions of `shops` from a canonical events.parquet (only those of `sessions_sql`, a relation
+    (shop_id, buyer_id, session_id), when given); labels_sql: a relation (shop_id, buyer_id, code,
+    stratum, intent_stratum) — the intent comes from intent_stratum (none where it is NULL).
+    Ordered by (shop, buyer, session)."""
     import duckdb
 
     con = duckdb.connect()
@@ -379,16 +468,20 @@ def load_sessions(events_path: Path, labels_sql: str, shops: list[str], intent_m
                  list(event_type ORDER BY {EVENT_ORDER_SQL}) AS ev,
                  list(coalesce({target}, '') ORDER BY {EVENT_ORDER_SQL}) AS tgt,
                  count(DISTINCT CASE WHEN event_type = 'product_view' THEN product_id END) AS products
-          FROM read_parquet('{events_path}') WHERE shop_id IN (SELECT shop_id FROM keep) GROUP BY ALL),
+          FROM read_parquet('{events_path}') WHERE shop_id IN (SELECT shop_id FROM keep)
+          {f"AND (shop_id, buyer_id, session_id) IN (SELECT (shop_id, buyer_id, session_id) FROM ({sessions_sql}))" if sessions_sql else ""}
+          GROUP BY ALL),
         picked AS (SELECT * FROM s {limit})
-        SELECT p.shop_id, p.buyer_id, coalesce(l.code, -1), coalesce(l.stratum, '?'), p.ev, p.tgt, p.products
+        SELECT p.shop_id, p.buyer_id, coalesce(l.code, -1), coalesce(l.stratum, '?'), p.ev, p.tgt, p.products, l.intent_stratum
         FROM picked p LEFT JOIN ({labels_sql}) l USING (shop_id, buyer_id)
         ORDER BY p.shop_id, p.buyer_id, p.session_id""").fetchall()
     con.close()
     at = {e: i for i, e in enumerate(EVENTS[:N_TYPES])}
     lengths = np.array([len(r[4]) for r in rows], dtype=np.int64)
     strata = np.array([r[3] for r in rows], dtype=object).astype(str)
-    intent = np.where(np.isin(strata, BUY_STRATA), "buy", "browse") if intent_mode == "stratum" else np.full(len(rows), "")
+    known = np.array([r[7] is not None for r in rows], dtype=bool)
+    buy = np.isin(np.array([r[7] or "" for r in rows], dtype=object).astype(str), BUY_STRATA)
+    intent = np.where(~known | (intent_mode != "stratum"), "", np.where(buy, "buy", "browse"))
     return Sessions(
         shop=np.array([r[0] for r in rows], dtype=object).astype(str), code=np.array([int(r[2]) for r in rows], dtype=np.int64),
         stratum=strata, intent=intent.astype(str), offsets=np.r_[0, np.cumsum(lengths)].astype(np.int64),
@@ -397,15 +490,20 @@ def load_sessions(events_path: Path, labels_sql: str, shops: list[str], intent_m
         targets=np.array([t for r in rows for t in r[5]], dtype=object))
 
 
-def train_stats(events_path: Path, assignments_path: Path, shops: list[str], threads: int) -> dict[str, Any]:
-    """From the training shops: session outcome counts, and per code the product views after a
-    session's first one and how many of them re-view a product (the rollouts' product identity)."""
+def train_stats(events_path: Path, labels: BuyerLabels, shops: list[str], threads: int) -> dict[str, Any]:
+    """From the training shops' sessions (the scorable ones of `labels`, as the policy is fitted):
+    session outcome counts, per code the product views after a session's first one and how many of
+    them re-view a product (the rollouts' product identity), and per code (-1: none) the joint
+    P(stratum, intent stratum | k) over sessions (the simulated population's cells and intents)."""
     import duckdb
 
     con = duckdb.connect()
     con.execute(f"SET threads={int(threads)}")
     _in_list(con, "keep", shops)
-    con.execute(f"CREATE TEMP VIEW e AS SELECT * FROM read_parquet('{events_path}') WHERE shop_id IN (SELECT shop_id FROM keep)")
+    only = (f"AND (shop_id, buyer_id, session_id) IN (SELECT (shop_id, buyer_id, session_id) FROM ({labels.sessions}))"
+            if labels.sessions else "")
+    con.execute(f"CREATE TEMP VIEW e AS SELECT * FROM read_parquet('{events_path}') WHERE shop_id IN (SELECT shop_id FROM keep) {only}")
+    con.execute(f"CREATE TEMP VIEW l AS {labels.sql}")
     outcomes = dict(con.execute("""
         WITH s AS (SELECT CASE WHEN bool_or(event_type = 'purchase') THEN 'purchase'
                                WHEN bool_or(event_type IN ('add_to_cart', 'checkout_start')) THEN 'cart' ELSE 'none' END AS o
@@ -416,11 +514,19 @@ def train_stats(events_path: Path, assignments_path: Path, shops: list[str], thr
                           row_number() OVER (PARTITION BY shop_id, buyer_id, session_id ORDER BY {EVENT_ORDER_SQL}) AS nth,
                           row_number() OVER (PARTITION BY shop_id, buyer_id, session_id, product_id ORDER BY {EVENT_ORDER_SQL}) AS seen
                    FROM e WHERE event_type = 'product_view')
-        SELECT a.code, count(*) FILTER (WHERE nth > 1), count(*) FILTER (WHERE nth > 1 AND seen > 1)
-        FROM v JOIN read_parquet('{assignments_path}') a USING (shop_id, buyer_id) GROUP BY ALL""").fetchall()
+        SELECT l.code, count(*) FILTER (WHERE nth > 1), count(*) FILTER (WHERE nth > 1 AND seen > 1)
+        FROM v JOIN l USING (shop_id, buyer_id) WHERE l.code IS NOT NULL GROUP BY ALL""").fetchall()
+    strata = con.execute("""
+        WITH s AS (SELECT DISTINCT shop_id, buyer_id, session_id FROM e)
+        SELECT coalesce(l.code, -1), coalesce(l.stratum, 'D'), l.intent_stratum, count(*) FROM s JOIN l USING (shop_id, buyer_id)
+        GROUP BY ALL ORDER BY ALL""").fetchall()
     con.close()
+    code_strata: dict[int, tuple[list[tuple[str, str | None]], list[float]]] = {}
+    for c, st, ist, n in strata:
+        code_strata.setdefault(int(c), ([], []))[0].append((str(st), ist))
+        code_strata[int(c)][1].append(float(n))
     return {"outcomes": np.array([outcomes.get(o, 0) for o in OUTCOMES], dtype=np.float64),
-            "views": {int(c): (float(n), float(r)) for c, n, r in views}}
+            "views": {int(c): (float(n), float(r)) for c, n, r in views}, "code_strata": code_strata}
 
 
 # ---------------------------------------------------------------- the agents' conditioning
@@ -498,21 +604,15 @@ def simulate_sessions(model: PolicyModel, review: np.ndarray, pop: Sessions, age
                     products.astype(np.int64), pop.buyer)
 
 
-def draw_population(personas: Path, real: Sessions, shops: list[str], per_real: int, intent_mode: str,
-                    rng: np.random.Generator) -> Sessions:
+def draw_population(code_strata: dict[int, tuple[list[tuple[str, str | None]], list[float]]], real: Sessions, shops: list[str],
+                    per_real: int, intent_mode: str, rng: np.random.Generator) -> Sessions:
     """Simulated buyers per shop, one session each, per_real × the shop's real sessions: k from the
-    shop's persona mix weighted by sessions (the codes of its real sessions, resampled), stratum ~
-    P(stratum | k) (personas' code_strata.parquet) and the intent from the stratum, as
-    `PersonaMix.sample_population` draws them.
+    shop's persona mix weighted by sessions (the codes of its real sessions, resampled; -1 where a
+    buyer has none), then (stratum, intent stratum) ~ P(·, · | k) of the training shops' sessions
+    (`train_stats`) and the intent from the intent stratum (A–C buy, else browse; none where it is
+    unknown), as `PersonaMix.sample_population` draws them.
     (Drawing k by buyer share, as `simpersona simulate` does, under-weights the buyers with many
     sessions: the simulated sessions would then differ from the real ones by weighting alone.)"""
-    import pyarrow.parquet as pq
-
-    cs = pq.read_table(Path(personas) / "code_strata.parquet").to_pydict()  # code, stratum, n, share: P(stratum | k)
-    by_code: dict[int, tuple[list[str], list[float]]] = {}
-    for c, st, q in zip(cs["code"], cs["stratum"], cs["share"]):
-        by_code.setdefault(int(c), ([], []))[0].append(st)
-        by_code[int(c)][1].append(q)
     parts = []
     for shop in shops:
         own = real.code[real.shop == shop]
@@ -520,15 +620,16 @@ def draw_population(personas: Path, real: Sessions, shops: list[str], per_real: 
         if n == 0:
             continue
         codes = rng.choice(own, size=n)
-        strata = np.full(n, "D", dtype=object)
+        strata, intent = np.full(n, "D", dtype=object), np.full(n, "", dtype=object)
         for c in np.unique(codes):
             at = np.flatnonzero(codes == c)
-            if int(c) in by_code:
-                names, q = by_code[int(c)]
-                strata[at] = rng.choice(names, size=len(at), p=np.array(q) / np.sum(q))
-        strata = strata.astype(str)
-        intent = np.where(np.isin(strata, BUY_STRATA), "buy", "browse") if intent_mode == "stratum" else np.full(n, "")
-        parts.append((np.full(n, shop), codes, strata, intent))
+            if int(c) in code_strata:
+                cells, q = code_strata[int(c)]
+                pick = rng.choice(len(cells), size=len(at), p=np.array(q) / np.sum(q))
+                strata[at] = [cells[i][0] for i in pick]
+                if intent_mode == "stratum":
+                    intent[at] = ["" if cells[i][1] is None else "buy" if cells[i][1] in BUY_STRATA else "browse" for i in pick]
+        parts.append((np.full(n, shop), codes, strata.astype(str), intent.astype(str)))
     cat = [np.concatenate([p[j] for p in parts]) if parts else np.array([]) for j in range(4)]
     n = len(cat[0])
     return Sessions(cat[0].astype(str), cat[1].astype(np.int64), cat[2].astype(str), cat[3].astype(str), np.zeros(n + 1, np.int64),
@@ -735,15 +836,30 @@ def distributions(real: Sessions, sims: dict[str, Sessions], cfg: FidelityConfig
                 table.setdefault(value, {})[name] = distribution_figures(
                     subset(real, kr), subset(sim, ks), r_sc[kr] if sc is not None else None,
                     s_sc[ks] if sc is not None else None, cfg, rng)
+    # bigram JS within shop × stratum cells (pooled bigrams cannot tell a mixture of Markov chains from
+    # the one chain fitted to its pooled transitions: the no-persona policy matches them by construction)
+    def cell_of(x: Sessions) -> np.ndarray:
+        return np.char.add(np.char.add(x.shop.astype(str), "/"), x.stratum.astype(str))
+
+    b_real = bigram_counts(real.offsets, real.events).astype(np.float64)
+    b_sim = {a: bigram_counts(sim.offsets, sim.events).astype(np.float64) for a, sim in sims.items()}
+    cell_r, cells_of = cell_of(real), {}
+    for name, sim in sims.items():
+        cell_s = cell_of(sim)
+        cells = [str(c) for c in np.unique(cell_r) if min((cell_r == c).sum(), (cell_s == c).sum()) >= cfg.min_sessions]
+        cells_of[name] = (cell_s, cells)
+        overall[name]["js_cells"] = ({"value": float(cell_js(b_real, cell_r, b_sim[name], cell_s, cells)[0]), "cells": len(cells),
+                                      "real_sessions": int(np.isin(cell_r, cells).sum())} if cells
+                                     else _small(cells=0, need=1, min_sessions_per_cell=cfg.min_sessions))
     # paired bootstrap of JS and AUC for the rolled-out agents (same simulated population per agent)
     cis: dict[str, Any] = {}
     rolled = [a for a in AGENTS if a in sims and a in scores and overall[a]["js_bigram"]["value"] is not None]
     if "persona" in rolled:
-        b_real = bigram_counts(real.offsets, real.events).astype(np.float64)
-        b_sim = {a: bigram_counts(sims[a].offsets, sims[a].events).astype(np.float64) for a in rolled}
         n_r, n_s = len(real), len(sims["persona"])
-        js_d = {a: [] for a in rolled}
-        auc_d = {a: [] for a in rolled}
+        with_cells = overall["persona"]["js_cells"]["value"] is not None
+        js_d: dict[str, Any] = {a: [] for a in rolled}
+        cell_d: dict[str, Any] = {a: [] for a in rolled}
+        auc_d: dict[str, Any] = {a: [] for a in rolled}
         for b0 in range(0, cfg.n_boot, 100):
             m = min(100, cfg.n_boot - b0)
             w_r = rng.multinomial(n_r, np.full(n_r, 1.0 / n_r), size=m).astype(np.float64)
@@ -752,17 +868,24 @@ def distributions(real: Sessions, sims: dict[str, Sessions], cfg: FidelityConfig
             for a in rolled:
                 js_d[a].append(js_rows(pr, w_s @ b_sim[a]))
                 auc_d[a].append(_weighted_auc(scores[a], n_r, w_r, w_s))
-        js_d = {a: np.concatenate(v) for a, v in js_d.items()}
-        auc_d = {a: np.concatenate(v) for a, v in auc_d.items()}
+                if with_cells:
+                    cell_d[a].append(cell_js(b_real, cell_r, b_sim[a], *cells_of["persona"], w_r, w_s))
+        for d in (js_d, auc_d, cell_d):
+            d.update({a: np.concatenate(v) if v else None for a, v in d.items()})
         for a in rolled:
             overall[a]["js_bigram"]["ci"] = _ci(js_d[a])
             overall[a]["auc"]["ci"] = _ci(auc_d[a])
+            if with_cells and overall[a]["js_cells"]["value"] is not None:
+                overall[a]["js_cells"]["ci"] = _ci(cell_d[a])
         for b in rolled:
             if b != "persona":  # positive: the persona agent is closer to the real sessions
                 js_diff = overall[b]["js_bigram"]["value"] - overall["persona"]["js_bigram"]["value"]
                 cis[b] = {"js_bigram": {"diff": js_diff, "ci": _ci(js_d[b] - js_d["persona"])},
                           "auc": {"diff": overall[b]["auc"]["value"] - overall["persona"]["auc"]["value"],
                                   "ci": _ci(auc_d[b] - auc_d["persona"])}}
+                if with_cells:
+                    point = cell_js(b_real, cell_r, b_sim[b], *cells_of["persona"])[0] - overall["persona"]["js_cells"]["value"]
+                    cis[b]["js_cells"] = {"diff": float(point), "ci": _ci(cell_d[b] - cell_d["persona"])}
     return {"overall": overall, "baseline_minus_persona": cis, "by_shop": by_shop, "by_stratum": by_stratum,
             "features": list(FEATURES)}
 
@@ -886,7 +1009,7 @@ def storefront_sessions(sim_dir: Path, shops: list[str], cfg: FidelityConfig) ->
     if summary.exists():
         sm = json.loads(summary.read_text())
         info.update(agent=sm.get("agent"), persona=sm.get("persona"), intent=sm.get("intent"))
-    labels = f"SELECT shop_id, buyer_id, any_value(code) AS code, any_value(stratum) AS stratum FROM read_parquet('{sim_dir / 'episodes.parquet'}') GROUP BY ALL"
+    labels = f"SELECT shop_id, buyer_id, any_value(code) AS code, any_value(stratum) AS stratum, any_value(stratum) AS intent_stratum FROM read_parquet('{sim_dir / 'episodes.parquet'}') GROUP BY ALL"
     s = load_sessions(sim_dir / "events.parquet", labels, shops, cfg.intent, 0, cfg.seed, cfg.threads)
     return s, info
 
@@ -907,20 +1030,25 @@ def run(cfg: FidelityConfig, out_dir: Path) -> dict[str, Any]:
     assignments = Path(cfg.personas) / "assignments.parquet"
     all_shops = [r[0] for r in duckdb.sql(f"SELECT DISTINCT shop_id FROM read_parquet('{events}') ORDER BY 1").fetchall()]
     evals, train, source = resolve_shops(cfg, all_shops)
-    codes, counts = fit_intent_counts(events, assignments, cfg.threads, shops=train)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = buyer_labels(cfg, evals + train, out_dir)
+    fit_labels = None if labels.sessions is None else (
+        f"SELECT shop_id, buyer_id, code, CASE WHEN intent_stratum IN {tuple(BUY_STRATA)} THEN 'buy' ELSE 'browse' END AS intent "
+        f"FROM ({labels.sql})")
+    codes, counts = fit_intent_counts(events, assignments, cfg.threads, shops=train, labels_sql=fit_labels, sessions_sql=labels.sessions)
     model = PolicyModel(codes, counts, cfg.strength, cfg.alpha, shops=train)
     assert not set(model.shops) & set(evals)
-    stats = train_stats(events, assignments, train, cfg.threads)
-    labels = (f"SELECT b.shop_id, b.buyer_id, a.code, b.stratum FROM read_parquet('{Path(cfg.features) / 'buyers.parquet'}') b "
-              f"LEFT JOIN read_parquet('{assignments}') a USING (shop_id, buyer_id)")
-    real = load_sessions(events, labels, evals, cfg.intent, cfg.max_sessions, cfg.seed, cfg.threads)
+    stats = train_stats(events, labels, train, cfg.threads)
+    real = load_sessions(events, labels.sql, evals, cfg.intent, cfg.max_sessions, cfg.seed, cfg.threads, labels.sessions)
     if len(real) == 0:
-        raise ConfigError(f"evaluate fidelity: the evaluation shops {evals} have no sessions in {events}")
+        raise ConfigError(f"evaluate fidelity: the evaluation shops {evals} have no scored sessions in {events}"
+                          + (f" (codes: history, history_fraction {cfg.history_fraction})" if cfg.codes == "history" else ""))
     t_load = time.perf_counter()
     nap = next_action(model, real, stats, cfg)
     t_nap = time.perf_counter()
     rng = np.random.default_rng([cfg.seed, 3])
-    pop = draw_population(Path(cfg.personas), real, evals, cfg.sim_per_real, cfg.intent, rng)
+    pop = draw_population(stats["code_strata"], real, evals, cfg.sim_per_real, cfg.intent, rng)
     review = review_rates(model, stats["views"], cfg.strength)
     sims = {a: simulate_sessions(model, review, pop, a, cfg.max_events, np.random.default_rng([cfg.seed, 4, i]))
             for i, a in enumerate(AGENTS)}
@@ -941,12 +1069,12 @@ def run(cfg: FidelityConfig, out_dir: Path) -> dict[str, Any]:
     if cfg.llm_agent != "none":
         from simpersona.evaluate.nextaction import llm_next_action
 
-        llm_nap = llm_next_action(cfg, evals)
+        llm_nap = llm_next_action(cfg, evals, labels)
     report = {
         "data": {"generated": _generated(Path(cfg.ingest)), "ingest": str(cfg.ingest), "eval_shops": evals, "eval_shops_from": source, "train_shops": train,
                  "real_sessions": len(real), "real_buyers": len(set(zip(real.shop.tolist(), real.buyer.tolist()))),
                  "sessions_without_code": int((real.code < 0).sum()), "max_sessions": cfg.max_sessions,
-                 "sim_sessions_per_agent": len(pop), "intent": cfg.intent},
+                 "sim_sessions_per_agent": len(pop), "intent": cfg.intent, "codes": labels.info},
         "agent": {"name": "fast persona policy (agents.policy)", "fitted_on": train, "codes": int(len(codes)),
                   "transitions": float(counts.sum()), "strength": cfg.strength, "alpha": cfg.alpha,
                   "checkpoint": str(Path(out_dir) / "policy.npz"), "storefront_simulation": storefront},
@@ -954,8 +1082,6 @@ def run(cfg: FidelityConfig, out_dir: Path) -> dict[str, Any]:
         "timing_s": {"load_fit": round(t_load - t0, 2), "next_action": round(t_nap - t_load, 2),
                      "distributions": round(t_end - t_nap, 2), "total": round(t_end - t0, 2)},
     }
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir / "policy.npz")
     (out_dir / "fidelity.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     (out_dir / "fidelity.md").write_text(format_report(report) + "\n")
@@ -981,8 +1107,13 @@ def format_report(r: dict[str, Any]) -> str:
     d = r["data"]
     gen = "GENERATED data (simpersona synth)" if d["generated"] else "data from " + d["ingest"]
     nap = r["next_action"]
+    codes = d.get("codes") or {}
     lines = [f"Fidelity on evaluation shops {', '.join(d['eval_shops'])} (from {d['eval_shops_from']}; {gen}); agent: {r['agent']['name']} fitted on "
              f"{len(d['train_shops'])} training shops only; {d['real_sessions']:,} real sessions, {nap['steps']:,} steps; intent: {d['intent']}",
+             "", f"Persona codes of the evaluation buyers: {codes.get('from', '?')}: {codes.get('note', '')}"
+             + (f" (evaluation and training shops: {codes['buyers_with_history']:,} buyers with a history; {codes['history_sessions']:,} "
+                f"history sessions, {codes['scored_sessions']:,} later sessions)" if "buyers_with_history" in codes else "")
+             + f"; {d['sessions_without_code']:,} of the {d['real_sessions']:,} scored sessions have no code",
              "", "Next-action prediction (95% CI, bootstrap over sessions)", "",
              "| agent | type acc | exact acc | macro-F1 | outcome F1 |", "|---|---|---|---|---|"]
     for a, m in nap["agents"].items():
@@ -992,16 +1123,17 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(f"- {b}: " + " / ".join(_d(m[k]) for k in ("type_accuracy", "exact_accuracy", "macro_f1", "outcome_f1")))
     dist = r["distributions"]
     lines += ["", "Session distributions, all evaluation shops (lower is closer; AUC 0.5 = indistinguishable)", "",
-              "| agent | bigram JS | W1 length | W1 products | classifier AUC | ATC real / sim | purchase real / sim |",
-              "|---|---|---|---|---|---|---|"]
+              "| agent | bigram JS | bigram JS within shop × stratum | W1 length | W1 products | classifier AUC | ATC real / sim | purchase real / sim |",
+              "|---|---|---|---|---|---|---|---|"]
     for a, m in dist["overall"].items():
         f = m["funnel"]
-        lines.append(f"| {a} | {_v(m['js_bigram'], 4)} | {_v(m['w_length'], 2)} | {_v(m['w_products'], 2)} | {_v(m['auc'])} | "
+        lines.append(f"| {a} | {_v(m['js_bigram'], 4)} | {_v(m.get('js_cells'), 4)} | {_v(m['w_length'], 2)} | {_v(m['w_products'], 2)} | {_v(m['auc'])} | "
                      f"{_v(f['real']['atc'])} / {_v(f['sim']['atc'])} | {_v(f['real']['purchase'])} / {_v(f['sim']['purchase'])} |")
     if dist["baseline_minus_persona"]:
-        lines += ["", "baseline − persona (paired CI; positive: the persona agent is closer): bigram JS / AUC", ""]
+        lines += ["", "baseline − persona (paired CI; positive: the persona agent is closer): bigram JS / bigram JS within "
+                  "shop × stratum / AUC", ""]
         for b, m in dist["baseline_minus_persona"].items():
-            lines.append(f"- {b}: {_d(m['js_bigram'], 4)} / {_d(m['auc'])}")
+            lines.append(f"- {b}: {_d(m['js_bigram'], 4)} / {_d(m['js_cells'], 4) if 'js_cells' in m else '–'} / {_d(m['auc'])}")
     for key in ("by_shop", "by_stratum"):
         lines += ["", f"{key.replace('_', ' ')}: bigram JS / classifier AUC per agent", "",
                   "| " + key[3:] + " | " + " | ".join(dist["overall"]) + " |", "|---" * (len(dist["overall"]) + 1) + "|"]
@@ -1046,5 +1178,6 @@ def format_summary(r: dict[str, Any]) -> str:
     return (f"fidelity on {len(r['data']['eval_shops'])} evaluation shops, {r['data']['real_sessions']:,} sessions"
             f"{' (generated data)' if r['data']['generated'] else ''}: next-action type accuracy persona {_v(a['persona']['type_accuracy'])} "
             f"vs no persona {_v(a['no_persona']['type_accuracy'])}\n"
-            f"bigram JS persona {_v(o['persona']['js_bigram'], 4)} vs no persona {_v(o['no_persona']['js_bigram'], 4)}; "
+            f"bigram JS persona {_v(o['persona']['js_bigram'], 4)} vs no persona {_v(o['no_persona']['js_bigram'], 4)} "
+            f"(within shop × stratum {_v(o['persona'].get('js_cells'), 4)} vs {_v(o['no_persona'].get('js_cells'), 4)}); "
             f"classifier AUC persona {_v(o['persona']['auc'])} vs no persona {_v(o['no_persona']['auc'])}")

@@ -129,9 +129,11 @@ def figures(x: np.ndarray, c: int) -> np.ndarray:
                      f1_from_counts(o[..., 0], o[..., 1], o[..., 2])], 1)
 
 
-def load_sessions(ingest: Path, features: Path, personas: Path, shops: list[str], n: int, seed: int) -> list:
+def load_sessions(ingest: Path, labels, shops: list[str], n: int, seed: int) -> list:
     """Up to n real sessions of `shops` (seeded hash order) as `traces.goals.Session`s with their
-    catalog titles and collections, the buyer's persona code and stratum."""
+    catalog titles and collections; labels (`fidelity.BuyerLabels`): which sessions may be scored,
+    and the buyer's persona code and the stratum its goal's intent comes from (only sessions whose
+    buyer has both are drawn)."""
     import duckdb
 
     from simpersona.agents.policy import EVENT_ORDER_SQL
@@ -140,17 +142,19 @@ def load_sessions(ingest: Path, features: Path, personas: Path, shops: list[str]
     con = duckdb.connect()
     con.execute("CREATE TEMP TABLE keep AS SELECT unnest($1::VARCHAR[]) AS shop_id", [list(shops)])
     rows = con.sql(f"""
-        WITH s AS (SELECT shop_id, buyer_id, session_id FROM read_parquet('{Path(ingest) / 'events.parquet'}')
-                   WHERE shop_id IN (SELECT shop_id FROM keep) AND event_type <> 'page_view' GROUP BY shop_id, buyer_id, session_id
+        WITH l AS ({labels.sql}),
+             s AS (SELECT shop_id, buyer_id, session_id FROM read_parquet('{Path(ingest) / 'events.parquet'}')
+                   WHERE shop_id IN (SELECT shop_id FROM keep) AND event_type <> 'page_view'
+                   {f"AND (shop_id, buyer_id, session_id) IN (SELECT (shop_id, buyer_id, session_id) FROM ({labels.sessions}))" if labels.sessions else ""}
+                   AND (shop_id, buyer_id) IN (SELECT (shop_id, buyer_id) FROM l WHERE code IS NOT NULL AND intent_stratum IS NOT NULL)
+                   GROUP BY shop_id, buyer_id, session_id
                    ORDER BY md5(concat('{int(seed)}/llm/', shop_id, '/', buyer_id, '/', session_id)) LIMIT {int(n)}),
              cat AS (SELECT shop_id, product_id, any_value(title) AS title, any_value(collection) AS collection
                      FROM read_parquet('{Path(ingest) / 'catalog.parquet'}') GROUP BY ALL)
-        SELECT e.shop_id, e.buyer_id, e.session_id, coalesce(a.code, -1), coalesce(b.stratum, 'D'), e.ts, e.event_type,
+        SELECT e.shop_id, e.buyer_id, e.session_id, l.code, l.intent_stratum, e.ts, e.event_type,
                e.product_id, e.collection_id, e.query, e.price, e.quantity, cat.title, cat.collection
         FROM read_parquet('{Path(ingest) / 'events.parquet'}') e JOIN s USING (shop_id, buyer_id, session_id)
-        LEFT JOIN cat USING (shop_id, product_id)
-        LEFT JOIN read_parquet('{Path(personas) / 'assignments.parquet'}') a USING (shop_id, buyer_id)
-        LEFT JOIN read_parquet('{Path(features) / 'buyers.parquet'}') b USING (shop_id, buyer_id)
+        LEFT JOIN cat USING (shop_id, product_id) JOIN l USING (shop_id, buyer_id)
         ORDER BY e.shop_id, e.buyer_id, e.session_id, {EVENT_ORDER_SQL}""").to_arrow_table()
     con.close()
     rows = zip(*(rows.column(i).to_pylist() for i in range(rows.num_columns)))
@@ -182,9 +186,10 @@ def make_backend(cfg):
     return TransformersBackend(cfg.llm) if cfg.llm_agent == "llm" else EndpointBackend(cfg.endpoint)
 
 
-def llm_next_action(cfg, shops: list[str], backend=None) -> dict[str, Any]:
+def llm_next_action(cfg, shops: list[str], labels, backend=None) -> dict[str, Any]:
     """The LLM agent's next-action figures on up to `cfg.llm_sessions` real sessions of `shops`
-    (cfg: `evaluate.fidelity.FidelityConfig`; `backend`: an agent backend, else built from cfg)."""
+    (cfg: `evaluate.fidelity.FidelityConfig`; labels: `fidelity.BuyerLabels`, the scored sessions and
+    their buyers' codes; `backend`: an agent backend, else built from cfg)."""
     from simpersona.agents.base import act_batch
     from simpersona.agents.llm import LLMAgent
     from simpersona.contracts.persona import persona_token
@@ -193,7 +198,7 @@ def llm_next_action(cfg, shops: list[str], backend=None) -> dict[str, Any]:
     from simpersona.traces.replay import Replayer
 
     t0 = time.perf_counter()
-    sessions = load_sessions(cfg.ingest, cfg.features, cfg.personas, shops, cfg.llm_sessions, cfg.seed)
+    sessions = load_sessions(cfg.ingest, labels, shops, cfg.llm_sessions, cfg.seed)
     replayer = Replayer(Path(cfg.ingest) / "catalog.parquet", cfg.storefront)
     episodes, skipped = [], 0
     try:
@@ -264,7 +269,7 @@ def llm_next_action(cfg, shops: list[str], backend=None) -> dict[str, Any]:
         i = order.index("persona")
         vs = {b: {m: {"diff": float(point["persona"][k] - point[b][k]), "ci": _ci(draws[:, i, k] - draws[:, order.index(b), k])}
                   for k, m in enumerate(names)} for b in order if b != "persona"}
-    return {"agent": agent_name(cfg), "sessions": len(episodes), "sessions_skipped": skipped,
+    return {"agent": agent_name(cfg), "codes": labels.info.get("from"), "sessions": len(episodes), "sessions_skipped": skipped,
             "steps": int(sum(len(t) for t in true)), "class_counts": {k: int(sum(t.count(k) for t in types)) for k in classes},
             "agents": agents, "persona_minus": vs,
             "timing_s": {"replay": round(t_replay - t0, 2), "predict": round(time.perf_counter() - t_replay, 2)},

@@ -372,6 +372,8 @@ def sec_fidelity(cfg: ReportConfig, lay: RunLayout) -> str:
            f'({escape(r["agent"]["checkpoint"])}); {d["real_sessions"]:,} real sessions, {nap["steps"]:,} prediction steps '
            f'(event level, the page type the policy acts on); intent {escape(d["intent"])}. 95% CIs: bootstrap over sessions '
            f'(a plug-in JS is biased upwards: compare agents by the paired differences).</p>',
+           f'<p class="small">Persona codes of the evaluation buyers: {escape(str((d.get("codes") or {}).get("from", "?")))}: '
+           f'{escape(str((d.get("codes") or {}).get("note", "")))}; {d["sessions_without_code"]:,} scored sessions without a code.</p>',
            "<h3>Next-action prediction</h3>",
            _table(["agent", "type accuracy", "exact (type + target)", "macro-F1", "session-outcome F1"],
                   [[a, _m(m["type_accuracy"]), _m(m["exact_accuracy"]), _m(m["macro_f1"]), _m(m["outcome_f1"])]
@@ -380,14 +382,16 @@ def sec_fidelity(cfg: ReportConfig, lay: RunLayout) -> str:
                   [[b, _diff(m["type_accuracy"]), _diff(m["exact_accuracy"]), _diff(m["macro_f1"]), _diff(m["outcome_f1"])]
                    for b, m in nap["persona_minus"].items()]),
            "<h3>Session distributions (all evaluation shops)</h3>",
-           _table(["agent", "bigram JS", "W1 length", "W1 distinct products", "classifier AUC", "ATC real", "ATC sim",
-                   "purchase real", "purchase sim"],
-                  [[a, _m(m["js_bigram"], 4), _m(m["w_length"]), _m(m["w_products"]), _m(m["auc"]), _m(m["funnel"]["real"]["atc"]),
+           _table(["agent", "bigram JS", "bigram JS within shop × stratum", "W1 length", "W1 distinct products", "classifier AUC",
+                   "ATC real", "ATC sim", "purchase real", "purchase sim"],
+                  [[a, _m(m["js_bigram"], 4), _m(m.get("js_cells"), 4), _m(m["w_length"]), _m(m["w_products"]), _m(m["auc"]),
+                    _m(m["funnel"]["real"]["atc"]),
                     _m(m["funnel"]["sim"]["atc"]), _m(m["funnel"]["real"]["purchase"]), _m(m["funnel"]["sim"]["purchase"])]
                    for a, m in dist["overall"].items()])]
     if dist.get("baseline_minus_persona"):
-        out.append(_table(["baseline − persona (positive: persona closer)", "bigram JS", "classifier AUC"],
-                          [[b, _diff(m["js_bigram"], 4), _diff(m["auc"])] for b, m in dist["baseline_minus_persona"].items()]))
+        out.append(_table(["baseline − persona (positive: persona closer)", "bigram JS", "bigram JS within shop × stratum", "classifier AUC"],
+                          [[b, _diff(m["js_bigram"], 4), _diff(m["js_cells"], 4) if "js_cells" in m else "–", _diff(m["auc"])]
+                           for b, m in dist["baseline_minus_persona"].items()]))
     agents = list(dist["overall"])
     for key, name in (("by_shop", "shop"), ("by_stratum", "stratum")):
         out.append(f"<h3>Per {name}: bigram JS / classifier AUC</h3>" + _table(
