@@ -533,11 +533,12 @@ def train_stats(events_path: Path, labels: BuyerLabels, shops: list[str], thread
 
 
 def agent_rows(model: PolicyModel, code: np.ndarray, intent: np.ndarray, agent: str, rng: np.random.Generator) -> np.ndarray:
-    """Row of `model.tables` flattened to (R, S, A) per session, for an agent of AGENTS."""
+    """Row of `model.tables` flattened to (R, S, A) per session, for an agent of AGENTS (a model
+    fitted with no code at all: every agent on the population-wide row)."""
     cols = np.array([model.column(i or None) for i in intent], dtype=np.int64)
     if agent == "persona":
         rows = np.array([model.row(int(c)) for c in code], dtype=np.int64)
-    elif agent == "random_persona":
+    elif agent == "random_persona" and len(model.codes):
         rows = rng.integers(0, len(model.codes), size=len(code))
     else:
         rows = np.full(len(code), len(model.codes), dtype=np.int64)
