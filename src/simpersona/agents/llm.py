@@ -28,7 +28,7 @@ from typing import Any, Literal
 from simpersona.agents.base import Decision, parse_output
 from simpersona.chat import ChatClient, EndpointConfig, first_object
 from simpersona.contracts.persona import check_tokenizer, persona_token
-from simpersona.contracts.prompt import log_entry, messages
+from simpersona.contracts.prompt import ANSWER_PREFIX, log_entry, messages
 
 # Safety cap on a constrained answer's tokens (its grammar bounds it far below: capped free text, finite ids).
 CONSTRAINED_CAP = 4096
@@ -51,7 +51,7 @@ class LLMConfig:
     max_reasoning_tokens: int = 32
     # text the assistant turn is forced to start with (every SFT answer starts so): a cheap
     # constraint that keeps an under-trained model from answering in prose; "" = none
-    response_prefix: str = '{"action": "'
+    response_prefix: str = ANSWER_PREFIX
     # constrained: the tokens the grammar forces after a chosen one (JSON keys, the rest of a unique id)
     # go through the model with it in one pass, unsampled (False: one pass per token, as free mode)
     fast_forward: bool = True

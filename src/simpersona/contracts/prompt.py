@@ -98,6 +98,11 @@ def user_turn(goal: str, persona: str | None, progress_log: list[str], observati
     return "\n\n".join(parts)
 
 
+# How every assistant turn starts (`assistant_turn`: the action's name is the JSON object's first
+# field): the LLM agent's forced response prefix, and where SFT validation finds the decision.
+ANSWER_PREFIX = '{"action": "'
+
+
 def assistant_turn(action: dict[str, Any], reasoning: str) -> str:
     """The assistant message: the action's JSON object with a short reasoning (validated on the way)."""
     clean = action_to_dict(parse_action({k: v for k, v in action.items() if k != "reasoning"}))

@@ -266,17 +266,24 @@ def sec_sft(cfg: ReportConfig, lay: RunLayout) -> str:
     s = meta.get("summary", {})
     if "checkpoint" in s:
         return (f'<p class="small">Nothing trained in this run: the agent is the trained checkpoint '
-                f'{escape(_checkpoint(lay.stage2))}; its stage-2 validation loss on this run\'s records '
-                f'{_num(s.get("stage2_val_loss"))}.</p>')
+                f'{escape(_checkpoint(lay.stage2))}; on this run\'s stage-2 validation records its loss is '
+                f'{_num(s.get("stage2_val_loss"))} and its action accuracy {_num(s.get("stage2_val_action_accuracy"))} '
+                f'(always the most common action: {_num(s.get("val_action_majority"))}).</p>')
     rows, curves = [], {}
     for name in ("stage1", "stage2", "single"):
         if name in s:
             st = s[name]
             rows.append([name, st.get("steps"), st.get("examples_per_step"), st.get("precision"), st.get("step_s_median"),
-                         _num(st.get("val_loss_before")), _num(st.get("val_loss_after")), _checkpoint(lay.sft / name)])
+                         _num(st.get("val_loss_before")), _num(st.get("val_loss_after")),
+                         _num(st.get("val_action_accuracy_before")), _num(st.get("val_action_accuracy_after")),
+                         _num(st.get("val_action_majority")), _checkpoint(lay.sft / name)])
             if st.get("val_curve"):
                 curves[name] = [tuple(p) for p in st["val_curve"]]
-    return (_table(["stage", "steps", "examples/step", "precision", "s/step", "val loss before", "val loss after", "checkpoint"], rows)
+    note = ('<p class="small">Action accuracy: share of validation records whose action (the answer\'s first '
+            'deciding token) is the model\'s top choice given the prompt; majority: always answering the most common '
+            'action. The loss averages every answer token, most of them the reasoning sentence.</p>')
+    return (_table(["stage", "steps", "examples/step", "precision", "s/step", "val loss before", "val loss after",
+                    "action acc. before", "action acc. after", "majority", "checkpoint"], rows) + note
             + (svg.lines(curves, "Validation loss per evaluation step (held-out shops)", "optimizer step") if curves else ""))
 
 

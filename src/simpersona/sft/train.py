@@ -296,12 +296,56 @@ def use_bf16(hp: StageConfig) -> tuple[bool, str]:
     return False, "fp32 (bf16 asked for, but this CPU lacks avx512_bf16 and amx_bf16)"
 
 
+def first_labels(labels):
+    """Index of each row's first assistant (loss) token, or -1 when it has none (labels (B, L), -100 elsewhere)."""
+    import numpy as np
+
+    has = (labels != -100).any(axis=1)
+    return np.where(has, (labels != -100).argmax(axis=1), -1)
+
+
+def action_accuracy(pred, offset: int) -> dict[str, float]:
+    """The validation records' decision accuracy: share whose action name's first token (the answer
+    token after the `offset` tokens of `contracts.prompt.ANSWER_PREFIX`) is the model's argmax given
+    what precedes it (`pred`: an EvalPrediction of argmax ids (B, L) and labels (B, L)). The loss
+    averages ~40 answer tokens, most of them the reasoning sentence; this token decides what the agent does.
+
+    >>> import numpy as np
+    >>> from types import SimpleNamespace as NS
+    >>> labels = np.array([[-100, 1, 2, 3, 4, 7, 9], [-100, -100, 1, 2, 3, 4, 8]])
+    >>> argmax = np.array([[0, 0, 0, 0, 7, 0, 0], [0, 0, 0, 0, 0, 5, 0]])  # predicts the next token
+    >>> action_accuracy(NS(predictions=argmax, label_ids=labels), offset=4)
+    {'action_accuracy': 0.5}
+    """
+    import numpy as np
+
+    argmax, labels = pred.predictions, pred.label_ids
+    hits, n = 0, 0
+    for row, j in enumerate(first_labels(labels)):
+        k = j + offset
+        if j < 0 or k >= labels.shape[1] or labels[row, k] == -100:
+            continue
+        n += 1
+        hits += int(argmax[row, k - 1] == labels[row, k])
+    return {"action_accuracy": hits / n if n else float("nan")}
+
+
+def argmax_logits(logits, labels):
+    """Keep only the argmax of the logits for `action_accuracy` (not (B, L, V) floats)."""
+    return logits.argmax(dim=-1)
+
+
 def make_trainer(model, tokenizer, train: list[dict], val: list[dict], hp: StageConfig, out: Path, seed: int,
                  bf16: bool | None = None):
-    """An SFTTrainer over `messages` records with assistant-only loss; `bf16` None: `use_bf16(hp)`."""
+    """An SFTTrainer over `messages` records with assistant-only loss; `bf16` None: `use_bf16(hp)`.
+    Its evaluation reports the loss and `action_accuracy` (the same pass)."""
+    import functools
+
     import datasets
     import torch
     from trl import SFTConfig, SFTTrainer
+
+    from simpersona.contracts.prompt import ANSWER_PREFIX
 
     datasets.disable_progress_bars()
     every = hp.eval_steps if hp.eval_steps and val else 0
@@ -317,8 +361,10 @@ def make_trainer(model, tokenizer, train: list[dict], val: list[dict], hp: Stage
         seed=seed, data_seed=seed, disable_tqdm=True, dataloader_num_workers=0, packing=False,
     )
     as_ds = lambda rs: datasets.Dataset.from_list([{"messages": r["messages"]} for r in rs])  # noqa: E731
+    offset = len(tokenizer(ANSWER_PREFIX, add_special_tokens=False)["input_ids"])
     return SFTTrainer(model=model, args=args, train_dataset=as_ds(train), eval_dataset=as_ds(val) if val else None,
-                      processing_class=tokenizer)
+                      processing_class=tokenizer, preprocess_logits_for_metrics=argmax_logits,
+                      compute_metrics=functools.partial(action_accuracy, offset=offset))
 
 
 def step_clock():
@@ -385,7 +431,9 @@ def train_stage(name: str, model, tokenizer, train: list[dict], val: list[dict],
                                "precision": precision, "examples_per_step": hp.batch_size * hp.grad_accum,
                                "load_average": os.getloadavg()[0]}
     if val:
-        summary["val_loss_before"] = trainer.evaluate()["eval_loss"]
+        ev = trainer.evaluate()
+        summary["val_loss_before"], summary["val_action_accuracy_before"] = ev["eval_loss"], ev["eval_action_accuracy"]
+        summary["val_action_majority"] = majority_share(val)
     result = trainer.train()
     summary.update(train_loss=result.training_loss, steps=result.global_step, train_runtime_s=result.metrics["train_runtime"],
                    step_s_median=round(sorted(clock.times)[len(clock.times) // 2], 3) if clock.times else None,
@@ -393,8 +441,9 @@ def train_stage(name: str, model, tokenizer, train: list[dict], val: list[dict],
                    load_average_after=os.getloadavg()[0])
     if val:
         # the trainer's own evaluation at the last step, when it ran one (never evaluated twice)
-        last = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e and e.get("step") == result.global_step]
-        summary["val_loss_after"] = last[-1] if last else trainer.evaluate()["eval_loss"]
+        last = [e for e in trainer.state.log_history if "eval_loss" in e and e.get("step") == result.global_step]
+        ev = last[-1] if last else trainer.evaluate()
+        summary["val_loss_after"], summary["val_action_accuracy_after"] = ev["eval_loss"], ev["eval_action_accuracy"]
         summary["val_curve"] = val_curve(trainer.state.log_history, summary["val_loss_before"])
     if handle is not None:
         handle.remove()
@@ -521,7 +570,9 @@ def use_checkpoint(cfg: SftConfig, run_dir: Path, k: int, records: list[dict], v
         val2 = random.Random(cfg.seed).sample(val2, hp.max_eval_records)
     summary: dict[str, Any] = {"split": split, "persona_init": {"from": str(src)}, "checkpoint": str(src)}
     if val2:
-        summary["stage2_val_loss"] = eval_loss(model, tok, val2, hp, run_dir, cfg.seed)
+        ev = evaluate_records(model, tok, val2, hp, run_dir, cfg.seed)
+        summary["stage2_val_loss"], summary["stage2_val_action_accuracy"] = ev["eval_loss"], ev["eval_action_accuracy"]
+        summary["val_action_majority"] = majority_share(val2)
     run_dir.mkdir(parents=True, exist_ok=True)
     for n in names:
         (run_dir / n).symlink_to(src / n, target_is_directory=True)
@@ -533,9 +584,27 @@ def use_checkpoint(cfg: SftConfig, run_dir: Path, k: int, records: list[dict], v
 
 def eval_loss(model, tokenizer, records: list[dict], hp: StageConfig, out: Path, seed: int) -> float:
     """Mean assistant-token loss of `model` on `records` (as the trainer's validation loss)."""
+    return evaluate_records(model, tokenizer, records, hp, out, seed)["eval_loss"]
+
+
+def evaluate_records(model, tokenizer, records: list[dict], hp: StageConfig, out: Path, seed: int) -> dict[str, float]:
+    """The trainer's validation metrics of `model` on `records`: eval_loss, eval_action_accuracy."""
     records, _ = fits(records, tokenizer, hp.max_length)
     trainer = make_trainer(model, tokenizer, records[:1], records, hp, out, seed)
-    return float(trainer.evaluate()["eval_loss"])
+    return {k: float(v) for k, v in trainer.evaluate().items() if k in ("eval_loss", "eval_action_accuracy")}
+
+
+def majority_share(records: list[dict]) -> float:
+    """Share of the most common action among the records' answers: the accuracy of always guessing it.
+
+    >>> majority_share([{"messages": [{"role": "assistant", "content": '{"action": "click"}'}]}] * 3
+    ...                + [{"messages": [{"role": "assistant", "content": '{"action": "search"}'}]}])
+    0.75
+    """
+    from collections import Counter
+
+    counts = Counter(json.loads(r["messages"][-1]["content"])["action"] for r in records)
+    return max(counts.values()) / len(records) if records else float("nan")
 
 
 def _sessions_per_code(records: list[dict]) -> dict[int, int]:
@@ -549,13 +618,17 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [f"split: {summary['split']}", f"persona init: {summary['persona_init']}"]
     if "checkpoint" in summary:
         lines.append(f"agent: trained checkpoint {summary['checkpoint']} (stage-2 val loss "
-                     f"{summary.get('stage2_val_loss', float('nan')):.4f} on this run's records); nothing trained")
+                     f"{summary.get('stage2_val_loss', float('nan')):.4f}, action accuracy "
+                     f"{summary.get('stage2_val_action_accuracy', float('nan')):.3f} vs majority "
+                     f"{summary.get('val_action_majority', float('nan')):.3f} on this run's records); nothing trained")
         return "\n".join(lines)
     for name in ("stage1", "stage2", "single"):
         if name in summary:
             s = summary[name]
             lines.append(f"{name}: steps={s['steps']} train_loss={s['train_loss']:.4f} "
                          f"val_loss {s.get('val_loss_before', float('nan')):.4f} → {s.get('val_loss_after', float('nan')):.4f} "
+                         f"action accuracy {s.get('val_action_accuracy_before', float('nan')):.3f} → "
+                         f"{s.get('val_action_accuracy_after', float('nan')):.3f} (majority {s.get('val_action_majority', float('nan')):.3f}) "
                          f"({s.get('precision', '')}, {s.get('step_s_median')} s/step × {s.get('examples_per_step')} examples)"
                          + (f" frozen_check={s['frozen_check']}" if "frozen_check" in s else ""))
     return "\n".join(lines)
