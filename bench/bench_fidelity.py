@@ -57,6 +57,33 @@ def main() -> None:
     t = time.perf_counter()
     r = F.run(cfg, tmp / "fidelity")
     wall = time.perf_counter() - t
+    steps = r["next_action"]["steps"]
+    tm = r["timing_s"]
+    print(f"fidelity: {r['data']['real_sessions']:,} real sessions ({steps:,} prediction steps, "
+          f"{r['data']['sim_sessions_per_agent']:,} simulated sessions × 4 agents) in {wall:.1f} s "
+          f"(load+fit {tm['load_fit']} s, next action {tm['next_action']} s, distributions+per persona {tm['distributions']} s); "
+          f"target ≤ 120 s: {'met' if wall <= 120 else 'NOT met'}")
+    print(F.format_summary(r))
+    print(f"load average after the fidelity run: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+
+    # baseline: the storefront's cost per agent step (what per-step storefront replay would cost)
+    from simpersona.simulate.stage import SimulateConfig
+    from simpersona.simulate.stage import run as simulate
+
+    shop = r["data"]["eval_shops"][0]
+    t = time.perf_counter()
+    s = simulate(SimulateConfig(ingest=world["ingest"], personas=world["personas"], shops=[shop], buyers=args.storefront_episodes,
+                                concurrency=8), tmp / "sim", echo=lambda _: None)
+    sf_wall = time.perf_counter() - t
+    sf_steps = max(1, round(s["mean_steps"] * s["episodes"]))
+    per_step = s["wall_s"] / sf_steps
+    nap_per_step = tm["next_action"] / max(steps, 1)
+    print(f"baseline (same run): {s['episodes']} policy episodes on the storefront, {sf_steps:,} agent steps in {s['wall_s']:.1f} s "
+          f"= {1000 * per_step:.1f} ms/step ({sf_wall:.1f} s with the policy fit)")
+    print(f"event-level next-action part (5 predictors + bootstrap CIs): {1000 * nap_per_step:.3f} ms/step "
+          f"= {per_step / max(nap_per_step, 1e-9):,.0f}x cheaper than one storefront step; one storefront replay of the {steps:,} "
+          f"steps (every agent predicting on the same pages) would add ≈ {steps * per_step:.0f} s, one per agent ≈ {4 * steps * per_step:.0f} s")
+    # last: the LLM agent (slow on CPU), after the figures above are printed
     if args.llm_checkpoint is not None:
         from simpersona.evaluate.nextaction import llm_next_action
 
@@ -76,31 +103,6 @@ def main() -> None:
                   f"{len(cfg.llm_conditions)} conditions = {m['decisions']} decisions in {llm_wall:.1f} s "
                   f"({m['decisions'] / max(m['timing_s']['predict'], 1e-9):.3f} decisions/s; replay {m['timing_s']['replay']} s)")
             print("\n".join(F.format_llm(m)))
-    steps = r["next_action"]["steps"]
-    tm = r["timing_s"]
-    print(f"fidelity: {r['data']['real_sessions']:,} real sessions ({steps:,} prediction steps, "
-          f"{r['data']['sim_sessions_per_agent']:,} simulated sessions × 4 agents) in {wall:.1f} s "
-          f"(load+fit {tm['load_fit']} s, next action {tm['next_action']} s, distributions+per persona {tm['distributions']} s); "
-          f"target ≤ 120 s: {'met' if wall <= 120 else 'NOT met'}")
-    print(F.format_summary(r))
-
-    # baseline: the storefront's cost per agent step (what per-step storefront replay would cost)
-    from simpersona.simulate.stage import SimulateConfig
-    from simpersona.simulate.stage import run as simulate
-
-    shop = r["data"]["eval_shops"][0]
-    t = time.perf_counter()
-    s = simulate(SimulateConfig(ingest=world["ingest"], personas=world["personas"], shops=[shop], buyers=args.storefront_episodes,
-                                concurrency=8), tmp / "sim", echo=lambda _: None)
-    sf_wall = time.perf_counter() - t
-    sf_steps = max(1, round(s["mean_steps"] * s["episodes"]))
-    per_step = s["wall_s"] / sf_steps
-    nap_per_step = tm["next_action"] / max(steps, 1)
-    print(f"baseline (same run): {s['episodes']} policy episodes on the storefront, {sf_steps:,} agent steps in {s['wall_s']:.1f} s "
-          f"= {1000 * per_step:.1f} ms/step ({sf_wall:.1f} s with the policy fit)")
-    print(f"event-level next-action part (5 predictors + bootstrap CIs): {1000 * nap_per_step:.3f} ms/step "
-          f"= {per_step / max(nap_per_step, 1e-9):,.0f}x cheaper than one storefront step; one storefront replay of the {steps:,} "
-          f"steps (every agent predicting on the same pages) would add ≈ {steps * per_step:.0f} s, one per agent ≈ {4 * steps * per_step:.0f} s")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
