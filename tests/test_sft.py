@@ -244,6 +244,32 @@ def test_stage2_changes_the_backbone_and_loss_falls(base, records, tmp_path):
     assert len(losses) == 6 and losses[-1] < losses[0] and s["val_loss_after"] < s["val_loss_before"]
 
 
+def top_choice_hits(model, tok, records) -> float:
+    """Share of records whose action-name token (the 5th answer token) is the model's argmax."""
+    hits = []
+    for r in records:
+        enc = tok.apply_chat_template(r["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        ids, j = enc["input_ids"], enc["assistant_masks"].index(1)
+        with torch.no_grad():
+            top = model(torch.tensor([ids])).logits[0, j + 3].argmax().item()  # predicts token j + 4
+        hits.append(top == ids[j + 4])
+    return sum(hits) / len(hits)
+
+
+def test_decision_weight_teaches_the_decision(records, tmp_path):
+    """decision_loss_weight ≠ 1 (through trl's compute_loss_func): the deciding token is learnt, and the
+    trainer's action accuracy equals the model's top choice at each record's action-name token."""
+    model, tok = load_base(ModelConfig(), [m["content"] for r in records for m in r["messages"]], seed=0)  # fresh
+    tok.chat_template = CHAT_TEMPLATE
+    add_persona_tokens(model, tok, K, "mean")
+    stage2 = [r for r in records if r["stage"] == 2][:4]
+    s = train_stage("stage2", model, tok, stage2, stage2, hp(max_steps=12, batch_size=4, learning_rate=1e-2,
+                                                            decision_loss_weight=50.0), tmp_path, seed=0)
+    assert s["steps"] == 12 and s["val_loss_after"] < s["val_loss_before"]
+    assert s["val_action_accuracy_after"] == pytest.approx(top_choice_hits(model, tok, stage2))
+    assert s["val_action_accuracy_after"] > s["val_action_accuracy_before"]
+
+
 def test_save_reload_keeps_tokens_and_logits(base, records, tmp_path):
     model, tok, ids = base
     save_checkpoint(tmp_path / "ck", model, tok, SftConfig())
@@ -444,3 +470,27 @@ def test_report_names_the_checkpoint_and_shows_the_validation_curve(trained, tmp
     assert status["SFT — the agent's checkpoints and validation curves"] == "ok"
     assert f"{ident['path']} (sha256 {ident['sha256']})" in page  # the SFT table and Table 4's agent line
     assert page.count(ident["sha256"]) >= 2 and "Validation loss per evaluation step" in page
+
+
+def test_decision_weighted_loss_weights_only_the_deciding_token_and_only_in_training():
+    """Weight 1 is the plain assistant-token loss; weight w adds (w − 1) × the deciding token's loss
+    (the `offset`-th answer token); without gradients (evaluation) it is the plain loss again."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from simpersona.sft.train import decision_weighted_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 7, 11, requires_grad=True)  # (B, L, V)
+    labels = torch.tensor([[-100, -100, 3, 4, 5, 6, 7], [-100, 1, 2, 8, 9, 10, -100]])  # answers start at 2 and 1
+    out = SimpleNamespace(logits=logits)
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], reduction="none", ignore_index=-100)
+    n = (labels[:, 1:] != -100).sum()
+    plain = decision_weighted_loss(out, labels, offset=2, weight=1.0)
+    assert torch.allclose(plain, ce.sum() / n)
+    # deciding tokens: row 0 label index 2 + 2 = 4 (shifted 3), row 1 index 1 + 2 = 3 (shifted 2)
+    heavy = decision_weighted_loss(out, labels, offset=2, weight=5.0)
+    assert torch.allclose(heavy, (ce.sum() + 4 * (ce[0, 3] + ce[1, 2])) / n)
+    with torch.no_grad():
+        assert torch.allclose(decision_weighted_loss(out, labels, offset=2, weight=5.0), plain)

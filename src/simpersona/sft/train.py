@@ -121,6 +121,9 @@ class StageConfig:
     eval_steps: int = 0
     # batch order: random, or group_by_length (batches of similar token length: less padding on CPU)
     sampling: Literal["random", "group_by_length"] = "random"
+    # weight of each answer's deciding token (its action name's first token) in the loss; the other
+    # answer tokens weigh 1 (1: the plain assistant-token loss; the paper's)
+    decision_loss_weight: float = 1.0
 
 
 @dataclass
@@ -330,6 +333,28 @@ def action_accuracy(pred, offset: int) -> dict[str, float]:
     return {"action_accuracy": hits / n if n else float("nan")}
 
 
+def decision_weighted_loss(outputs, labels, num_items_in_batch=None, *, offset: int, weight: float):
+    """Assistant-token cross-entropy with each answer's deciding token (`offset` tokens after its
+    first) weighted `weight`, summed over the batch and divided by its token count (as trl's loss).
+    Without gradients (evaluation) every token weighs 1: validation losses stay comparable."""
+    import torch
+
+    if not torch.is_grad_enabled():
+        weight = 1.0
+    logits = outputs.logits[:, :-1].float()  # (B, L-1, V) predicts labels[:, 1:]
+    target = labels[:, 1:]  # (B, L-1)
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none")  # (B, L-1)
+    valid = target != -100  # (B, L-1)
+    w = valid.float()
+    first = first_labels(labels.cpu().numpy())
+    for row, j in enumerate(first):
+        k = j + offset - 1  # the deciding label's index in the shifted targets
+        if j >= 0 and k < w.shape[1] and valid[row, k]:
+            w[row, k] = weight
+    n = valid.sum() if num_items_in_batch is None else num_items_in_batch
+    return (ce * w).sum() / torch.as_tensor(n).clamp(min=1)
+
+
 def argmax_logits(logits, labels):
     """Keep only the argmax of the logits for `action_accuracy` (not (B, L, V) floats)."""
     return logits.argmax(dim=-1)
@@ -364,7 +389,9 @@ def make_trainer(model, tokenizer, train: list[dict], val: list[dict], hp: Stage
     offset = len(tokenizer(ANSWER_PREFIX, add_special_tokens=False)["input_ids"])
     return SFTTrainer(model=model, args=args, train_dataset=as_ds(train), eval_dataset=as_ds(val) if val else None,
                       processing_class=tokenizer, preprocess_logits_for_metrics=argmax_logits,
-                      compute_metrics=functools.partial(action_accuracy, offset=offset))
+                      compute_metrics=functools.partial(action_accuracy, offset=offset),
+                      compute_loss_func=None if hp.decision_loss_weight == 1 else
+                      functools.partial(decision_weighted_loss, offset=offset, weight=hp.decision_loss_weight))
 
 
 def step_clock():
