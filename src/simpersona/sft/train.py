@@ -363,7 +363,8 @@ def argmax_logits(logits, labels):
 def make_trainer(model, tokenizer, train: list[dict], val: list[dict], hp: StageConfig, out: Path, seed: int,
                  bf16: bool | None = None):
     """An SFTTrainer over `messages` records with assistant-only loss; `bf16` None: `use_bf16(hp)`.
-    Its evaluation reports the loss and `action_accuracy` (the same pass)."""
+    Its evaluation reports the loss and `action_accuracy` (trl's fused loss builds no logits, so it runs
+    one more forward pass per evaluation batch for them: an evaluation costs ~2× a loss-only one)."""
     import functools
 
     import datasets
