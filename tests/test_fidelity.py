@@ -127,7 +127,7 @@ def test_fidelity_on_a_held_out_shop_ranks_the_persona_agent_first(world, tmp_pa
 def test_a_shop_with_too_few_sessions_says_n_too_small(world, tmp_path):
     r = F.run(_cfg(world, max_sessions=12, min_sessions=20, n_boot=50), tmp_path / "few")
     o = r["distributions"]["overall"]["persona"]
-    for m in ("js_bigram", "w_length", "w_products", "auc"):
+    for m in ("js_bigram", "js_cells", "w_length", "w_products", "auc"):
         assert o[m]["value"] is None and o[m]["note"].startswith("n too small"), m
     assert o["funnel"]["real"]["atc"]["note"].startswith("n too small")
     assert r["next_action"]["by_shop"]["shop2"]["persona"]["note"].startswith("n too small")
