@@ -73,6 +73,11 @@ def test_batch_functions_equal_local_stage(tmp_path):
     x = pc_flat(out.column("x"))
     np.testing.assert_allclose(x, fixed_list_to_numpy(pq.read_table(feat / "vectors.parquet")["x"]), rtol=1e-5, atol=1e-6)
     assert len(CHANNELS) == len(spark.LISTS)
+    # embeddings disabled: the stage's zero matrix (one column per title), channels zero, masks kept
+    off = pc_flat(spark.vector_batch(batch, scalar_t, pcas, np.zeros((emb.shape[0], 1), np.float32), enabled=False).column("x"))
+    np.testing.assert_array_equal(off[:, 16:400], 0.0)
+    np.testing.assert_array_equal(off[:, :16], x[:, :16])
+    np.testing.assert_array_equal(off[:, 400:], x[:, 400:])
     # the encoder batch function gives the kernel's codes
     model = VQVAE(ModelConfig(codebook_size=8, dropout=0.0)).eval()
     assigner = Assigner(model, 64, bf16=False)

@@ -97,9 +97,10 @@ def fit_transforms(cfg, raw_scalars: np.ndarray, train: np.ndarray, emb: np.ndar
     return scalar_t, pcas
 
 
-def vector_batch(b: pa.RecordBatch, scalar_t: ScalarTransform, pcas: list[ChannelPCA], emb: np.ndarray | None) -> pa.RecordBatch:
+def vector_batch(b: pa.RecordBatch, scalar_t: ScalarTransform, pcas: list[ChannelPCA], emb: np.ndarray,
+                 enabled: bool = True) -> pa.RecordBatch:
     """One batch of buyers (buyer_row, 16 raw scalars, 3 product lists) → (buyer_row, x list<float>[403]).
-    `emb` None: embeddings disabled (channels zero, masks still set)."""
+    `emb`: (products, dim); `enabled` false: embeddings disabled (channels zero, masks still set)."""
     from simpersona.features.embed import channel_weights
     from simpersona.features.stage import assemble
 
@@ -111,9 +112,8 @@ def vector_batch(b: pa.RecordBatch, scalar_t: ScalarTransform, pcas: list[Channe
         lists = b.column(name)  # list<int32>, null for a buyer without pairs
         k = pc.fill_null(pc.list_value_length(lists), 0).to_numpy()
         products = pc.list_flatten(lists).to_numpy().astype(np.int32)
-        n_products = 1 if emb is None else emb.shape[0]
-        w, masks[:, c] = channel_weights(np.repeat(np.arange(n, dtype=np.int32), k), products, n, n_products)
-        chans.append(np.zeros((n, CHANNEL_DIM), np.float32) if emb is None else pcas[c].transform(np.asarray(w @ emb)))
+        w, masks[:, c] = channel_weights(np.repeat(np.arange(n, dtype=np.int32), k), products, n, emb.shape[0])
+        chans.append(pcas[c].transform(np.asarray(w @ emb)) if enabled else np.zeros((n, CHANNEL_DIM), np.float32))
     x = assemble(scalar_t.transform(raw), chans, masks)
     offsets = pa.array(np.arange(0, (n + 1) * INPUT_DIM, INPUT_DIM, dtype=np.int32))
     return pa.RecordBatch.from_arrays(
@@ -123,9 +123,9 @@ def vector_batch(b: pa.RecordBatch, scalar_t: ScalarTransform, pcas: list[Channe
 
 def _vector_batches(batches, scalar_t, pcas, emb_bc, enabled):
     """mapInArrow body (runs on the executors)."""
-    emb = emb_bc.value if enabled else None
+    emb = emb_bc.value
     for b in batches:
-        yield vector_batch(b, scalar_t, pcas, emb)
+        yield vector_batch(b, scalar_t, pcas, emb, enabled)
 
 
 def channels_and_vectors(cfg, con, run_dir: Path, tmp: Path, raw: pa.Table, col: dict, train: np.ndarray,
