@@ -9,16 +9,20 @@ same scalar aggregation, in the same run; and the per-buyer embedding mean (spar
 Sides, each run in its own fresh interpreter (peak RSS = that child's own ru_maxrss), alternated
 hand / features / hand / features … so that machine load hits both alike; medians over --repeat:
 
-- hand_sql: one DuckDB query, events ⋈ catalog → sessions → the 16 scalars per (shop, buyer),
-  sorted, fetched to Arrow (it writes nothing).
+- hand_sql: hand-written DuckDB SQL doing the aggregation step's work: events ⋈ catalog → the
+  session table (same columns and definitions, money as DECIMAL) kept in a temp table and written
+  to buyer_sessions.parquet, then the 16 scalars per (shop, buyer) from it, sorted, fetched to Arrow.
 - features: `stage.run` with embedding.enabled=false: buyer_sessions.parquet, buyers.parquet,
   strata/labels, buyer × product pairs (masks), transforms, vectors.parquet — the whole stage.
 - features_aggregate: only the stage's aggregation step (`compute_buyers`: sessions written to
   buyer_sessions.parquet + the per-buyer scalars) — the like-for-like part of the comparison.
+- vectors_floor: writing as many 403-float vectors (one per buyer, with the ids) to Parquet with the
+  stage's writer (`stage.vectors_writer`) — the floor of the stage's vectors step.
 - embedding_mean: buyer × product pairs from the engine + three sparse (buyer × product) ×
   (product × 384) products with a fake embedding matrix.
 
-The machine is shared: the 1-minute load average is printed with every run; with load above the
+Each side reports wall and CPU seconds (user + system, all threads) of its timed part; on a busy
+machine the CPU ratio is the steadier one. The machine is shared: the 1-minute load average is printed with every run; with load above the
 core count the absolute figures are unreliable and only the same-run ratio means something.
 """
 
@@ -35,7 +39,8 @@ import time
 from pathlib import Path
 
 SETUP = """
-import sys, json, time
+import sys, json, time, resource
+cpu = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2])  # user + system seconds, all threads
 from pathlib import Path
 inp, out, mem, threads = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 out.mkdir(parents=True, exist_ok=True)
@@ -43,39 +48,50 @@ out.mkdir(parents=True, exist_ok=True)
 
 HAND = SETUP + """
 import duckdb
-t = time.perf_counter()
+t, c0 = time.perf_counter(), cpu()
 con = duckdb.connect(config={"threads": threads, "memory_limit": mem, "temp_directory": str(out / "tmp")})
 con.execute("SET TimeZone='UTC'; SET preserve_insertion_order=false; SET enable_progress_bar=false")
-q = f'''
-WITH e AS (SELECT e.*, coalesce(e.price, c.price, 0) * coalesce(e.quantity, 1) AS amount
+n = lambda k: f"count(*) FILTER (event_type='{k}')"
+money = lambda k: f"coalesce(sum(amount::DECIMAL(38, 6)) FILTER (event_type='{k}')::DOUBLE, 0)"
+con.execute(f'''CREATE TEMP TABLE sessions AS
+WITH e AS (SELECT e.shop_id, e.buyer_id, e.session_id, e.ts, e.event_type,
+                  coalesce(e.price, c.price, 0) * coalesce(e.quantity, 1) AS amount
            FROM read_parquet('{inp}/events.parquet') e LEFT JOIN read_parquet('{inp}/catalog.parquet') c USING (shop_id, product_id)),
-s AS (SELECT shop_id, buyer_id, session_id,
-        count(*) FILTER (event_type='product_view') AS pv, count(*) FILTER (event_type='add_to_cart') AS atc,
-        count(*) FILTER (event_type='remove_from_cart') AS rm, count(*) FILTER (event_type='checkout_start') AS co,
-        count(*) FILTER (event_type='purchase') AS pur, count(*) FILTER (event_type='search') AS se,
-        count(*) FILTER (event_type='collection_view') AS cv,
-        floor(epoch(max(ts))) - floor(epoch(min(ts))) AS dur, min(ts)::DATE AS day,
-        coalesce(sum(amount) FILTER (event_type='add_to_cart'), 0) AS cart_value,
-        coalesce(sum(amount) FILTER (event_type='purchase'), 0) AS order_value
-      FROM e GROUP BY ALL),
-f AS (SELECT *, pur > 0 AS h_pur, pur > 0 OR co > 0 AS h_co, pur > 0 OR co > 0 OR atc > 0 AS h_atc,
-        (pv > 0 OR cv > 0 OR se > 0) AND NOT (pur > 0 OR co > 0 OR atc > 0 OR rm > 0) AS h_bo,
-        pur > 0 OR co > 0 OR atc > 0 OR rm > 0 AS h_cart FROM s),
-b AS (SELECT shop_id, buyer_id, count(*) AS n_sessions, count(DISTINCT day) AS active_days,
-        count(*) FILTER (pv > 0) AS sessions_with_view, count(*) FILTER (h_atc) AS sessions_with_atc,
-        count(*) FILTER (h_co) AS sessions_with_checkout, count(*) FILTER (se > 0) AS sessions_with_search,
-        count(*) FILTER (cv > 0) AS sessions_with_collection, count(*) FILTER (h_pur) AS sessions_with_purchase,
-        sum(dur)::BIGINT AS total_duration_s, sum(pv) AS total_product_views, count(*) FILTER (h_bo) AS bo,
-        count(*) FILTER (h_cart) AS cart_activity_sessions,
-        coalesce(avg(cart_value) FILTER (atc > 0), 0) AS avg_cart_value, coalesce(avg(order_value) FILTER (pur > 0), 0) AS avg_order_value
-      FROM f GROUP BY ALL)
-SELECT *, sessions_with_atc / n_sessions AS atc_rate, sessions_with_checkout / n_sessions AS checkout_rate,
-       bo / n_sessions AS browse_only_rate,
+s AS (SELECT shop_id, buyer_id, session_id, {n('page_view')} AS n_page_view, {n('collection_view')} AS n_collection_view,
+        {n('search')} AS n_search, {n('product_view')} AS n_product_view, {n('add_to_cart')} AS n_add_to_cart,
+        {n('remove_from_cart')} AS n_remove_from_cart, {n('checkout_start')} AS n_checkout_start,
+        {n('purchase')} AS n_purchase, count(*) AS n_events, min(ts) AS start_ts, max(ts) AS end_ts,
+        {money('add_to_cart')} AS cart_value, {money('purchase')} AS order_value
+      FROM e GROUP BY ALL)
+SELECT *, (floor(epoch(end_ts)) - floor(epoch(start_ts)))::BIGINT AS duration_s, start_ts::DATE AS start_day,
+       n_product_view > 0 AS has_view, n_purchase > 0 OR n_checkout_start > 0 OR n_add_to_cart > 0 AS has_atc,
+       n_purchase > 0 OR n_checkout_start > 0 AS has_checkout, n_purchase > 0 AS has_purchase, n_search > 0 AS has_search,
+       n_collection_view > 0 AS has_collection,
+       (n_product_view > 0 OR n_collection_view > 0 OR n_search > 0)
+         AND NOT (n_purchase > 0 OR n_checkout_start > 0 OR n_add_to_cart > 0 OR n_remove_from_cart > 0) AS is_browse_only,
+       n_purchase > 0 OR n_checkout_start > 0 OR n_add_to_cart > 0 OR n_remove_from_cart > 0 AS has_cart_activity
+FROM s''')
+con.execute(f"COPY sessions TO '{out}/buyer_sessions.parquet' (FORMAT parquet)")
+flag = lambda c: f"count(*) FILTER ({c})"
+tab = con.execute(f'''
+WITH b AS (SELECT shop_id, buyer_id, count(*) AS n_sessions, count(DISTINCT start_day) AS active_days,
+        {flag('has_view')} AS sessions_with_view, {flag('has_atc')} AS sessions_with_atc,
+        {flag('has_checkout')} AS sessions_with_checkout, {flag('has_search')} AS sessions_with_search,
+        {flag('has_collection')} AS sessions_with_collection, {flag('has_purchase')} AS sessions_with_purchase,
+        sum(duration_s)::BIGINT AS total_duration_s, sum(n_product_view)::BIGINT AS total_product_views,
+        {flag('is_browse_only')} AS browse_only_sessions, {flag('has_cart_activity')} AS cart_activity_sessions,
+        coalesce(avg(cart_value::DECIMAL(38, 6)) FILTER (n_add_to_cart > 0)::DOUBLE, 0) AS avg_cart_value,
+        coalesce(avg(order_value::DECIMAL(38, 6)) FILTER (n_purchase > 0)::DOUBLE, 0) AS avg_order_value
+      FROM sessions GROUP BY ALL)
+SELECT shop_id, buyer_id, n_sessions, active_days, sessions_with_view, sessions_with_atc, sessions_with_checkout,
+       sessions_with_search, sessions_with_collection, sessions_with_purchase, total_duration_s, total_product_views,
+       sessions_with_atc / n_sessions AS atc_rate, sessions_with_checkout / n_sessions AS checkout_rate,
+       browse_only_sessions / n_sessions AS browse_only_rate,
        (3*sessions_with_atc + 5*sessions_with_checkout + 8*sessions_with_purchase)
-         / (n_sessions + 3*sessions_with_atc + 5*sessions_with_checkout + 8*sessions_with_purchase) AS intent_strength
-FROM b ORDER BY shop_id, buyer_id'''
-tab = con.execute(q).to_arrow_table()
-print(json.dumps({"wall_s": time.perf_counter() - t, "buyers": tab.num_rows}))
+         / (n_sessions + 3*sessions_with_atc + 5*sessions_with_checkout + 8*sessions_with_purchase) AS intent_strength,
+       avg_cart_value, avg_order_value, browse_only_sessions, cart_activity_sessions
+FROM b ORDER BY shop_id, buyer_id''').to_arrow_table()
+print(json.dumps({"wall_s": time.perf_counter() - t, "cpu_s": cpu() - c0, "buyers": tab.num_rows}))
 """
 
 FEATURES = SETUP + """
@@ -83,19 +99,19 @@ import ibis.backends.duckdb  # imports outside the timing, as the hand side impo
 from simpersona.features.stage import EmbeddingConfig, FeaturesConfig, run
 cfg = FeaturesConfig(input=inp, memory_limit=mem, threads=threads, progress=False, context=sys.argv[5] == "1",
                      embedding=EmbeddingConfig(enabled=False))
-t = time.perf_counter()
+t, c0 = time.perf_counter(), cpu()
 s = run(cfg, out / "run")
-print(json.dumps({"wall_s": time.perf_counter() - t, "buyers": s["buyers"], "steps_s": s["timings_s"]}))
+print(json.dumps({"wall_s": time.perf_counter() - t, "cpu_s": cpu() - c0, "buyers": s["buyers"], "steps_s": s["timings_s"]}))
 """
 
 AGGREGATE = SETUP + """
 import ibis.backends.duckdb  # imports outside the timing, as the hand side imports duckdb first
 from simpersona.features.stage import FeaturesConfig, compute_buyers, connect
 cfg = FeaturesConfig(input=inp, memory_limit=mem, threads=threads, progress=False, context=sys.argv[5] == "1")
-t = time.perf_counter()
+t, c0 = time.perf_counter(), cpu()
 con = connect(cfg, out / "tmp")
 b = compute_buyers(con, cfg, inp / "events.parquet", inp / "catalog.parquet", out)
-print(json.dumps({"wall_s": time.perf_counter() - t, "buyers": b.num_rows}))
+print(json.dumps({"wall_s": time.perf_counter() - t, "cpu_s": cpu() - c0, "buyers": b.num_rows}))
 """
 
 MEANS = SETUP + """
@@ -110,7 +126,7 @@ n_b = c0.execute(f"SELECT count(*) FROM '{out}/keys.parquet'").fetchone()[0]
 n_p = c0.execute(f"SELECT count(*) FROM '{out}/index.parquet'").fetchone()[0]
 c0.close()
 emb = np.random.default_rng(0).normal(size=(n_p, 384)).astype(np.float32)  # stands in for the cached embeddings
-t = time.perf_counter()
+t, c0 = time.perf_counter(), cpu()
 con = connect(FeaturesConfig(threads=threads, memory_limit=mem, progress=False), out / "tmp")
 b, p, c = buyer_product_rows(con, inp / "events.parquet", out / "keys.parquet", out / "index.parquet")
 t1 = time.perf_counter()
@@ -119,10 +135,28 @@ for ch in range(3):  # the stage's way: a (buyer × product) 1/k matrix, multipl
     for start in range(0, n_b, 200_000):
         m = np.asarray(w[start : start + 200_000] @ emb)  # (block × 384) float32, the PCA's input
 t2 = time.perf_counter()
-print(json.dumps({"wall_s": t2 - t, "pairs_s": t1 - t, "matmul_s": t2 - t1, "pairs": len(b), "buyers": n_b}))
+print(json.dumps({"wall_s": t2 - t, "cpu_s": cpu() - c0, "pairs_s": t1 - t, "matmul_s": t2 - t1, "pairs": len(b), "buyers": n_b}))
 """
 
-SIDES = {"hand_sql": HAND, "features": FEATURES, "features_aggregate": AGGREGATE, "embedding_mean": MEANS}
+VECTORS_FLOOR = SETUP + """
+import duckdb, numpy as np, pyarrow as pa, pyarrow.parquet as pq
+from simpersona.features.layout import INPUT_DIM
+from simpersona.features.stage import FeaturesConfig, vectors_writer
+keys = duckdb.connect().execute(f"SELECT DISTINCT shop_id, buyer_id FROM read_parquet('{inp}/events.parquet') ORDER BY ALL").to_arrow_table()
+n, block = keys.num_rows, FeaturesConfig.block_rows
+x = np.random.default_rng(0).standard_normal((min(n, block), INPUT_DIM), dtype=np.float32)  # one block, reused
+t, c0 = time.perf_counter(), cpu()
+with vectors_writer(out / "vectors.parquet") as wr:  # the stage's writer and settings
+    for start in range(0, n, block):
+        end = min(n, start + block)
+        arr = pa.FixedSizeListArray.from_arrays(pa.array(x[: end - start].ravel(), pa.float32()), INPUT_DIM)
+        wr.write_table(pa.table({"shop_id": keys["shop_id"][start:end], "buyer_id": keys["buyer_id"][start:end], "x": arr},
+                                schema=wr.schema_arrow))
+print(json.dumps({"wall_s": time.perf_counter() - t, "cpu_s": cpu() - c0, "buyers": n}))
+"""
+
+SIDES = {"hand_sql": HAND, "features": FEATURES, "features_aggregate": AGGREGATE, "vectors_floor": VECTORS_FLOOR,
+         "embedding_mean": MEANS}
 
 
 def measure(code: str, *args: str) -> dict:
@@ -178,18 +212,25 @@ def main() -> None:
         res[side] = {
             "wall_s_median": round(wall, 3),
             "wall_s_all": [round(r["wall_s"], 3) for r in rs],
+            "cpu_s_median": round(statistics.median(r["cpu_s"] for r in rs), 3),
             "events_per_s": round(n_events / wall),
             "peak_rss_gib_max": round(max(r["peak_rss_gib"] for r in rs), 3),
             "load1_all": [r["load1"] for r in rs],
-            **{k: v for k, v in rs[-1].items() if k not in ("wall_s", "process_s", "peak_rss_gib", "load1")},
+            **{k: v for k, v in rs[-1].items() if k not in ("wall_s", "cpu_s", "process_s", "peak_rss_gib", "load1")},
         }
+    def ratio(name: str, num: list[float], den: list[float]) -> None:  # per repeat (same conditions), then the median
+        rs = [a / b for a, b in zip(num, den, strict=True)]
+        res[name] = round(statistics.median(rs), 3)
+        res[name + "_all"] = [round(x, 3) for x in rs]
+
     if "hand_sql" in runs:
-        h = [r["wall_s"] for r in runs["hand_sql"]]
         for side in ("features", "features_aggregate"):
-            if side in runs:  # ratio per repeat (same conditions), then the median
-                ratios = [f["wall_s"] / hh for f, hh in zip(runs[side], h, strict=True)]
-                res[f"ratio_{side}_over_hand"] = round(statistics.median(ratios), 3)
-                res[f"ratio_{side}_over_hand_all"] = [round(x, 3) for x in ratios]
+            for k in ("wall_s", "cpu_s") if side in runs else ():
+                ratio(f"ratio_{side}_over_hand{'_cpu' if k == 'cpu_s' else ''}",
+                      [r[k] for r in runs[side]], [r[k] for r in runs["hand_sql"]])
+    if "features" in runs and "vectors_floor" in runs:  # the stage's vectors step over writing as many floats
+        ratio("ratio_vectors_step_over_floor", [r["steps_s"]["vectors_s"] for r in runs["features"]],
+              [r["wall_s"] for r in runs["vectors_floor"]])
     loads = [r["load1"] for rs in runs.values() for r in rs]
     res["load1_max"] = max(loads)
     res["reliable"] = max(loads) <= (os.cpu_count() or 1)

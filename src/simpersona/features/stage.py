@@ -176,6 +176,15 @@ def _stream_to_parquet(expr, path: Path, batch_rows: int = 500_000) -> int:
     return n
 
 
+def _to_arrow(expr) -> pa.Table:
+    """An Ibis expression's rows as Arrow; on DuckDB straight from its SQL (Ibis' to_pyarrow imports
+    pandas first, ~1 s of a 2 s aggregation)."""
+    backend = expr._find_backend()
+    if backend.name == "duckdb":
+        return backend.con.sql(backend.compile(expr)).to_arrow_table()
+    return expr.to_pyarrow()
+
+
 def compute_buyers(con, cfg: FeaturesConfig, events_path: Path, catalog_path: Path, out_dir: Path) -> pa.Table:
     """Enrichment pass → out_dir/buyer_sessions.parquet; then the raw per-buyer table (sorted).
 
@@ -195,7 +204,7 @@ def compute_buyers(con, cfg: FeaturesConfig, events_path: Path, catalog_path: Pa
         # rows in engine order: sorting ~3M sessions by string keys cost ~25% of the hand-written
         # aggregation and no reader relies on the order (they join on the keys)
         _stream_to_parquet(sessions, out_dir / "buyer_sessions.parquet")
-        return agg.buyer_table(sessions).order_by(list(agg.KEYS)).to_pyarrow()
+        return _to_arrow(agg.buyer_table(sessions).order_by(list(agg.KEYS)))
     finally:
         if duck:
             con.raw_sql("DROP TABLE IF EXISTS _features_sessions")
@@ -211,7 +220,7 @@ def buyer_product_expr(con, events_path: Path, buyers_keys_path: Path, index_pat
 def buyer_product_rows(con, events_path: Path, buyers_keys_path: Path, index_path: Path):
     """(buyer_row, product_row, channel) int32/int32/int8 arrays, one per distinct pair and channel
     (0 viewed, 1 carted, 2 purchased), for products in the index."""
-    t = buyer_product_expr(con, events_path, buyers_keys_path, index_path).to_pyarrow()
+    t = _to_arrow(buyer_product_expr(con, events_path, buyers_keys_path, index_path))
     b, p = t["b"].to_numpy().astype(np.int32), t["p"].to_numpy().astype(np.int32)  # halves the pairs memory
     flags = [t[c].to_numpy(zero_copy_only=False).astype(bool) for c in ("v", "k", "u")]
     return (
@@ -221,15 +230,29 @@ def buyer_product_rows(con, events_path: Path, buyers_keys_path: Path, index_pat
     )
 
 
-def assemble(scalars_z: np.ndarray, channels: list[np.ndarray], masks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def assemble(scalars_z: np.ndarray, channels: list[np.ndarray] | None, masks: np.ndarray,
+             out: np.ndarray | None = None) -> np.ndarray:
     """The (n, 403) float32 input: scalars | 3 channels (zeroed where the mask is 0) | masks.
-    `out`: an (≥ n, 403) float32 buffer to fill and return a view of (reused across blocks)."""
+    `channels` None: all channels zero (no embeddings). `out`: an (≥ n, 403) float32 buffer to fill
+    and return a view of (reused across blocks)."""
     x = np.empty((len(scalars_z), INPUT_DIM), dtype=np.float32) if out is None else out[: len(scalars_z)]
     x[:, :N_SCALARS] = scalars_z
     for c, sl in enumerate(CHANNEL_SLICES):
-        x[:, sl] = channels[c] * masks[:, c : c + 1]
+        if channels is None:
+            x[:, sl] = 0.0
+        else:  # written in place: no (n, 128) temporary per channel
+            np.multiply(channels[c], masks[:, c : c + 1], out=x[:, sl])
     x[:, MASKS] = masks
     return x
+
+
+VECTOR_SCHEMA = pa.schema([("shop_id", pa.string()), ("buyer_id", pa.string()), ("x", pa.list_(pa.float32(), INPUT_DIM))])
+
+
+def vectors_writer(path: Path) -> pq.ParquetWriter:
+    """The writer of vectors.parquet (VECTOR_SCHEMA): no dictionary and no min/max statistics for the
+    float vectors (each doubled the write time)."""
+    return pq.ParquetWriter(path, VECTOR_SCHEMA, use_dictionary=["shop_id"], write_statistics=["shop_id", "buyer_id"])
 
 
 def buyer_vectors(events_path: Path, catalog_path: Path, feat_dir: Path, tmp_dir: Path,
@@ -480,26 +503,15 @@ def _channels_and_vectors(cfg, run_dir, raw, col, train, emb, b_rows, p_rows, ch
     if cfg.progress:
         print("[features] fitted transforms; PCA variance kept " + ", ".join(f"{p.variance_kept_:.3f}" for p in pcas))
     z = scalar_t.transform(raw_scalars)
-    vec_type = pa.list_(pa.float32(), INPUT_DIM)
-    schema = pa.schema([("shop_id", pa.string()), ("buyer_id", pa.string()), ("x", vec_type)])
     buf = np.empty((min(n, cfg.block_rows), INPUT_DIM), dtype=np.float32)  # one block, reused
-    # no dictionary and no min/max statistics for the float vectors: each doubled the write time
-    with pq.ParquetWriter(
-        run_dir / "vectors.parquet", schema, use_dictionary=["shop_id"], write_statistics=["shop_id", "buyer_id"]
-    ) as wr:
+    with vectors_writer(run_dir / "vectors.parquet") as wr:
         for start in range(0, n, cfg.block_rows):
             end = min(n, start + cfg.block_rows)
-            chans = []
-            for c in range(3):
-                if enabled:
-                    chans.append(pcas[c].transform(np.asarray(weights[c][start:end] @ emb)))
-                else:
-                    chans.append(np.zeros((end - start, CHANNEL_DIM), dtype=np.float32))
+            chans = [pcas[c].transform(np.asarray(weights[c][start:end] @ emb)) for c in range(3)] if enabled else None
             x = assemble(z[start:end], chans, masks[start:end], out=buf)
             arr = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel(), pa.float32()), INPUT_DIM)
-            wr.write_table(
-                pa.table({"shop_id": raw["shop_id"][start:end], "buyer_id": raw["buyer_id"][start:end], "x": arr}, schema=schema)
-            )
+            wr.write_table(pa.table({"shop_id": raw["shop_id"][start:end], "buyer_id": raw["buyer_id"][start:end], "x": arr},
+                                    schema=VECTOR_SCHEMA))
     return scalar_t, pcas, masks
 
 
