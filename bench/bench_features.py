@@ -141,8 +141,10 @@ print(json.dumps({"wall_s": t2 - t, "cpu_s": cpu() - c0, "pairs_s": t1 - t, "mat
 VECTORS_FLOOR = SETUP + """
 import duckdb, numpy as np, pyarrow as pa, pyarrow.parquet as pq
 from simpersona.features.layout import INPUT_DIM
-from simpersona.features.stage import FeaturesConfig, vectors_writer
-keys = duckdb.connect().execute(f"SELECT DISTINCT shop_id, buyer_id FROM read_parquet('{inp}/events.parquet') ORDER BY ALL").to_arrow_table()
+from simpersona.features.stage import VECTOR_SCHEMA, FeaturesConfig, vectors_writer
+c = duckdb.connect(config={"threads": threads})
+c.execute("SET enable_progress_bar=false")
+keys = c.execute(f"SELECT DISTINCT shop_id, buyer_id FROM read_parquet('{inp}/events.parquet') ORDER BY ALL").to_arrow_table()
 n, block = keys.num_rows, FeaturesConfig.block_rows
 x = np.random.default_rng(0).standard_normal((min(n, block), INPUT_DIM), dtype=np.float32)  # one block, reused
 t, c0 = time.perf_counter(), cpu()
@@ -151,7 +153,7 @@ with vectors_writer(out / "vectors.parquet") as wr:  # the stage's writer and se
         end = min(n, start + block)
         arr = pa.FixedSizeListArray.from_arrays(pa.array(x[: end - start].ravel(), pa.float32()), INPUT_DIM)
         wr.write_table(pa.table({"shop_id": keys["shop_id"][start:end], "buyer_id": keys["buyer_id"][start:end], "x": arr},
-                                schema=wr.schema_arrow))
+                                schema=VECTOR_SCHEMA))
 print(json.dumps({"wall_s": time.perf_counter() - t, "cpu_s": cpu() - c0, "buyers": n}))
 """
 
