@@ -5,6 +5,7 @@ before any episode, the new variants are served, and `simpersona abtest` end to 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,6 +150,24 @@ def test_variant_spec_unknown_field_and_bad_specs_are_errors(tmp_path, world):
             check_variant(bad, shops, page_size=12)
     assert check_variant(VariantConfig(name="x"), shops, 12, aa=True) == []
     assert check_variant(VariantConfig(name="x", price_collection=some, price_factor=0.8), shops, 12) == [f"prices ×0.8 in {some}"]
+
+
+def test_shipped_spec_by_name_and_the_main_job_default(tmp_path):
+    """`spec: big-pages` names the file shipped in presets/variants/; the main job's `abtest` step uses it when
+    the preset names no variant, on the run's folders (evaluation shops of its split)."""
+    from simpersona.abtest.spec import VARIANT_DIR, read_spec
+    from simpersona.layout import RunLayout
+    from simpersona.pipeline import DEFAULT_VARIANT, _abtest
+
+    assert read_spec("big-pages") == VariantConfig(name="big-pages", page_size=24)
+    with pytest.raises(ConfigError, match=r"no-such.*cannot read it.*shipped specs \['big-pages'"):
+        read_spec("no-such")
+    assert (VARIANT_DIR / f"{DEFAULT_VARIANT}.yaml").exists()
+    lay = RunLayout(tmp_path)
+    cfg = _abtest().make_config({}, lay)
+    assert cfg.spec == Path(DEFAULT_VARIANT) and cfg.split == lay.split and cfg.ingest == lay.ingest and cfg.agent == "policy"
+    own = _abtest().make_config({"abtest": {"variant": {"sort_order": "price_asc"}, "agent": "llm"}}, lay)
+    assert own.spec is None and own.variant.sort_order == "price_asc" and own.llm.checkpoint == lay.stage2
 
 
 def test_bad_spec_fails_before_any_episode(tmp_path, world, monkeypatch):

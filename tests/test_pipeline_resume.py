@@ -2,7 +2,7 @@
 uninterrupted run (issue 10 item 7); the uninterrupted run is also the main job's end-to-end test.
 
 `-m slow` kills it inside every stage and inside each SFT sub-run (stage 1, stage 2, single:
-15 kills). The default run kills it in the three places that differ from the rest: the VQ-VAE
+16 kills). The default run kills it in the three places that differ from the rest: the VQ-VAE
 (which must resume from its checkpoint, not start over), SFT's stage-2 sub-run, and SFT's
 single-stage sub-run right after sft.train wrote a meta.json (the old bug: resumed as "done"
 without the single-stage model); every other stage goes through the same `stagedir` code.
@@ -44,7 +44,7 @@ ALL_KILLS = [
     ("sft", "stage1/meta.json"),  # inside the stage-2 sub-run (stage 1's checkpoint saved)
     ("sft", "meta.json"),  # inside the single-stage sub-run: sft.train wrote meta.json after stages 1–2
     ("sft", None),
-    ("simulate", None), ("behaviour", None), ("report", None),
+    ("simulate", None), ("behaviour", None), ("abtest", None), ("report", None),
 ]
 FAST_KILLS = [("vqvae", None), ("sft", "stage1/meta.json"), ("sft", "meta.json"), ("report", None)]
 # What differs between two uninterrupted runs too, so is compared without it: the run folder's own
@@ -59,7 +59,7 @@ FAST_KILLS = [("vqvae", None), ("sft", "stage1/meta.json"), ("sft", "meta.json")
 VOLATILE_KEYS = ("wall", "runtime", "per_second", "_per_s", "per_min", "written_at", "elapsed", "seconds", "timing",
                  "preparation_time", "cache_hits", "encoded", "resumed", "bytes", "load_average", "_s_median")
 UNORDERED = {"buyer_sessions.parquet": ["shop_id", "buyer_id", "session_id"]}
-WALL_CLOCK_STAGES = ("simulate", "behaviour")
+WALL_CLOCK_STAGES = ("simulate", "behaviour", "abtest")
 
 
 def launch_env(out: Path, kill_at: str | None = None) -> dict[str, str]:
@@ -209,7 +209,7 @@ def _same(a: list[Path], b: list[Path], ra: Path, rb: Path, stage: str) -> bool:
     if a.suffix == ".jsonl":
         la, lb = _text(a, ra).splitlines(), _text(b, rb).splitlines()
         return len(la) == len(lb) and all(_strip(json.loads(x)) == _strip(json.loads(y)) for x, y in zip(la, lb))
-    if a.suffix in (".html", ".md", ".txt"):
+    if a.suffix in (".html", ".md", ".txt", ".svg"):
         return _text(a, ra) == _text(b, rb)
     if a.suffix == ".safetensors":
         import torch
@@ -241,6 +241,16 @@ def test_main_job_end_to_end_skips_finished_stages_and_reruns_changed_ones(refer
         marker = json.loads((lay.stage(stage) / "meta.json").read_text())
         assert marker["complete"] is True and marker["input_hashes"] is not None, stage
     assert lay.report_page.stat().st_size > 10_000
+    # the A/B test of the tiny preset's variant on the evaluation shop, in the report with the agent and data behind it
+    ab = json.loads((lay.abtest / "abtest.json").read_text())
+    assert ab["experiment"] == "big-pages" and ab["changes"] == ["page size 12 → 24"] and ab["n_a"] == ab["n_b"] == 60
+    assert ab["data_card"]["generated"] and ab["data_card"]["evaluation_shops_only"] and ab["agent_card"]["agent"] == "policy"
+    page = lay.report_page.read_text()
+    section = page[page.index("<h2>A/B test (simulated)</h2>"):]
+    for text in ("big-pages", "fitted on 3 training shop(s)", "GENERATED data", "policy.npz of this A/B test", "p (holm)",
+                 "95% CI (bootstrap)", "<h3>Power</h3>", "<h3>Effects by stratum</h3>", "<h3>Effects by persona code</h3>",
+                 "A/B test big-pages: lift of B over A"):
+        assert text in section, text
     # Regression: `simpersona report --run RUN` on its own finds every part where the main job wrote it
     # (it looked under evaluate/alignment while the main job writes behaviour/alignment).
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

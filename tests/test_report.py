@@ -102,6 +102,11 @@ def populated_run(toy_run, tmp_path_factory):
                            instructions, instructions.InstructionsConfig, lay.instructions)
     simulate_then_evaluate(sim_ablations, sim_ablations.AblationRunsConfig(simulate=SimulateConfig(ingest=lay.ingest, personas=lay.personas, buyers=6)),
                            ablations, ablations.AblationsConfig, lay.ablations)
+    from simpersona.abtest.stage import AbtestConfig, run as run_abtest
+    from simpersona.contracts.experiment import VariantConfig
+
+    run_abtest(AbtestConfig(ingest=lay.ingest, personas=lay.personas, buyers=30, variant=VariantConfig(name="small-pages", page_size=4),
+                            bootstrap=200, min_group=10, workers=1), lay.abtest)
     return toy_run
 
 
@@ -230,4 +235,25 @@ def test_every_number_in_the_page_is_the_json_it_came_from(populated_run, tmp_pa
     for name, n in sim["outcomes"].items():
         assert shows(row[head.index(name)], n), name
         checked += 1
+
+    # the A/B test: effects (A, B, B − A, both intervals, lift and its intervals, p, corrected p), power, breakdowns
+    from simpersona.report.build import _ci
+
+    ab = read(lay.abtest / "abtest.json")
+    effects, power, *groups = tables["A/B test (simulated)"]
+    assert [r[0] for r in effects[1:]] == [e["metric"] for e in ab["effects"]] and effects[0][-1] == "p (holm)"
+    for row, e in zip(effects[1:], ab["effects"]):
+        for cell, v in zip(row[1:4], (e["mean_a"], e["mean_b"], e["diff"])):
+            assert shows(cell, v), (e["metric"], cell, v)
+        assert row[4:6] == [_ci(e["diff_lo"], e["diff_hi"]), _ci(e["diff_boot_lo"], e["diff_boot_hi"])]
+        assert shows(row[6], e["lift"], pct=True) and row[7:9] == [_ci(e["lift_lo"], e["lift_hi"], True), _ci(e["lift_boot_lo"], e["lift_boot_hi"], True)]
+        assert shows(row[9], e["p_value"]) and shows(row[10], e["p_adjusted"]), (e["metric"], row)
+        checked += 9
+    for row, r in zip(power[1:], ab["power"]["metrics"], strict=True):
+        assert row[0] == r["metric"] and shows(row[1], r["mde_abs"]) and shows(row[2], r["paired_buyers"]) and shows(row[3], r["unpaired_per_arm"])
+    assert len(groups) == bool(ab["by_stratum"]) + bool(ab["by_persona"]) >= 1
+    page = Path(s["path"]).read_text()
+    section = page[page.index("<h2>A/B test (simulated)</h2>"):]
+    assert "fast persona policy" in section and "policy.npz of this A/B test (sha256" in section and "small-pages" in section
+    assert "A/B test small-pages: lift of B over A" in section  # the forest plot
     assert checked > 60

@@ -19,6 +19,7 @@ RUN/
   simulate/     episodes.parquet, events.parquet, summary.json
   behaviour/    alignment/ (Table 2), separation/ (Table 3) of the fast policy; populations/ (Tables 2–3 of
                 the LLM agent variants); instructions/ (Table 4), ablations/ (7–9), fidelity/
+  abtest/       abtest.json, abtest.md, forest.svg, sessions.parquet: the simulated A/B test on the evaluation shops
   report/       index.html
 """
 
@@ -29,7 +30,7 @@ from pathlib import Path
 
 # The main job's stages, in order; each owns RUN/<name>/.
 STAGES = ("synth", "ingest", "split", "features", "vqvae", "personas", "evaluate", "traces", "sft", "simulate", "behaviour",
-          "report")
+          "abtest", "report")
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,11 @@ class RunLayout:
     @property
     def behaviour(self) -> Path:
         return self.stage("behaviour")
+
+    @property
+    def abtest(self) -> Path:
+        """The simulated A/B test (abtest.json, forest.svg; `simpersona abtest`)."""
+        return self.stage("abtest")
 
     @property
     def report(self) -> Path:

@@ -33,7 +33,9 @@ from simpersona.layout import RunLayout
 
 # Preset sections: every stage's name, and the shared `storefront:` section.
 SECTIONS = ("synth", "ingest", "split", "features", "vqvae", "personas", "evaluate", "storefront", "traces", "sft", "simulate",
-            "report")
+            "abtest", "report")
+# The main job's A/B test when the preset's `abtest:` section names no variant (presets/variants/).
+DEFAULT_VARIANT = "big-pages"
 # The `evaluate:` section's parts: Table 1 / App. B (stage evaluate), Tables 2–4, 7–9 (stage behaviour),
 # fidelity (the `evaluate fidelity` command).
 EVALUATE_PARTS = ("clustering", "population", "alignment", "separation", "populations", "instructions", "ablations", "fidelity")
@@ -298,6 +300,26 @@ def simulate_then_evaluate(sim_module, sim_cfg: Any, eval_module, eval_cfg_cls, 
     return eval_module.run(eval_cfg_cls(simulation=out_dir / "simulation"), out_dir)
 
 
+def _abtest() -> Step:
+    """The simulated A/B test (`simpersona abtest`) of the `abtest:` section's variant spec on the
+    evaluation shops; the fast policy is fitted on the training shops (agent llm: RUN/sft/stage2)."""
+    from simpersona.abtest import stage
+
+    def make(sec: dict[str, Any], lay: RunLayout):
+        own = sec.get("abtest") or {}
+        paths: dict[str, Any] = {"ingest": str(lay.ingest), "personas": str(lay.personas), "split": str(lay.split)}
+        if (own.get("agent") or "policy") == "llm":
+            paths["llm"] = {"checkpoint": str(lay.stage2)}
+        if "spec" not in own and "variant" not in own:  # a preset without an experiment of its own
+            sec = merge_default(sec, "abtest", {"spec": DEFAULT_VARIANT})
+        return resolve(stage.AbtestConfig, sec, "abtest", paths)
+
+    def run(cfg, stage_dir: Path) -> dict[str, Any]:
+        return stage.run(cfg, stage_dir, echo=lambda _: None)
+
+    return Step("abtest", ("ingest", "split", "personas", "sft"), make, run, stage.format_summary)
+
+
 def _report(before: tuple[str, ...]) -> Step:
     from simpersona.report import build
 
@@ -311,7 +333,7 @@ def steps(data: Path | None, fmt: str) -> list[Step]:
     """The stages of the main job, in order."""
     out = [] if data is not None else [_synth()]
     out += [_ingest(data, fmt), _split(), _features(), _vqvae(), _personas(), _evaluate(generated=data is None),
-            _traces(), _sft(), _simulate(), _behaviour()]
+            _traces(), _sft(), _simulate(), _behaviour(), _abtest()]
     return out + [_report(tuple(s.name for s in out))]
 
 

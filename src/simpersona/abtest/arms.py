@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from simpersona.contracts.goals import goal_text
-from simpersona.simulate.runner import EpisodeSpec, run_episodes, shop_topics
+from simpersona.simulate.runner import EpisodeSpec, draw_population, run_episodes
 from simpersona.storefront.config import StorefrontConfig
 
 
@@ -58,17 +58,16 @@ class Buyer:
 
 def draw_buyers(mix, shops_obj: dict, shops: list[str], n: int, seed: int, same_seeds: bool = True,
                 persona: bool = True) -> list[Buyer]:
-    """n buyers per shop from the persona mix (`personas.assign.PersonaMix`), seeded per shop."""
+    """n buyers per shop from the persona mix (`personas.assign.PersonaMix`), seeded per shop
+    (`simulate.runner.draw_population`, then each buyer's agent seeds on arm A and B)."""
     out = []
     for si, shop in enumerate(shops):
         rng = np.random.default_rng([seed, si])
-        pop = mix.sample_population(shop, n, rng)
-        topics, p = shop_topics(shops_obj[shop])
-        picks = rng.choice(len(topics), size=n, p=p)
+        pop, topics = draw_population(mix, shop, shops_obj[shop], n, rng)
         seeds = rng.integers(1 << 31, size=(n, 2))
         for i in range(n):
             out.append(Buyer(shop, si, i, int(pop.codes[i]), str(pop.strata[i]), str(pop.intents[i]),
-                             goal_text(str(pop.intents[i]), topics[picks[i]]), int(seeds[i, 0]),
+                             goal_text(str(pop.intents[i]), topics[i]), int(seeds[i, 0]),
                              int(seeds[i, 0] if same_seeds else seeds[i, 1]), persona))
     return out
 

@@ -12,6 +12,9 @@ checked against the shops before any episode runs.
     home_order: catalog
     extra_checkout_step: false
     share_b: 0.5             # unpaired design: share of buyers on B
+
+A spec is a file by path, or by name one shipped under `simpersona/presets/variants/` (`big-pages`:
+products per page 12 → 24, the main job's default experiment).
 """
 
 from __future__ import annotations
@@ -21,18 +24,30 @@ from pathlib import Path
 
 import yaml
 
-from simpersona.config import ConfigError, resolve
+from simpersona.config import PRESET_DIR, ConfigError, resolve
 from simpersona.contracts.experiment import VariantConfig
+
+# The variant specs shipped with the package (`spec_path` finds them by name).
+VARIANT_DIR = PRESET_DIR / "variants"
+
+
+def spec_path(name_or_path: Path | str) -> Path:
+    """A variant spec file by path, or by name under `simpersona/presets/variants/` (`big-pages` →
+    big-pages.yaml); a name of neither is returned as given (reading it then fails, naming it)."""
+    p = Path(name_or_path)
+    named = VARIANT_DIR / f"{name_or_path}.yaml"
+    return named if not p.exists() and named.exists() else p
 
 
 def read_spec(path: Path | str, base: VariantConfig | None = None) -> VariantConfig:
     """The variant in the YAML file at `path` (its keys over `base`'s values); a ConfigError names
     the file and the field."""
-    path = Path(path)
+    path = spec_path(path)
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as e:
-        raise ConfigError(f"variant spec {path}: cannot read it ({e.strerror or e})") from None
+        shipped = sorted(q.stem for q in VARIANT_DIR.glob("*.yaml"))
+        raise ConfigError(f"variant spec {path}: cannot read it ({e.strerror or e}); a file, or one of the shipped specs {shipped}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"variant spec {path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):

@@ -62,6 +62,8 @@ class AbtestConfig:
     split: Path | None = None
     # shops experimented on ([] = the split's evaluation shops, else every shop of both catalog and persona mix)
     shops: list[str] = field(default_factory=list)
+    # at most this many of those shops, the first in the persona mix's order (0 = all)
+    max_shops: int = 0
     # YAML file of the variant (VariantConfig fields, see abtest.spec); its keys replace `variant`'s
     spec: Path | None = None
     # arm B's changes (the storefront section's own `variant` is not used here)
@@ -222,6 +224,7 @@ def run(cfg: AbtestConfig, run_dir: Path, echo=print) -> dict[str, Any]:
     from simpersona.abtest.forest import forest_svg
     from simpersona.abtest.spec import check_variant, read_spec
     from simpersona.personas.assign import PersonaMix
+    from simpersona.simulate.cards import agent_card, data_card
     from simpersona.simulate.runner import worker_count
     from simpersona.storefront.catalog import load_catalog
 
@@ -240,6 +243,7 @@ def run(cfg: AbtestConfig, run_dir: Path, echo=print) -> dict[str, Any]:
     mix = PersonaMix(cfg.personas)
     split = load_split(cfg.split)
     shops = list(cfg.shops) or [s for s in mix.mix if s in shops_obj and (split is None or s in split.eval)]
+    shops = shops[: cfg.max_shops] if cfg.max_shops > 0 else shops
     missing = [s for s in shops if s not in shops_obj or s not in mix.mix]
     if missing or not shops:
         raise ConfigError(f"abtest: shops {missing or '[]'} are not in both the catalog and the persona mix")
@@ -283,8 +287,12 @@ def run(cfg: AbtestConfig, run_dir: Path, echo=print) -> dict[str, Any]:
     pq.write_table(events, run_dir / "events.parquet")
     pq.write_table(variants, run_dir / "variants.parquet")
 
+    card = agent_card(cfg, cfg.policy.model or run_dir / "policy.npz")
+    if cfg.agent == "policy" and cfg.policy.model is None and "checkpoint" in card:  # the folder may still be renamed into place
+        card["checkpoint"]["path"] = "policy.npz of this A/B test"
     summary: dict[str, Any] = {
-        "experiment": variant.name, "changes": changed or ["none (A/A)"], "aa": cfg.aa, "agent": agent, "data": note,
+        "experiment": variant.name, "changes": changed or ["none (A/A)"], "variant": dataclasses.asdict(variant), "aa": cfg.aa,
+        "agent": agent, "data": note, "agent_card": card, "data_card": data_card(Path(cfg.ingest), shops, cfg.split),
         "design": cfg.design, "arm_seeds": cfg.arm_seeds, "shops": shops, "buyers_per_shop": cfg.buyers,
         "n_a": len(arms["A"]), "n_b": len(arms["B"]), "level": cfg.level, "correction": cfg.correction,
         "bootstrap": {"resamples": cfg.bootstrap, "method": cfg.bootstrap_method},

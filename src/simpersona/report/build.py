@@ -6,7 +6,8 @@ each shop's persona mix (shop_mix.parquet), real vs recovered stratum mix per sh
 assignments, code_strata), the R² chart (population.json), Tables 1–4 beside the paper's
 (clustering.json, alignment.json, separation.json, instructions.json), ablations, the simulation's
 outcomes and simulated vs real funnel rates, fidelity on evaluation shops (fidelity.json: next action,
-distributions, per-persona scatter plots). A part whose files are missing reads "not run"; a
+distributions, per-persona scatter plots), the simulated A/B test (abtest.json: effects with
+intervals and corrected p-values, power, per-stratum and per-persona effects, forest.svg). A part whose files are missing reads "not run"; a
 part that fails to build says why; the page is always written. No external assets: inline CSS
 and SVG only.
 """
@@ -415,13 +416,61 @@ def sec_fidelity(cfg: ReportConfig, lay: RunLayout) -> str:
     return "".join(out)
 
 
+def _ci(lo: float | None, hi: float | None, pct: bool = False) -> str:
+    """An interval as the A/B tables print it: `[lo, hi]`, signed (percent when `pct`); – where undefined."""
+    if lo is None or hi is None:
+        return "–"
+    return f"[{100 * lo:+.1f}%, {100 * hi:+.1f}%]" if pct else f"[{lo:+.3g}, {hi:+.3g}]"
+
+
+def sec_abtest(cfg: ReportConfig, lay: RunLayout) -> str:
+    """The simulated A/B test (abtest.json, forest.svg): effects with intervals and corrected p-values,
+    power, per-stratum and per-persona effects, the forest plot; the agent and data behind them."""
+    s = _json(lay.abtest / "abtest.json")
+    if not s:
+        return _notrun(f"no {_rel(lay, lay.abtest)}/abtest.json")
+    lvl = f"{s['level']:.0%}"
+    bs = s["bootstrap"]
+    out = [f'<p class="small">Experiment <b>{escape(s["experiment"])}</b>: arm B changes {escape(", ".join(s["changes"]))}. '
+           f'{escape(s["agent"]["text"])}. {escape(s["data"])}. Design {escape(s["design"])} (arm seeds {escape(s["arm_seeds"])}'
+           f'{", A/A" if s["aa"] else ""}): {s["n_a"]:,} buyers on A, {s["n_b"]:,} on B over {len(s["shops"])} shop(s); '
+           f'{lvl} intervals, t/delta and bootstrap ({bs["resamples"]:,} × {escape(bs["method"])}); p-values '
+           f'{escape(s["correction"])}-adjusted across {len(s["effects"])} metrics.</p>',
+           _who({"agent": s.get("agent_card"), "data": s.get("data_card")})]
+    rows = [[e["metric"], e["mean_a"], e["mean_b"], e["diff"], _ci(e["diff_lo"], e["diff_hi"]), _ci(e["diff_boot_lo"], e["diff_boot_hi"]),
+             _num(e["lift"], True) if e["lift"] is not None else "–", _ci(e["lift_lo"], e["lift_hi"], True),
+             _ci(e["lift_boot_lo"], e["lift_boot_hi"], True), e["p_value"], e["p_adjusted"]] for e in s["effects"]]
+    out.append(_table(["metric", "A", "B", "B − A", f"{lvl} CI (t)", f"{lvl} CI (bootstrap)", "lift", f"{lvl} CI (delta)",
+                       f"{lvl} CI (bootstrap)", "p", f"p ({s['correction']})"], rows))
+    out.append(f'<p class="small">Significant after correction: {escape(", ".join(s["significant"]) or "none")}. '
+               "Outcomes per arm: " + escape("; ".join(f"{a}: " + ", ".join(f"{o} {n}" for o, n in oc.items() if n)
+                                                        for a, oc in s["outcomes"].items())) + ".</p>")
+    forest = lay.abtest / "forest.svg"
+    out.append(forest.read_text() if forest.exists() else _notrun(f"no {_rel(lay, forest)}"))
+    p = s["power"]
+    out.append(f"<h3>Power</h3><p class=\"small\">Buyers needed to detect a {p['mde_relative']:.0%} relative change of arm A's mean "
+               f"(two-sided α {p['alpha']:g}, power {p['power']:.0%}), from this experiment's variances.</p>"
+               + _table(["metric", "detectable difference", "paired buyers (both arms)", "unpaired, per arm"],
+                        [[r["metric"], r["mde_abs"], r.get("paired_buyers", "n/a"), r["unpaired_per_arm"]] for r in p["metrics"]]))
+    metrics = [e["metric"] for e in s["effects"]]
+    for title, key in (("stratum", "by_stratum"), ("persona code", "by_persona")):
+        out.append(f"<h3>Effects by {title}</h3>")
+        if not s[key]:
+            out.append(_notrun(f"no {title} with enough buyers per arm"))
+            continue
+        out.append(f'<p class="small">B − A with analytic {lvl} intervals, unadjusted.</p>' + _table(
+            [title, "n (A)", *metrics], [[g, effs[0]["n_a"], *(f"{_num(e['diff'])} {_ci(e['diff_lo'], e['diff_hi'])}" for e in effs)]
+                                        for g, effs in s[key].items()]))
+    return "".join(out)
+
+
 SECTIONS = (("Codebook usage and health", sec_codebook), ("Persona cards", sec_cards), ("Persona mix per shop", sec_mix),
             ("Real vs recovered stratum mix", sec_strata), ("Feature reconstruction R²", sec_r2),
             ("Table 1 — clustering quality", sec_table1), ("Table 2 — action rate alignment", sec_table2),
             ("Table 3 — behavioural separation", sec_table3),
             ("SFT — the agent's checkpoints and validation curves", sec_sft), ("Table 4 — instruction following", sec_table4),
             ("Ablations (Tables 7–9)", sec_ablations), ("Simulation: outcomes, simulated vs real funnel", sec_simulation),
-            ("Fidelity on evaluation shops", sec_fidelity))
+            ("Fidelity on evaluation shops", sec_fidelity), ("A/B test (simulated)", sec_abtest))
 
 
 def render(cfg: ReportConfig) -> tuple[str, dict[str, str]]:

@@ -189,6 +189,16 @@ def session_order(events: pa.Table) -> pa.Table:
     return order.drop_columns(["_seq"])
 
 
+def draw_population(mix, shop_id: str, shop, n: int, rng: np.random.Generator):
+    """n simulated buyers of one shop, as `simpersona simulate` and `simpersona abtest` draw them:
+    (population: k ~ p̂_s(k), stratum ~ P(stratum | k), intent — `PersonaMix.sample_population`;
+    each buyer's goal topic among the storefront `shop`'s collections, ∝ products — `shop_topics`)."""
+    pop = mix.sample_population(shop_id, n, rng)
+    topics, p = shop_topics(shop)
+    picks = rng.choice(len(topics), size=n, p=p)
+    return pop, [topics[j] for j in picks]
+
+
 def shop_topics(shop) -> tuple[list[str], np.ndarray]:
     """(topics, probabilities ∝ products) of a storefront `Shop` (its leaf collections; a shop
     without collections: its product titles' last words)."""

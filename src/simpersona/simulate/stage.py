@@ -46,7 +46,7 @@ from simpersona.contracts.storefront import OUTCOMES
 from simpersona.storefront.config import StorefrontConfig
 
 from simpersona.simulate.cards import agent_card, agent_label, data_card, data_label
-from simpersona.simulate.runner import EpisodeSpec, run_episodes, run_in_workers, session_order, shop_topics, worker_count
+from simpersona.simulate.runner import EpisodeSpec, draw_population, run_episodes, run_in_workers, session_order, worker_count
 
 
 @dataclass
@@ -108,15 +108,13 @@ def draw_specs(mix, shops_obj: dict, shops: list[str], n: int, intent_mode: str,
     specs = []
     for si, shop in enumerate(shops):
         rng = np.random.default_rng([seed, si])
-        pop = mix.sample_population(shop, n, rng)
-        topics, p = shop_topics(shops_obj[shop])
-        picks = rng.choice(len(topics), size=n, p=p)
+        pop, topics = draw_population(mix, shop, shops_obj[shop], n, rng)
         for i in range(n):
             intent = "neutral" if intent_mode == "neutral" else str(pop.intents[i])
             specs.append(EpisodeSpec(
                 shop_id=shop, buyer_id=f"{prefix}{si:03d}b{i:06d}", session_id=f"{prefix}{si:03d}s{i:06d}",
                 code=int(pop.codes[i]), stratum=str(pop.strata[i]), intent=intent,
-                goal=goal_text(intent, topics[picks[i]]), seed=int(rng.integers(1 << 31)), persona=persona))
+                goal=goal_text(intent, topics[i]), seed=int(rng.integers(1 << 31)), persona=persona))
     return specs
 
 
