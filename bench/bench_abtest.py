@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -29,11 +30,19 @@ from pathlib import Path
 import numpy as np
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and its finished children (the worker processes)."""
+    import resource
+
+    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", type=Path, default=None, help="main-job run folder (ingest/, personas/, split/); default: a fabricated toy world")
     ap.add_argument("--buyers", type=int, default=2000, help="buyers of the timed experiment (over its shops; both arms)")
-    ap.add_argument("--aa-runs", type=int, default=200, help="A/A experiments")
+    ap.add_argument("--aa-runs", type=int, default=200, help="A/A experiments (0: none)")
     ap.add_argument("--aa-buyers", type=int, default=40, help="buyers per arm of each A/A experiment")
     ap.add_argument("--skip-timing", action="store_true", help="only the A/A part")
     args = ap.parse_args()
@@ -69,26 +78,32 @@ def main() -> None:
     who = f"agent: {agent['text']}; data: {note}"
     workers = worker_count(0)
     print(who)
+    print(f"shops {shops}; {os.cpu_count()} CPU cores, {workers} worker process(es); load average at start "
+          + " ".join(f"{x:.2f}" for x in os.getloadavg()))
 
     if not args.skip_timing:
         per_shop = max(1, args.buyers // len(shops))
         buyers = draw_buyers(mix, shops_obj, shops, per_shop, seed=0)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_seconds()
         run_arms(base.storefront, ingest / "catalog.parquet", {"A": [u.episode("A") for u in buyers]}, make, tmp / "one",
                  base.concurrency, workers=workers)
-        one = time.perf_counter() - t
+        one, one_cpu = time.perf_counter() - t, cpu_seconds() - c
         print(f"[1] baseline: one arm of {len(buyers):,} buyers (episodes only, {workers} worker process(es)): {one:.1f} s = "
-              f"{len(buyers) / one:.1f} sessions/s")
+              f"{len(buyers) / one:.1f} sessions/s; {one_cpu:.1f} CPU s")
         v = VariantConfig(name="bench", page_size=24, sort_order="price_asc")
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_seconds()
         s = run(dataclasses.replace(base, variant=v, buyers=per_shop, bootstrap=2000), tmp / "exp", echo=lambda _: None)
-        exp = time.perf_counter() - t
+        exp, exp_cpu = time.perf_counter() - t, cpu_seconds() - c
+        print("    load average now " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
         print(f"[2] experiment, 2 arms × {s['n_a']:,} buyers paired (page size 24 + cheapest first; analysis with 2,000 "
               f"bootstrap resamples × 6 metrics, strata, personas, power): {exp:.1f} s = {exp / one:.2f} × the one-arm baseline "
-              f"(target ≤ 60 s on 2 cores); {s['sessions_per_s']} sessions/s in the episodes")
+              f"(target ≤ 60 s on 2 cores); {s['sessions_per_s']} sessions/s in the episodes; {exp_cpu:.1f} CPU s "
+              f"(= {exp_cpu / 2:.1f} s of 2 unshared cores if both stay busy)")
 
     # 3. A/A experiments, simulated in one pass
     r, n = args.aa_runs, args.aa_buyers
+    if r < 1:
+        return
     per_shop = -(-r * n // len(shops))
     buyers = draw_buyers(mix, shops_obj, shops, per_shop, seed=1, same_seeds=False)[: r * n]
     aa = VariantConfig(name="aa")
@@ -127,6 +142,7 @@ def main() -> None:
     print(f"    p < 0.05 (Welch, unpaired analysis):    {rate(p_unpaired < 0.05)}")
     print(f"    family-wise, Holm across {len(METRICS)} metrics:  {rate(np.array([(holm(row) < 0.05).any() for row in p]))}")
     print("    per metric (paired t): " + "  ".join(f"{mname} {np.mean(p[:, j] < 0.05):.1%}" for j, mname in enumerate(METRICS)))
+    print("load average at the end " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
 
 
 if __name__ == "__main__":

@@ -290,9 +290,10 @@ def run(cfg: AbtestConfig, run_dir: Path, echo=print) -> dict[str, Any]:
     card = agent_card(cfg, cfg.policy.model or run_dir / "policy.npz")
     if cfg.agent == "policy" and cfg.policy.model is None and "checkpoint" in card:  # the folder may still be renamed into place
         card["checkpoint"]["path"] = "policy.npz of this A/B test"
+    dcard = data_card(Path(cfg.ingest), shops, cfg.split)
     summary: dict[str, Any] = {
         "experiment": variant.name, "changes": changed or ["none (A/A)"], "variant": dataclasses.asdict(variant), "aa": cfg.aa,
-        "agent": agent, "data": note, "agent_card": card, "data_card": data_card(Path(cfg.ingest), shops, cfg.split),
+        "agent": agent, "data": note, "agent_card": card, "data_card": dcard,
         "design": cfg.design, "arm_seeds": cfg.arm_seeds, "shops": shops, "buyers_per_shop": cfg.buyers,
         "n_a": len(arms["A"]), "n_b": len(arms["B"]), "level": cfg.level, "correction": cfg.correction,
         "bootstrap": {"resamples": cfg.bootstrap, "method": cfg.bootstrap_method},
@@ -312,10 +313,20 @@ def run(cfg: AbtestConfig, run_dir: Path, echo=print) -> dict[str, Any]:
     (run_dir / "abtest.md").write_text(format_markdown(summary) + "\n")
     (run_dir / "forest.svg").write_text(forest_svg(
         [(e.metric, e.lift, e.lift_lo, e.lift_hi, e.lift_boot_lo, e.lift_boot_hi) for e in effects],
-        f"A/B test {variant.name}: lift of B over A ({cfg.level:.0%} intervals)",
-        f"{agent['text']}; {note}"[:160]))
+        f"A/B test {variant.name}: lift of B over A ({cfg.level:.0%} intervals)", forest_note(card, dcard)))
     write_meta(run_dir, "abtest", cfg, summary={k: summary[k] for k in ("experiment", "changes", "agent", "data", "n_a", "n_b", "significant")})
     return summary
+
+
+def forest_note(card: dict[str, Any], dcard: dict[str, Any]) -> str:
+    """The forest plot's subtitle: the agent, its checkpoint's content hash and the data, without paths.
+
+    >>> forest_note({"name": "policy", "checkpoint": {"sha256": "5ad86b2b68e2"}}, {"generated": True, "shops": ["s1"]})
+    'agent policy (checkpoint sha256 5ad86b2b68e2); GENERATED data, 1 shop(s)'
+    """
+    ck = card.get("checkpoint") or {}
+    where = f" (checkpoint sha256 {ck['sha256']})" if ck.get("sha256") else (f" ({card['endpoint']['model']})" if card.get("endpoint") else "")
+    return f"agent {card['name']}{where}; {'GENERATED data' if dcard['generated'] else 'data'}, {len(dcard['shops'])} shop(s)"
 
 
 def _f(x: float | None, fmt: str) -> str:
