@@ -257,7 +257,7 @@ def top_choice_hits(model, tok, records) -> float:
 
 
 def test_decision_weight_teaches_the_decision(records, tmp_path):
-    """decision_loss_weight ≠ 1 (through trl's compute_loss_func): the deciding token is learnt, and the
+    """decision_loss_weight ≠ 1 (the single-pass trainer's weighted loss): the deciding token is learnt, and the
     trainer's action accuracy equals the model's top choice at each record's action-name token."""
     model, tok = load_base(ModelConfig(), [m["content"] for r in records for m in r["messages"]], seed=0)  # fresh
     tok.chat_template = CHAT_TEMPLATE
@@ -268,6 +268,30 @@ def test_decision_weight_teaches_the_decision(records, tmp_path):
     assert s["steps"] == 12 and s["val_loss_after"] < s["val_loss_before"]
     assert s["val_action_accuracy_after"] == pytest.approx(top_choice_hits(model, tok, stage2))
     assert s["val_action_accuracy_after"] > s["val_action_accuracy_before"]
+
+
+def test_evaluation_and_weighted_training_take_one_forward_pass_per_batch(base, records, tmp_path):
+    """One forward pass per evaluation batch gives the loss (equal to trl's fused one) and the action
+    accuracy; a decision-weighted training micro-batch runs one forward pass too (trl: two or three)."""
+    from trl import SFTTrainer
+
+    model, tok, _ = copy.deepcopy(base)
+    stage2 = [r for r in records if r["stage"] == 2][:8]
+    calls = []
+    hook = model.register_forward_hook(lambda *a: calls.append(1))
+    trainer = make_trainer(model, tok, stage2, stage2, hp(max_steps=1, batch_size=4, grad_accum=1,
+                                                          decision_loss_weight=5.0), tmp_path, seed=0)
+    ev = trainer.evaluate()  # 8 records, eval_batch_size 8: one batch
+    assert len(calls) == 1 and 0 <= ev["eval_action_accuracy"] <= 1
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.eval_dataset[i] for i in range(8)]))
+    model.eval()
+    with torch.no_grad():
+        fused = SFTTrainer.compute_loss(trainer, model, dict(batch))  # trl's fused LM head
+    assert ev["eval_loss"] == pytest.approx(float(fused), rel=1e-5)
+    calls.clear()
+    trainer.train()  # one step of one micro-batch of 4
+    assert len(calls) == 1
+    hook.remove()
 
 
 def test_save_reload_keeps_tokens_and_logits(base, records, tmp_path):

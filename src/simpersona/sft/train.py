@@ -360,16 +360,42 @@ def argmax_logits(logits, labels):
     return logits.argmax(dim=-1)
 
 
+def single_pass_trainer():
+    """An SFTTrainer subclass whose evaluation and decision-weighted training take one forward pass per
+    batch. trl's fused LM head builds no logits: with a `compute_loss_func` it runs a second forward
+    pass (no gradients) for its token metrics in every training batch, and for the logits that
+    `compute_metrics` needs a second one in every evaluation batch (a third with both). Here the
+    model's logits give the loss (weighted in training, plain in evaluation) and the argmax for
+    `action_accuracy` from the same pass; plain-loss training keeps trl's fused single pass. trl's
+    own entropy and mean-token-accuracy metrics are not logged on the logits path."""
+    from trl import SFTTrainer
+
+    class SinglePassTrainer(SFTTrainer):
+        def __init__(self, *args, offset: int, decision_weight: float, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.offset, self.decision_weight = offset, decision_weight
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if model.training and self.decision_weight == 1:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
+            loss = decision_weighted_loss(outputs, inputs["labels"], num_items_in_batch, offset=self.offset,
+                                          weight=self.decision_weight)
+            return (loss, outputs) if return_outputs else loss
+
+    return SinglePassTrainer
+
+
 def make_trainer(model, tokenizer, train: list[dict], val: list[dict], hp: StageConfig, out: Path, seed: int,
                  bf16: bool | None = None):
-    """An SFTTrainer over `messages` records with assistant-only loss; `bf16` None: `use_bf16(hp)`.
-    Its evaluation reports the loss and `action_accuracy` (trl's fused loss builds no logits, so it runs
-    one more forward pass per evaluation batch for them: an evaluation costs ~2× a loss-only one)."""
+    """A trainer over `messages` records with assistant-only loss; `bf16` None: `use_bf16(hp)`.
+    Its evaluation reports the loss and `action_accuracy` from one forward pass per batch
+    (`single_pass_trainer`); `hp.decision_loss_weight` ≠ 1 weighs each answer's deciding token in training."""
     import functools
 
     import datasets
     import torch
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     from simpersona.contracts.prompt import ANSWER_PREFIX
 
@@ -388,11 +414,11 @@ def make_trainer(model, tokenizer, train: list[dict], val: list[dict], hp: Stage
     )
     as_ds = lambda rs: datasets.Dataset.from_list([{"messages": r["messages"]} for r in rs])  # noqa: E731
     offset = len(tokenizer(ANSWER_PREFIX, add_special_tokens=False)["input_ids"])
-    return SFTTrainer(model=model, args=args, train_dataset=as_ds(train), eval_dataset=as_ds(val) if val else None,
-                      processing_class=tokenizer, preprocess_logits_for_metrics=argmax_logits,
-                      compute_metrics=functools.partial(action_accuracy, offset=offset),
-                      compute_loss_func=None if hp.decision_loss_weight == 1 else
-                      functools.partial(decision_weighted_loss, offset=offset, weight=hp.decision_loss_weight))
+    return single_pass_trainer()(
+        model=model, args=args, train_dataset=as_ds(train), eval_dataset=as_ds(val) if val else None,
+        processing_class=tokenizer, preprocess_logits_for_metrics=argmax_logits,
+        compute_metrics=functools.partial(action_accuracy, offset=offset),
+        offset=offset, decision_weight=hp.decision_loss_weight)
 
 
 def step_clock():
