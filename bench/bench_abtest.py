@@ -130,18 +130,22 @@ def main() -> None:
         p_unpaired[k] = [e.p_value for e in analyse(va[m], vb[m], paired=False, n_boot=0, correction="none")]
     ana = time.perf_counter() - t
 
-    def rate(rej: np.ndarray) -> str:
-        x, tot = int(rej.sum()), rej.size
+    def rate(rej: np.ndarray, defined: np.ndarray | None = None) -> str:
+        """Rejection rate with its Clopper–Pearson 95% interval over the tests that were defined (a
+        metric constant on both arms of a run, e.g. no purchase at all, has no test: counted apart)."""
+        defined = np.ones(rej.shape, bool) if defined is None else defined
+        x, tot = int(rej[defined].sum()), int(defined.sum())
         ci = stats.binomtest(x, tot).proportion_ci(0.95)
-        return f"{x / tot:.1%} [{ci.low:.1%}, {ci.high:.1%}] of {tot}"
+        return f"{x / tot:.1%} [{ci.low:.1%}, {ci.high:.1%}] of {tot}" + (f" ({rej.size - tot} undefined)" if tot < rej.size else "")
 
     print(f"[3] A/A: {r} experiments × {n} buyers per arm (paired, independent agent draws), {2 * r * n:,} episodes in {sim:.0f} s, "
           f"analysis {ana:.0f} s — {who}")
-    print(f"    p < 0.05 (paired t), pooled over metrics: {rate(p < 0.05)}  (target 5% ± 2 pp)")
-    print(f"    bootstrap 95% interval excludes 0:      {rate(boot_excl)}")
-    print(f"    p < 0.05 (Welch, unpaired analysis):    {rate(p_unpaired < 0.05)}")
+    print(f"    p < 0.05 (paired t), pooled over metrics: {rate(p < 0.05, ~np.isnan(p))}  (target 5% ± 2 pp)")
+    print(f"    bootstrap 95% interval excludes 0:      {rate(boot_excl, ~np.isnan(p))}")
+    print(f"    p < 0.05 (Welch, unpaired analysis):    {rate(p_unpaired < 0.05, ~np.isnan(p_unpaired))}")
     print(f"    family-wise, Holm across {len(METRICS)} metrics:  {rate(np.array([(holm(row) < 0.05).any() for row in p]))}")
-    print("    per metric (paired t): " + "  ".join(f"{mname} {np.mean(p[:, j] < 0.05):.1%}" for j, mname in enumerate(METRICS)))
+    print("    per metric (paired t): " + "  ".join(f"{mname} {np.mean(p[~np.isnan(p[:, j]), j] < 0.05):.1%} of {int((~np.isnan(p[:, j])).sum())}"
+                                                for j, mname in enumerate(METRICS)))
     print("load average at the end " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
 
 
