@@ -122,8 +122,11 @@ class FidelityConfig:
     intent: Literal["stratum", "neutral"] = "stratum"
     # where an evaluation buyer's code and intent come from: history (its earlier sessions, which are not scored;
     # `personas.history`) or assigned (the personas folder's codes from ALL its sessions: only for codes not
-    # inferred from the scored sessions, e.g. a fabricated world's planted ones)
-    codes: Literal["history", "assigned"] = "history"
+    # inferred from the scored sessions, e.g. a fabricated world's planted ones); truth: the ORACLE persona on
+    # generated data — history's buyers, intents and scored sessions, with the generator's true type as the code
+    codes: Literal["history", "assigned", "truth"] = "history"
+    # codes: truth — the generator's truth/buyers.parquet (shop_id, buyer_id, type; None: beside the ingest's synth input)
+    truth: Path | None = None
     # codes: history — a buyer's first ⌊f·n⌋ of n sessions (by start) are its history, the rest are scored
     history_fraction: float = 0.5
     # codes: history — the VQ-VAE run folder that encodes the history (None: the one the personas folder was assigned with)
@@ -436,6 +439,8 @@ def buyer_labels(cfg: FidelityConfig, shops: list[str], out_dir: Path) -> BuyerL
     info = history_codes(Path(cfg.ingest) / "events.parquet", Path(cfg.ingest) / "catalog.parquet", Path(cfg.features), model,
                          shops, cfg.history_fraction, out_dir, cfg.threads)
     h = Path(out_dir) / "history_codes.parquet"
+    if cfg.codes == "truth":
+        return _truth_labels(cfg, buyers, h, out_dir, info)
     return BuyerLabels(f"SELECT b.shop_id, b.buyer_id, h.code, coalesce(h.stratum, 'none') AS stratum, h.stratum AS intent_stratum "
                        f"FROM read_parquet('{buyers}') b "
                        f"LEFT JOIN read_parquet('{h}') h USING (shop_id, buyer_id)",
@@ -446,6 +451,52 @@ def buyer_labels(cfg: FidelityConfig, shops: list[str], out_dir: Path) -> BuyerL
                                 "scored, and the policy is fitted on the training shops' later sessions with their buyers' history "
                                 "codes and intents (as it is used); a buyer without an earlier session has no code (population row) "
                                 "and no intent"})
+
+
+def truth_path(cfg: FidelityConfig) -> Path:
+    """The generator's per-buyer truth (`truth`, else truth/buyers.parquet beside the ingest's synth input)."""
+    if cfg.truth is not None:
+        return Path(cfg.truth)
+    meta = Path(cfg.ingest) / "meta.json"
+    inputs = json.loads(meta.read_text()).get("inputs") or [] if meta.exists() else []
+    for p in inputs:
+        t = Path(p).parent / "truth" / "buyers.parquet"
+        if (Path(p).parent / "SYNTHETIC.txt").exists() and t.exists():
+            return t
+    raise ConfigError(f"evaluate.fidelity.codes truth needs the generator's truth: set evaluate.fidelity.truth "
+                      f"({cfg.ingest} was not ingested from a `simpersona synth` folder with truth/buyers.parquet)")
+
+
+def _truth_labels(cfg: FidelityConfig, buyers: Path, h: Path, out_dir: Path, info: dict[str, Any]) -> BuyerLabels:
+    """codes: truth — history's labels with the code of every buyer that has a history replaced by its
+    generator type (types numbered in name order; written to out_dir/truth_codes.parquet)."""
+    import duckdb
+
+    from simpersona.events.deid import hmac_sql, ingest_key
+
+    truth = truth_path(cfg)
+    key = hmac_sql("CAST(buyer_id AS VARCHAR)", ingest_key(Path(cfg.ingest)))
+    t = Path(out_dir) / "truth_codes.parquet"
+    con = duckdb.connect()
+    con.execute(f"SET threads={int(cfg.threads)}")
+    con.execute(f"""COPY (SELECT shop_id, {key} AS buyer_id, CAST(type AS VARCHAR) AS type,
+                                 CAST(dense_rank() OVER (ORDER BY CAST(type AS VARCHAR)) - 1 AS INTEGER) AS code
+                          FROM read_parquet('{truth}')) TO '{t}' (FORMAT parquet)""")
+    found, coded = con.execute(f"""SELECT count(t.code), count(*) FROM read_parquet('{h}') h
+                                   LEFT JOIN read_parquet('{t}') t USING (shop_id, buyer_id)""").fetchone()
+    types = [r[0] for r in con.execute(f"SELECT DISTINCT type, code FROM read_parquet('{t}') ORDER BY code").fetchall()]
+    con.close()
+    if coded and not found:
+        raise ConfigError(f"evaluate.fidelity.codes truth: no buyer of {cfg.ingest} found in {truth} (another salt or world?)")
+    return BuyerLabels(f"SELECT b.shop_id, b.buyer_id, CASE WHEN h.code IS NOT NULL THEN t.code END AS code, "
+                       f"coalesce(h.stratum, 'none') AS stratum, h.stratum AS intent_stratum FROM read_parquet('{buyers}') b "
+                       f"LEFT JOIN read_parquet('{h}') h USING (shop_id, buyer_id) LEFT JOIN read_parquet('{t}') t USING (shop_id, buyer_id)",
+                       f"SELECT shop_id, buyer_id, session_id FROM read_parquet('{Path(out_dir) / 'scored_sessions.parquet'}')",
+                       {"from": "truth", **info, "truth": str(truth), "types": types, "buyers_with_type": int(found),
+                        "note": "ORACLE persona: each buyer with a history gets the generator's TRUE type as its code (types "
+                                "numbered in name order), with history's intents and scored sessions (its earlier sessions are "
+                                "not scored); the policy is fitted per true type on the training shops' later sessions; a "
+                                "ceiling for any persona code, not an agent"})
 
 
 def load_sessions(events_path: Path, labels_sql: str, shops: list[str], intent_mode: str, max_sessions: int, seed: int,
