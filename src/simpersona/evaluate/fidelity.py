@@ -469,13 +469,16 @@ def truth_path(cfg: FidelityConfig) -> Path:
 
 def _truth_labels(cfg: FidelityConfig, buyers: Path, h: Path, out_dir: Path, info: dict[str, Any]) -> BuyerLabels:
     """codes: truth — history's labels with the code of every buyer that has a history replaced by its
-    generator type (types numbered in name order; written to out_dir/truth_codes.parquet)."""
+    generator type (types numbered in name order; written to out_dir/truth_codes.parquet). The truth's
+    raw buyer ids are hashed with the ingest's key when the ingest recorded one (as `evaluate population`)."""
     import duckdb
 
     from simpersona.events.deid import hmac_sql, ingest_key
 
     truth = truth_path(cfg)
-    key = hmac_sql("CAST(buyer_id AS VARCHAR)", ingest_key(Path(cfg.ingest)))
+    summary = Path(cfg.ingest) / "summary.json"
+    salted = summary.exists() and bool(json.loads(summary.read_text()).get("salt_id"))  # ingest hashed the raw ids
+    key = hmac_sql("CAST(buyer_id AS VARCHAR)", ingest_key(Path(cfg.ingest))) if salted else "CAST(buyer_id AS VARCHAR)"
     t = Path(out_dir) / "truth_codes.parquet"
     con = duckdb.connect()
     con.execute(f"SET threads={int(cfg.threads)}")
