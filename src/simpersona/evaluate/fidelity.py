@@ -29,7 +29,10 @@ earlier session has no code and no intent (the population-wide row; counted). Th
 one simulation and SFT give: "buy" for strata A–C, else "browse" (`intent: neutral`: none). The
 per-stratum cells are the history's strata too ("none": no history). `codes:
 assigned` takes the personas folder's codes and strata as they are: only for codes that were not
-inferred from the scored sessions (a fabricated world's planted codes).
+inferred from the scored sessions (a fabricated world's planted codes). `codes: truth` (generated data
+only) is the ORACLE persona: history's buyers, intents and scored sessions, with each coded buyer's
+true generator type (`truth`, else the synth folder's truth/buyers.parquet) as its code — the ceiling
+a persona code could reach, not an agent (`bench/bench_fidelity_ceiling.py` compares the two).
 
 1. Next-action prediction. Every real session of an evaluation shop (at most `max_sessions`,
    drawn by a seeded hash of its ids), step by step: before each event and after the last (the
@@ -71,7 +74,8 @@ A metric with fewer than `min_sessions` sessions on a side (or too few codes for
 reads {"value": null, "note": "n too small (…)"}: never a crash, never a NaN.
 
 Writes fidelity.json, fidelity.md, policy.npz (the fitted policy), meta.json; with `codes: history`
-also history_codes.parquet and scored_sessions.parquet (`personas.history`).
+also history_codes.parquet and scored_sessions.parquet (`personas.history`); with `codes: truth` those
+and truth_codes.parquet.
 """
 
 from __future__ import annotations
