@@ -339,11 +339,11 @@ def coded_world(tmp_path_factory):
 
 
 def test_history_vectors_are_the_features_stage_vectors(coded_world, tmp_path):
-    """`features.stage.buyer_vectors` on a run's own events reproduces its vectors and strata exactly, and
+    """`features.vectors.buyer_vectors` on a run's own events reproduces its vectors and strata exactly, and
     the VQ-VAE codes them as `personas assign` did: history codes come from the same pipeline."""
     import pyarrow.parquet as pq
 
-    from simpersona.features.stage import buyer_vectors
+    from simpersona.features.vectors import buyer_vectors
     from simpersona.personas.assign import Assigner
     from simpersona.vqvae.checkpoint import load_model
     from simpersona.vqvae.data import fixed_list_to_numpy

@@ -199,7 +199,7 @@ def test_ridge_projection_recovers_a_linear_map():
 
 # -- training ----------------------------------------------------------------------------------
 def test_trl_labels_only_assistant_tokens(base, records, tmp_path):
-    model, tok, _ = base
+    model, tok, _ = copy.deepcopy(base)  # a trainer patches the model it gets (trl fused head)
     trainer = make_trainer(model, tok, records[:4], [], hp(max_steps=1), tmp_path, seed=0)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     for row, rec in enumerate(records[:4]):
@@ -396,9 +396,13 @@ def test_agent_preset_extends_demo_and_trains_for_real():
     demo, agent = read_preset("demo"), read_preset("agent")
     assert "extends" not in agent and agent["synth"] == demo["synth"] and agent["traces"] == demo["traces"]
     cfg = load_config(SftConfig, "agent", section="sft")
-    for st in (cfg.stage1, cfg.stage2):
-        assert st.max_steps >= 20 and st.batch_size * st.grad_accum >= 8 and st.sampling == "group_by_length"
+    demo_sft = load_config(SftConfig, "demo", section="sft")
+    for st, demo_st in ((cfg.stage1, demo_sft.stage1), (cfg.stage2, demo_sft.stage2)):
+        examples = st.max_steps * st.batch_size * st.grad_accum
+        assert examples >= 4 * demo_st.max_steps * demo_st.batch_size * demo_st.grad_accum and st.sampling == "group_by_length"
         assert st.bf16 and st.max_eval_records > 0 and st.max_length >= cfg.model.max_record_tokens  # validated before/after
+    assert cfg.stage2.max_steps * cfg.stage2.batch_size * cfg.stage2.grad_accum >= 150  # stage 2: ≥ 150 records
+    assert cfg.stage2.decision_loss_weight > 1  # the deciding token weighted (plain loss: action accuracy < majority)
     assert 0 < cfg.stage2.eval_steps < cfg.stage2.max_steps  # and a validation curve through stage 2
     assert cfg.model.preset == "smollm2" and cfg.stage1.weight_decay == 0 and not cfg.single_ablation
 

@@ -5,7 +5,7 @@ sessions against predictions conditioned on that code lets the scored sessions c
 condition (a buyer who purchased gets a purchasing code). Here, per buyer of `shops`, the sessions
 are ordered by start (ties: session id); the first ⌊f·n⌋ of the buyer's n sessions are its
 history, the rest are scored (f = `fraction`; a one-session buyer has no history and no code).
-The history events go through the features stage's own vectors (`features.stage.buyer_vectors`:
+The history events go through the features stage's own vectors (`features.vectors.buyer_vectors`:
 the run's aggregation, fitted scalar transform, channel PCA and product embeddings, nothing
 refitted) and the trained VQ-VAE's encoder and nearest code (`personas.assign.Assigner`). The
 buyer's stratum, and with it the intent, comes from the history too.
@@ -71,7 +71,7 @@ def history_codes(events_path: Path, catalog_path: Path, features: Path, model: 
     import duckdb
     import torch
 
-    from simpersona.features.stage import buyer_vectors
+    from simpersona.features.vectors import buyer_vectors
     from simpersona.personas.assign import Assigner, cpu_has_bf16
     from simpersona.vqvae.checkpoint import load_model
 
