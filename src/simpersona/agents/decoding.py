@@ -103,12 +103,14 @@ def action_grammar(page: str, can_go_back: bool = True, max_text_tokens: int = 2
     digits = "[1-9]" if MAX_QUANTITY < 10 else "[1-9][0-9]?"
     n = max(0, int(max_text_chars) - 1)
     # The token caps sit on the strings' contents, so a capped string still gets its closing quote.
+    # max_reasoning_tokens 0: no reasoning field (the answer closes after the action's fields).
+    reasoning = ' (", \\"reasoning\\": " "\\"" reason? "\\"")?' if max_reasoning_tokens > 0 else ""
     return "\n".join([
-        'start: "{\\"action\\": " body (", \\"reasoning\\": " "\\"" reason? "\\"")? "}"',
+        'start: "{\\"action\\": " body' + reasoning + ' "}"',
         "body: " + "\n    | ".join(bodies),
         'text: "\\"" words "\\""',
         f"words[max_tokens={int(max_text_tokens)}]: WORDS",
-        f"reason[max_tokens={int(max_reasoning_tokens)}]: REASON",
+        f"reason[max_tokens={max(1, int(max_reasoning_tokens))}]: REASON",
         f'WORDS: /[^"\\\\\\x00-\\x1f\\s]{_TEXT_CHARS}{{0,{n}}}/',
         f"REASON: /{_TEXT_CHARS}{{1,{int(max_text_chars)}}}/",
         f"QTY: /{digits}/",

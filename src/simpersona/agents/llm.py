@@ -47,7 +47,8 @@ class LLMConfig:
     max_new_tokens: int = 96
     # constrained: most tokens of a search query or a typed value
     max_text_tokens: int = 24
-    # constrained: most tokens of the reasoning sentence
+    # constrained: most tokens of the reasoning sentence; 0 = no reasoning field, the answer closes after
+    # the action's fields (≈ 30–45 fewer decode passes per step; the progress log never shows reasoning)
     max_reasoning_tokens: int = 32
     # text the assistant turn is forced to start with (every SFT answer starts so): a cheap
     # constraint that keeps an under-trained model from answering in prose; "" = none
