@@ -5,6 +5,8 @@ prefix-cached path answers exactly as the uncached one; same seed, same answers;
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -98,16 +100,16 @@ def test_constrained_decoding_only_executable_actions(app, tiny):
 
 
 def test_no_reasoning_answers_close_after_the_action(app, tiny):
-    """max_reasoning_tokens 0: every answer is an executable action without a reasoning field."""
+    """max_reasoning_tokens 0: every answer is an executable action whose reasoning is empty or absent."""
     model, tok = tiny
     backend = TransformersBackend(LLMConfig(temperature=1.0, seed=3, batch_size=4, max_text_tokens=6,
                                             max_reasoning_tokens=0), model=model, tokenizer=tok)
     decisions, infos = run_episodes(app, backend, n=4, steps=4, seed=7)
     assert decisions and all(d.action is not None and d.failure is None for d in decisions)
-    assert all('"reasoning"' not in d.raw and d.raw.rstrip().endswith("}") for d in decisions), [d.raw for d in decisions]
+    assert all(json.loads(d.raw).get("reasoning", "") == "" for d in decisions), [d.raw for d in decisions]
     assert [i["error"] for i in infos if i["error"]] == []
     g = action_grammar("URL: /s/x/\n[nav-home] link: Home", can_go_back=False, max_reasoning_tokens=0)
-    assert "reasoning" not in g.splitlines()[0]
+    assert 'reasoning\\": " "\\"\\""' in g.splitlines()[0]  # at most an empty reasoning string
 
 
 def test_free_decoding_is_not_constrained(app, tiny):

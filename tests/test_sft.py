@@ -278,7 +278,7 @@ def test_evaluation_and_weighted_training_take_one_forward_pass_per_batch(base, 
     model, tok, _ = copy.deepcopy(base)
     stage2 = [r for r in records if r["stage"] == 2][:8]
     calls = []
-    hook = model.register_forward_hook(lambda *a: calls.append(1))
+    hook = model.get_decoder().register_forward_hook(lambda *a: calls.append(1))  # every pass runs the decoder
     trainer = make_trainer(model, tok, stage2, stage2, hp(max_steps=1, batch_size=4, grad_accum=1,
                                                           decision_loss_weight=5.0), tmp_path, seed=0)
     ev = trainer.evaluate()  # 8 records, eval_batch_size 8: one batch
@@ -500,25 +500,34 @@ def test_report_names_the_checkpoint_and_shows_the_validation_curve(trained, tmp
     assert page.count(ident["sha256"]) >= 2 and "Validation loss per evaluation step" in page
 
 
-def test_decision_weighted_loss_weights_only_the_deciding_token_and_only_in_training():
-    """Weight 1 is the plain assistant-token loss; weight w adds (w − 1) × the deciding token's loss
-    (the `offset`-th answer token); without gradients (evaluation) it is the plain loss again."""
-    from types import SimpleNamespace
-
+def test_answer_forward_weights_only_the_deciding_token_and_only_in_training():
+    """The LM head on answer positions only gives the full-logits loss: weight 1 is the plain
+    assistant-token loss, weight w adds (w − 1) × the deciding token's loss (the `offset`-th answer
+    token), without gradients (evaluation) it is the plain loss again; the predictions are the full
+    logits' argmax at the answer positions; gradients reach the decoder."""
     import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from simpersona.sft.train import decision_weighted_loss
+    from simpersona.sft.train import answer_forward
 
     torch.manual_seed(0)
-    logits = torch.randn(2, 7, 11, requires_grad=True)  # (B, L, V)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=11, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    ids = torch.randint(0, 11, (2, 7))
     labels = torch.tensor([[-100, -100, 3, 4, 5, 6, 7], [-100, 1, 2, 8, 9, 10, -100]])  # answers start at 2 and 1
-    out = SimpleNamespace(logits=logits)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    logits = model(input_ids=ids).logits  # (B, L, V)
     ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], reduction="none", ignore_index=-100)
     n = (labels[:, 1:] != -100).sum()
-    plain = decision_weighted_loss(out, labels, offset=2, weight=1.0)
-    assert torch.allclose(plain, ce.sum() / n)
+    plain, pred = answer_forward(model, inputs, offset=2, weight=1.0)
+    assert torch.allclose(plain, ce.sum() / n, atol=1e-6)
+    valid = labels[:, 1:] != -100
+    assert torch.equal(pred[:, :-1][valid], logits[:, :-1].argmax(-1)[valid]) and (pred[:, :-1][~valid] == -100).all()
     # deciding tokens: row 0 label index 2 + 2 = 4 (shifted 3), row 1 index 1 + 2 = 3 (shifted 2)
-    heavy = decision_weighted_loss(out, labels, offset=2, weight=5.0)
-    assert torch.allclose(heavy, (ce.sum() + 4 * (ce[0, 3] + ce[1, 2])) / n)
+    heavy, _ = answer_forward(model, inputs, offset=2, weight=5.0)
+    assert torch.allclose(heavy, (ce.sum() + 4 * (ce[0, 3] + ce[1, 2])) / n, atol=1e-6)
+    heavy.backward()
+    assert model.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
     with torch.no_grad():
-        assert torch.allclose(decision_weighted_loss(out, labels, offset=2, weight=5.0), plain)
+        assert torch.allclose(answer_forward(model, inputs, offset=2, weight=5.0)[0], plain, atol=1e-6)
+

@@ -103,8 +103,11 @@ def action_grammar(page: str, can_go_back: bool = True, max_text_tokens: int = 2
     digits = "[1-9]" if MAX_QUANTITY < 10 else "[1-9][0-9]?"
     n = max(0, int(max_text_chars) - 1)
     # The token caps sit on the strings' contents, so a capped string still gets its closing quote.
-    # max_reasoning_tokens 0: no reasoning field (the answer closes after the action's fields).
-    reasoning = ' (", \\"reasoning\\": " "\\"" reason? "\\"")?' if max_reasoning_tokens > 0 else ""
+    # max_reasoning_tokens 0: an empty reasoning at most (the answer closes after the action's fields). The
+    # optional empty field keeps the tokenizer's `",` token legal after a string field: without it a model
+    # trained to write `", "reasoning"` finds its closing token masked and runs the string on.
+    reason = '"\\"" reason? "\\""' if max_reasoning_tokens > 0 else '"\\"\\""'
+    reasoning = f' (", \\"reasoning\\": " {reason})?'
     return "\n".join([
         'start: "{\\"action\\": " body' + reasoning + ' "}"',
         "body: " + "\n    | ".join(bodies),
