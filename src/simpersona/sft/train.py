@@ -313,24 +313,31 @@ def action_accuracy(pred, offset: int) -> dict[str, float]:
     what precedes it (`pred`: an EvalPrediction of argmax ids (B, L) and labels (B, L)). The loss
     averages ~40 answer tokens, most of them the reasoning sentence; this token decides what the agent does.
 
+    Also the balanced accuracy: the mean over the logged actions of the share of that action's records
+    the model gets (a model answering every page with the two commonest actions scores well on
+    accuracy and poorly here; a constant answer scores 1 / the number of actions logged).
+
     >>> import numpy as np
     >>> from types import SimpleNamespace as NS
     >>> labels = np.array([[-100, 1, 2, 3, 4, 7, 9], [-100, -100, 1, 2, 3, 4, 8]])
     >>> argmax = np.array([[0, 0, 0, 0, 7, 0, 0], [0, 0, 0, 0, 0, 5, 0]])  # predicts the next token
     >>> action_accuracy(NS(predictions=argmax, label_ids=labels), offset=4)
-    {'action_accuracy': 0.5}
+    {'action_accuracy': 0.5, 'action_balanced_accuracy': 0.5}
     """
     import numpy as np
 
     argmax, labels = pred.predictions, pred.label_ids
-    hits, n = 0, 0
+    hits: dict[int, list[int]] = {}  # logged deciding token → [hits, records]
     for row, j in enumerate(first_labels(labels)):
         k = j + offset
         if j < 0 or k >= labels.shape[1] or labels[row, k] == -100:
             continue
-        n += 1
-        hits += int(argmax[row, k - 1] == labels[row, k])
-    return {"action_accuracy": hits / n if n else float("nan")}
+        h = hits.setdefault(int(labels[row, k]), [0, 0])
+        h[0] += int(argmax[row, k - 1] == labels[row, k])
+        h[1] += 1
+    n = sum(c for _, c in hits.values())
+    return {"action_accuracy": sum(h for h, _ in hits.values()) / n if n else float("nan"),
+            "action_balanced_accuracy": float(np.mean([h / c for h, c in hits.values()])) if n else float("nan")}
 
 
 def decision_weights(labels, offset: int, weight: float):
@@ -507,6 +514,7 @@ def train_stage(name: str, model, tokenizer, train: list[dict], val: list[dict],
     if val:
         ev = trainer.evaluate()
         summary["val_loss_before"], summary["val_action_accuracy_before"] = ev["eval_loss"], ev["eval_action_accuracy"]
+        summary["val_action_balanced_before"] = ev.get("eval_action_balanced_accuracy")
         summary["val_action_majority"] = majority_share(val)
     result = trainer.train()
     summary.update(train_loss=result.training_loss, steps=result.global_step, train_runtime_s=result.metrics["train_runtime"],
@@ -518,6 +526,7 @@ def train_stage(name: str, model, tokenizer, train: list[dict], val: list[dict],
         last = [e for e in trainer.state.log_history if "eval_loss" in e and e.get("step") == result.global_step]
         ev = last[-1] if last else trainer.evaluate()
         summary["val_loss_after"], summary["val_action_accuracy_after"] = ev["eval_loss"], ev["eval_action_accuracy"]
+        summary["val_action_balanced_after"] = ev.get("eval_action_balanced_accuracy")
         summary["val_curve"] = val_curve(trainer.state.log_history, summary["val_loss_before"])
     if handle is not None:
         handle.remove()
@@ -665,7 +674,8 @@ def evaluate_records(model, tokenizer, records: list[dict], hp: StageConfig, out
     """The trainer's validation metrics of `model` on `records`: eval_loss, eval_action_accuracy."""
     records, _ = fits(records, tokenizer, hp.max_length)
     trainer = make_trainer(model, tokenizer, records[:1], records, hp, out, seed)
-    return {k: float(v) for k, v in trainer.evaluate().items() if k in ("eval_loss", "eval_action_accuracy")}
+    return {k: float(v) for k, v in trainer.evaluate().items()
+            if k in ("eval_loss", "eval_action_accuracy", "eval_action_balanced_accuracy")}
 
 
 def majority_share(records: list[dict]) -> float:
@@ -688,6 +698,10 @@ def _sessions_per_code(records: list[dict]) -> dict[int, int]:
     return {c: len(s) for c, s in seen.items()}
 
 
+def _num(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     lines = [f"split: {summary['split']}", f"persona init: {summary['persona_init']}"]
     if "checkpoint" in summary:
@@ -702,7 +716,8 @@ def format_summary(summary: dict[str, Any]) -> str:
             lines.append(f"{name}: steps={s['steps']} train_loss={s['train_loss']:.4f} "
                          f"val_loss {s.get('val_loss_before', float('nan')):.4f} → {s.get('val_loss_after', float('nan')):.4f} "
                          f"action accuracy {s.get('val_action_accuracy_before', float('nan')):.3f} → "
-                         f"{s.get('val_action_accuracy_after', float('nan')):.3f} (majority {s.get('val_action_majority', float('nan')):.3f}) "
+                         f"{s.get('val_action_accuracy_after', float('nan')):.3f} (majority {s.get('val_action_majority', float('nan')):.3f}), "
+                         f"balanced {_num(s.get('val_action_balanced_before'))} → {_num(s.get('val_action_balanced_after'))} "
                          f"({s.get('precision', '')}, {s.get('step_s_median')} s/step × {s.get('examples_per_step')} examples)"
                          + (f" frozen_check={s['frozen_check']}" if "frozen_check" in s else ""))
     return "\n".join(lines)
