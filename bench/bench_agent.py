@@ -81,12 +81,14 @@ def pages(world: dict, n: int = 3) -> list[dict]:
 
 
 def run_config(model, tok, obs_seq: list[dict], batch: int, steps: int, decoding: str, cache: int, engine: str,
-               checkpoint: Path, engine_dir: Path | None, personas: int, fast_forward: bool = True) -> dict:
+               checkpoint: Path, engine_dir: Path | None, personas: int, fast_forward: bool = True,
+               reasoning: int = 32) -> dict:
     from simpersona.agents.base import act_batch
     from simpersona.agents.llm import LLMAgent, LLMConfig, TransformersBackend
 
     cfg = LLMConfig(checkpoint=checkpoint, decoding=decoding, batch_size=batch, prefix_cache=cache, threads=2,
-                    max_new_tokens=64, engine=engine, engine_dir=engine_dir, fast_forward=fast_forward)
+                    max_new_tokens=64, engine=engine, engine_dir=engine_dir, fast_forward=fast_forward,
+                    max_reasoning_tokens=reasoning)
     backend = TransformersBackend(cfg, model=model, tokenizer=tok) if engine == "transformers" else TransformersBackend(cfg)
     agents = [LLMAgent(backend) for _ in range(batch)]
     for i, a in enumerate(agents):  # distinct goals: episodes share the system prompt, not their whole prompt
@@ -193,6 +195,8 @@ def main() -> None:
     ap.add_argument("--cache", type=int, nargs="+", default=[32], help="llm.prefix_cache values (0 = uncached)")
     ap.add_argument("--ff", type=int, nargs="+", default=[1], choices=[0, 1],
                     help="llm.fast_forward values (1: grammar-forced tokens in one pass with the chosen one)")
+    ap.add_argument("--reasoning", type=int, nargs="+", default=[32],
+                    help="llm.max_reasoning_tokens values (0: no reasoning sentence decoded; constrained only)")
     ap.add_argument("--engine", nargs="+", default=["transformers", "onnx"], choices=["transformers", "onnx"])
     ap.add_argument("--checkpoint", type=Path, default=None, help="an SFT stage folder (default: SmolLM2 base from the GGUF)")
     ap.add_argument("--engine-precision", default="int8", choices=["int8", "int4", "fp32"])
@@ -239,21 +243,22 @@ def main() -> None:
               f"{time.perf_counter() - t:.1f} s)")
     peak = matmul_gflops(2)
     print(f"fp32 matmul (1024³, 2 threads): {peak:.1f} GFLOP/s")
-    head = (f"{'engine':<12} {'batch':>5} {'decoding':<11} {'cache':<6} {'ff':<3} {'decisions/s':>11} {'valid':>7} {'prefill tok':>11} "
+    head = (f"{'engine':<12} {'batch':>5} {'decoding':<11} {'cache':<6} {'ff':<3} {'reason':>6} {'decisions/s':>11} {'valid':>7} {'prefill tok':>11} "
             f"{'cached':>7} {'prefill tok/s':>13} {'GFLOP/s':>8} {'gen tok':>7} {'passes':>6} {'decode tok/s':>12} {'wall s':>7}")
     print(head)
     base = None
     # constrained first (the agent's mode); fast-forward only applies to constrained decoding
-    configs = [(d, b, c, f, e) for d in args.decoding for b in args.batch for c in args.cache
-               for f in (args.ff if d == "constrained" else [0]) for e in args.engine]
-    for decoding, batch, cache, ff, engine in configs:
+    configs = [(d, b, c, f, e, rs) for d in args.decoding for b in args.batch for c in args.cache
+               for f in (args.ff if d == "constrained" else [0]) for e in args.engine
+               for rs in (args.reasoning if d == "constrained" else [32])]
+    for decoding, batch, cache, ff, engine, reasoning in configs:
         r = run_config(model, tok, obs_seq, batch, args.steps, decoding, cache, engine, checkpoint, engine_dir,
-                       personas, bool(ff))
+                       personas, bool(ff), reasoning)
         dps = r["decisions"] / r["wall"]
         pf = r["prefill"] / max(r["prefill_s"], 1e-9)
         dec = r["gen"] / max(r["wall"] - r["prefill_s"], 1e-9)
         base = base or dps
-        print(f"{engine:<12} {batch:>5} {decoding:<11} {'on' if cache else 'off':<6} {'on' if ff else 'off':<3} {dps:>11.3f} "
+        print(f"{engine:<12} {batch:>5} {decoding:<11} {'on' if cache else 'off':<6} {'on' if ff else 'off':<3} {reasoning:>6} {dps:>11.3f} "
               f"{r['valid']:>3}/{r['decisions']:<3} {r['prefill']:>11} {r['cached']:>7} {pf:>13.0f} "
               f"{pf * 2 * body / 1e9:>8.1f} {r['gen']:>7} {r['passes']:>6} {dec:>12.1f} {r['wall']:>7.1f}   "
               f"({dps / base:.2f}x the first row; load {os.getloadavg()[0]:.1f})", flush=True)
