@@ -277,14 +277,18 @@ def sec_sft(cfg: ReportConfig, lay: RunLayout) -> str:
             rows.append([name, st.get("steps"), st.get("examples_per_step"), st.get("precision"), st.get("step_s_median"),
                          _num(st.get("val_loss_before")), _num(st.get("val_loss_after")),
                          _num(st.get("val_action_accuracy_before")), _num(st.get("val_action_accuracy_after")),
-                         _num(st.get("val_action_majority")), _checkpoint(lay.sft / name)])
+                         _num(st.get("val_action_majority")), _num(st.get("val_action_balanced_before")),
+                         _num(st.get("val_action_balanced_after")), _checkpoint(lay.sft / name)])
             if st.get("val_curve"):
                 curves[name] = [tuple(p) for p in st["val_curve"]]
     note = ('<p class="small">Action accuracy: share of validation records whose action (the answer\'s first '
             'deciding token) is the model\'s top choice given the prompt; majority: always answering the most common '
-            'action. The loss averages every answer token, most of them the reasoning sentence.</p>')
+            'action. Balanced: the mean over the logged actions of the share of their records the model gets (answering '
+            'every page with the commonest actions scores high accuracy and low balanced accuracy). The loss averages '
+            'every answer token, most of them the reasoning sentence.</p>')
     return (_table(["stage", "steps", "examples/step", "precision", "s/step", "val loss before", "val loss after",
-                    "action acc. before", "action acc. after", "majority", "checkpoint"], rows) + note
+                    "action acc. before", "action acc. after", "majority", "balanced before", "balanced after",
+                    "checkpoint"], rows) + note
             + (svg.lines(curves, "Validation loss per evaluation step (held-out shops)", "optimizer step") if curves else ""))
 
 
