@@ -391,8 +391,8 @@ def single_pass_trainer():
     batch. trl's fused LM head builds no logits: with a `compute_loss_func` it runs a second forward
     pass (no gradients) for its token metrics in every training batch, and for the logits that
     `compute_metrics` needs a second one in every evaluation batch (a third with both). Here the
-    model's logits give the loss (weighted in training, plain in evaluation) and the argmax for
-    `action_accuracy` from the same pass; plain-loss training keeps trl's fused single pass. trl's
+    decoder's pass gives the loss (weighted in training, plain in evaluation; the LM head on answer
+    positions only, `answer_forward`) and the argmax for `action_accuracy` from the same pass; plain-loss training keeps trl's fused single pass. trl's
     own entropy and mean-token-accuracy metrics are not logged on the logits path."""
     from transformers.modeling_outputs import CausalLMOutput
     from trl import SFTTrainer
@@ -671,7 +671,8 @@ def eval_loss(model, tokenizer, records: list[dict], hp: StageConfig, out: Path,
 
 
 def evaluate_records(model, tokenizer, records: list[dict], hp: StageConfig, out: Path, seed: int) -> dict[str, float]:
-    """The trainer's validation metrics of `model` on `records`: eval_loss, eval_action_accuracy."""
+    """The trainer's validation metrics of `model` on `records`: eval_loss, eval_action_accuracy,
+    eval_action_balanced_accuracy."""
     records, _ = fits(records, tokenizer, hp.max_length)
     trainer = make_trainer(model, tokenizer, records[:1], records, hp, out, seed)
     return {k: float(v) for k, v in trainer.evaluate().items()
