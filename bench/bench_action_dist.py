@@ -1,7 +1,7 @@
 """What the agent would do, page by page: a checkpoint's next-action distribution vs the logged one (not a test).
 
 For held-out-shop stage-2 validation records (a run's traces), grouped by the kind of page the
-buyer was on (`contracts.storefront.page_type` of the record's current URL), the checkpoint's mean
+buyer was on (`contracts.storefront.page_type` of `contracts.prompt.current_url`), the checkpoint's mean
 probability of each action name (the first token after `contracts.prompt.ANSWER_PREFIX`: the token
 that decides what the agent does) beside the share of records whose logged answer is that action.
 A model that puts ~1% on add_to_cart on product pages where buyers added to cart 40% of the time
@@ -33,7 +33,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from simpersona.contracts.prompt import ANSWER_PREFIX
+    from simpersona.contracts.prompt import ANSWER_PREFIX, current_url
     from simpersona.contracts.storefront import page_type
     from simpersona.storefront.actions import FIELDS
 
@@ -45,9 +45,9 @@ def main() -> None:
     groups: dict[str, list[dict]] = collections.defaultdict(list)
     for line in (args.traces / "stage2" / "val.jsonl").open():
         r = json.loads(line)
-        url = r["messages"][-2]["content"].split("Current page:\nURL: ", 1)[1].split("\n", 1)[0]
-        if len(groups[page_type(url)]) < args.per_page:
-            groups[page_type(url)].append(r)
+        kind = page_type(current_url(r["messages"]))
+        if len(groups[kind]) < args.per_page:
+            groups[kind].append(r)
     shared = collections.Counter(first.values())
     print(f"checkpoint {args.checkpoint}; stage-2 validation records of {args.traces} (held-out shops); "
           f"first action-name token's probability (names sharing a first token: {[n for n, i in first.items() if shared[i] > 1]})")

@@ -533,3 +533,26 @@ def test_answer_forward_weights_only_the_deciding_token_and_only_in_training():
     with torch.no_grad():
         assert torch.allclose(answer_forward(model, inputs, offset=2, weight=5.0)[0], plain, atol=1e-6)
 
+
+
+def test_page_balanced_draw_gives_every_page_type_an_equal_share(base, records, tmp_path):
+    import collections
+
+    from simpersona.contracts.prompt import current_url
+    from simpersona.contracts.storefront import page_type
+    from simpersona.sft.train import balance_pages
+
+    kind = lambda r: page_type(current_url(r["messages"]))  # noqa: E731
+    stage2 = [r for r in records if r["stage"] == 2]
+    read = collections.Counter(map(kind, stage2))
+    assert len(read) >= 3 and max(read.values()) >= 3 * min(read.values())  # the draw has something to balance
+    drawn = balance_pages(stage2, 7 * len(read), seed=0)
+    assert collections.Counter(map(kind, drawn)) == {k: 7 for k in read}
+    assert balance_pages(stage2, 20, seed=0) == balance_pages(stage2, 20, seed=0)
+    # a type drawn whole keeps its records (and so its logged actions) exactly once each
+    rare = min(read, key=read.get)
+    again = [r for r in balance_pages(stage2, read[rare] * len(read), seed=1) if kind(r) == rare]
+    assert sorted(map(id, again)) == sorted(id(r) for r in stage2 if kind(r) == rare)
+    model, tok, _ = copy.deepcopy(base)
+    s = train_stage("stage2", model, tok, stage2, [], hp(max_steps=2, balance="page"), tmp_path, seed=0)
+    assert s["records_drawn"] == 4 and s["train_records"] == len(stage2) and s["balance"] == "page"

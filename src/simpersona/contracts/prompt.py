@@ -124,6 +124,16 @@ def messages(
     return out
 
 
+def current_url(msgs: list[dict[str, str]]) -> str:
+    """The URL of the page a chat's last user turn shows (`user_turn`'s "Current page" block).
+
+    >>> current_url(messages("g", None, [], {"url": "/s/a/products/p1", "page": "TITLE: x"}))
+    '/s/a/products/p1'
+    """
+    user = next(m["content"] for m in reversed(msgs) if m["role"] == "user")
+    return user.split("Current page:\nURL: ", 1)[1].split("\n", 1)[0]
+
+
 def record_tokens(msgs: list[dict[str, str]], tokenizer: Any) -> int:
     """Tokens of a chat (system, user, assistant) as the model sees it: `tokenizer`'s chat template
     (CHAT_TEMPLATE once set) applied to `msgs`."""

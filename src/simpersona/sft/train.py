@@ -29,8 +29,9 @@ RUN_DIR/
 from __future__ import annotations
 
 import json
-import random
+import math
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -121,6 +122,10 @@ class StageConfig:
     eval_steps: int = 0
     # batch order: random, or group_by_length (batches of similar token length: less padding on CPU)
     sampling: Literal["random", "group_by_length"] = "random"
+    # which training records the stage draws: all (as read), or page (a draw of max_steps × examples per
+    # step in which every page type of the records' current pages has an equal share; the actions taken on
+    # a page type keep their logged shares: rare pages such as cart, checkout and order get seen)
+    balance: Literal["none", "page"] = "none"
     # weight of each answer's deciding token (its action name's first token) in the loss; the other
     # answer tokens weigh 1 (1: the plain assistant-token loss; the paper's)
     decision_loss_weight: float = 1.0
@@ -268,6 +273,37 @@ def persona_mask_hook(model, persona_ids: list[int]):
     mask = torch.zeros(emb.shape[0], 1, dtype=emb.dtype, device=emb.device)  # (V, 1)
     mask[persona_ids] = 1
     return emb.register_hook(lambda g: g * mask)  # (V, d): zero outside the K rows
+
+
+def balance_pages(records: list[dict], n: int, seed: int) -> list[dict]:
+    """`n` records in which every page type (`contracts.storefront.page_type` of the record's current
+    page) has an equal share (± 1), shuffled: within a type drawn without replacement, reshuffled and
+    drawn again when used up (a rare page type repeats; a common one is subsampled).
+
+    >>> from simpersona.contracts.prompt import messages
+    >>> rec = lambda url: {"messages": messages("g", None, [], {"url": url, "page": "TITLE: x"})}
+    >>> recs = [rec("/s/a/")] * 9 + [rec("/s/a/orders/1")]
+    >>> sorted(r["messages"][1]["content"].count("orders") for r in balance_pages(recs, 6, 0))
+    [0, 0, 0, 1, 1, 1]
+    """
+    from simpersona.contracts.prompt import current_url
+    from simpersona.contracts.storefront import page_type
+
+    rng = random.Random(seed)
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(page_type(current_url(r["messages"])), []).append(r)
+    out: list[dict] = []
+    for i, kind in enumerate(sorted(groups)):
+        share = n // len(groups) + (i < n % len(groups))
+        drawn: list[dict] = []
+        while len(drawn) < share:
+            more = list(groups[kind])
+            rng.shuffle(more)
+            drawn += more
+        out += drawn[:share]
+    rng.shuffle(out)
+    return out
 
 
 def fits(records: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int]:
@@ -492,6 +528,10 @@ def train_stage(name: str, model, tokenizer, train: list[dict], val: list[dict],
         val = random.Random(seed).sample(val, hp.max_eval_records)
     if not train:
         raise ConfigError(f"stage {name}: no training records fit max_length={hp.max_length}")
+    read = len(train)
+    if hp.balance == "page":
+        steps = hp.max_steps if hp.max_steps > 0 else math.ceil(hp.epochs * len(train) / (hp.batch_size * hp.grad_accum))
+        train = balance_pages(train, steps * hp.batch_size * hp.grad_accum, seed)
     handle, before = None, {}
     if persona_ids is not None:
         if hp.weight_decay != 0:
@@ -506,7 +546,8 @@ def train_stage(name: str, model, tokenizer, train: list[dict], val: list[dict],
     trainer = make_trainer(model, tokenizer, train, val, hp, out, seed, bf16)
     clock = step_clock()
     trainer.add_callback(clock)
-    summary: dict[str, Any] = {"train_records": len(train), "val_records": len(val),
+    summary: dict[str, Any] = {"train_records": read, "val_records": len(val), "balance": hp.balance,
+                               "records_drawn": len(train) if hp.balance != "none" else None,
                                "dropped_too_long": {"train": dropped_train, "val": dropped_val},
                                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
                                "precision": precision, "examples_per_step": hp.batch_size * hp.grad_accum,
