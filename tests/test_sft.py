@@ -554,5 +554,5 @@ def test_page_balanced_draw_gives_every_page_type_an_equal_share(base, records, 
     again = [r for r in balance_pages(stage2, read[rare] * len(read), seed=1) if kind(r) == rare]
     assert sorted(map(id, again)) == sorted(id(r) for r in stage2 if kind(r) == rare)
     model, tok, _ = copy.deepcopy(base)
-    s = train_stage("stage2", model, tok, stage2, [], hp(max_steps=2, balance="page"), tmp_path, seed=0)
-    assert s["records_drawn"] == 4 and s["train_records"] == len(stage2) and s["balance"] == "page"
+    s = train_stage("stage2", model, tok, stage2, [], hp(max_steps=2, balance=1.0), tmp_path, seed=0)
+    assert s["records_drawn"] == 4 and s["train_records"] == len(stage2) and s["balance"] == 1.0

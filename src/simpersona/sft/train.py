@@ -122,10 +122,11 @@ class StageConfig:
     eval_steps: int = 0
     # batch order: random, or group_by_length (batches of similar token length: less padding on CPU)
     sampling: Literal["random", "group_by_length"] = "random"
-    # which training records the stage draws: all (as read), or page (a draw of max_steps × examples per
-    # step in which every page type of the records' current pages has an equal share; the actions taken on
-    # a page type keep their logged shares: rare pages such as cart, checkout and order get seen)
-    balance: Literal["none", "page"] = "none"
+    # page-type balance of the training records: 0 = the records as read; > 0 = a draw of max_steps ×
+    # examples per step in which the records of page type t (the record's current page) have a share ∝
+    # count_t^(1 − balance) (1: equal shares; 0.5: ∝ √count). Actions taken on a page type keep their
+    # logged shares; rare pages (cart, checkout, order) get seen
+    balance: float = 0.0
     # weight of each answer's deciding token (its action name's first token) in the loss; the other
     # answer tokens weigh 1 (1: the plain assistant-token loss; the paper's)
     decision_loss_weight: float = 1.0
@@ -275,16 +276,18 @@ def persona_mask_hook(model, persona_ids: list[int]):
     return emb.register_hook(lambda g: g * mask)  # (V, d): zero outside the K rows
 
 
-def balance_pages(records: list[dict], n: int, seed: int) -> list[dict]:
-    """`n` records in which every page type (`contracts.storefront.page_type` of the record's current
-    page) has an equal share (± 1), shuffled: within a type drawn without replacement, reshuffled and
-    drawn again when used up (a rare page type repeats; a common one is subsampled).
+def balance_pages(records: list[dict], n: int, seed: int, power: float = 1.0) -> list[dict]:
+    """`n` records, shuffled, in which the page type t (`contracts.storefront.page_type` of the record's
+    current page) has a share ∝ count_t^(1 − power) (rounded by largest remainder; power 1: equal
+    shares), drawn within a type without replacement, reshuffled and drawn again when used up (a rare
+    page type repeats; a common one is subsampled).
 
     >>> from simpersona.contracts.prompt import messages
     >>> rec = lambda url: {"messages": messages("g", None, [], {"url": url, "page": "TITLE: x"})}
     >>> recs = [rec("/s/a/")] * 9 + [rec("/s/a/orders/1")]
-    >>> sorted(r["messages"][1]["content"].count("orders") for r in balance_pages(recs, 6, 0))
-    [0, 0, 0, 1, 1, 1]
+    >>> orders = lambda rs: sum("orders" in r["messages"][1]["content"] for r in rs)
+    >>> orders(balance_pages(recs, 6, 0)), orders(balance_pages(recs, 8, 0, power=0.5)), orders(balance_pages(recs, 10, 0, 0))
+    (3, 2, 1)
     """
     from simpersona.contracts.prompt import current_url
     from simpersona.contracts.storefront import page_type
@@ -293,9 +296,14 @@ def balance_pages(records: list[dict], n: int, seed: int) -> list[dict]:
     groups: dict[str, list[dict]] = {}
     for r in records:
         groups.setdefault(page_type(current_url(r["messages"])), []).append(r)
+    kinds = sorted(groups)
+    weight = [len(groups[k]) ** (1 - power) for k in kinds]
+    exact = [n * w / sum(weight) for w in weight]
+    shares = [int(x) for x in exact]
+    for i in sorted(range(len(kinds)), key=lambda i: shares[i] - exact[i])[: n - sum(shares)]:
+        shares[i] += 1
     out: list[dict] = []
-    for i, kind in enumerate(sorted(groups)):
-        share = n // len(groups) + (i < n % len(groups))
+    for kind, share in zip(kinds, shares):
         drawn: list[dict] = []
         while len(drawn) < share:
             more = list(groups[kind])
@@ -529,9 +537,9 @@ def train_stage(name: str, model, tokenizer, train: list[dict], val: list[dict],
     if not train:
         raise ConfigError(f"stage {name}: no training records fit max_length={hp.max_length}")
     read = len(train)
-    if hp.balance == "page":
+    if hp.balance > 0:
         steps = hp.max_steps if hp.max_steps > 0 else math.ceil(hp.epochs * len(train) / (hp.batch_size * hp.grad_accum))
-        train = balance_pages(train, steps * hp.batch_size * hp.grad_accum, seed)
+        train = balance_pages(train, steps * hp.batch_size * hp.grad_accum, seed, hp.balance)
     handle, before = None, {}
     if persona_ids is not None:
         if hp.weight_decay != 0:
@@ -547,7 +555,7 @@ def train_stage(name: str, model, tokenizer, train: list[dict], val: list[dict],
     clock = step_clock()
     trainer.add_callback(clock)
     summary: dict[str, Any] = {"train_records": read, "val_records": len(val), "balance": hp.balance,
-                               "records_drawn": len(train) if hp.balance != "none" else None,
+                               "records_drawn": len(train) if hp.balance > 0 else None,
                                "dropped_too_long": {"train": dropped_train, "val": dropped_val},
                                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
                                "precision": precision, "examples_per_step": hp.batch_size * hp.grad_accum,
