@@ -5,7 +5,8 @@ buyer was on (`contracts.storefront.page_type` of `contracts.prompt.current_url`
 probability of each action name (the first token after `contracts.prompt.ANSWER_PREFIX`: the token
 that decides what the agent does) beside the share of records whose logged answer is that action.
 A model that puts ~1% on add_to_cart on product pages where buyers added to cart 40% of the time
-will loop through search results in simulation however low its validation loss.
+will loop through search results in simulation however low its validation loss. Per page type, and
+averaged over them, the total variation distance between the two (a prior-only model scores high).
 
     .venv/bin/python bench/bench_action_dist.py --checkpoint runs/agent5/sft/stage2 --traces runs/agent5/traces --per-page 20
 """
@@ -51,6 +52,7 @@ def main() -> None:
     shared = collections.Counter(first.values())
     print(f"checkpoint {args.checkpoint}; stage-2 validation records of {args.traces} (held-out shops); "
           f"first action-name token's probability (names sharing a first token: {[n for n, i in first.items() if shared[i] > 1]})")
+    distances = {}
     for kind, recs in sorted(groups.items()):
         model_p, logged = collections.Counter(), collections.Counter()
         for r in recs:
@@ -62,7 +64,11 @@ def main() -> None:
                 model_p[name] += float(p[i]) / len(recs)
             logged[json.loads(r["messages"][-1]["content"])["action"]] += 1 / len(recs)
         shown = [n for n in FIELDS if model_p[n] >= 0.005 or logged[n] > 0]
-        print(f"{kind} page ({len(recs)} records): " + ", ".join(f"{n} {model_p[n]:.3f} (logged {logged[n]:.2f})" for n in shown))
+        distances[kind] = sum(abs(model_p[n] - logged[n]) for n in FIELDS) / 2
+        print(f"{kind} page ({len(recs)} records): " + ", ".join(f"{n} {model_p[n]:.3f} (logged {logged[n]:.2f})" for n in shown)
+              + f"; total variation {distances[kind]:.3f}")
+    print(f"mean total variation distance to the logged actions over {len(distances)} page types: "
+          f"{sum(distances.values()) / len(distances):.3f} (0: the logged shares; 1: disjoint)")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ each part's episodes, LLM decisions, wall time and decisions/s.
 
 RUN is only read: OUT/<stage> are symbolic links to RUN's complete synth … traces folders (their
 completion markers and digests are what the later stages check) and OUT/sft to the SFT folder
-(`--sft`, default RUN/sft: a main-job or `simpersona sft` folder holding stage2/, the agent). OUT's
+(`--sft`, default RUN/sft) when that is a main job's complete sft stage; a `simpersona sft` folder
+(stage2/ but no completion marker) is plugged in as the main job does it, by OUT's own sft stage with
+`sft.checkpoint` (checked against RUN's K and record budget, scored on its validation records). OUT's
 own stages are simulate (the fast policy), behaviour (Tables 2–4, 7–9 and fidelity) and report, run
 by the main job's own steps (`simpersona.pipeline`) with `--preset` (default agent) and `--set`
 overrides, each written aside and marked complete as in the main job; a finished stage with the same
@@ -32,7 +34,10 @@ def link_inputs(src: Path, sft: Path, out: Path) -> list[str]:
     """OUT/<stage> → RUN/<stage> for every INPUTS stage RUN has, OUT/sft → the SFT folder; their names."""
     out.mkdir(parents=True, exist_ok=True)
     linked = []
-    for name, target in [(n, src / n) for n in INPUTS] + [("sft", sft)]:
+    from simpersona.stagedir import read_marker
+
+    main_job_sft = read_marker(sft) is not None  # else a `simpersona sft` folder: plugged in by OUT's sft stage
+    for name, target in [(n, src / n) for n in INPUTS] + ([("sft", sft)] if main_job_sft else []):
         dst = out / name
         if not target.is_dir():
             continue
@@ -43,7 +48,7 @@ def link_inputs(src: Path, sft: Path, out: Path) -> list[str]:
             raise SystemExit(f"{dst} exists and is not a link to {target}: give a new --out")
         dst.symlink_to(target.resolve(), target_is_directory=True)
         linked.append(name)
-    if "sft" not in linked or not (sft / "stage2" / "config.json").is_file():
+    if not (sft / "stage2" / "config.json").is_file():
         raise SystemExit(f"no agent checkpoint at {sft}/stage2 (give --sft: a folder holding stage2/)")
     return linked
 
@@ -104,12 +109,13 @@ def main() -> None:
     sft = Path(args.sft).resolve() if args.sft else src / "sft"
     linked = link_inputs(src, sft, out)
     lay = RunLayout(out)
-    sections = read_preset(args.preset, tuple(args.set))
+    plug = "sft" not in linked
+    sections = read_preset(args.preset, tuple(args.set) + ((f"sft.checkpoint={sft}",) if plug else ()))
     pipeline.check_sections(sections)
-    before = tuple(n for n in STAGES if n in linked or n in ("simulate", "behaviour"))
+    before = tuple(n for n in STAGES if n in linked or n in ("sft", "simulate", "behaviour"))
     t_all = time.perf_counter()
     walls = {}
-    for step in (pipeline._simulate(), pipeline._behaviour(), pipeline._report(before)):
+    for step in ((pipeline._sft(),) if plug else ()) + (pipeline._simulate(), pipeline._behaviour(), pipeline._report(before)):
         t0 = time.perf_counter()
         summary = run_stage(step, sections, lay)
         walls[step.name] = time.perf_counter() - t0

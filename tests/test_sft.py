@@ -405,6 +405,7 @@ def test_agent_preset_extends_demo_and_trains_for_real():
         assert st.bf16 and st.max_eval_records > 0 and st.max_length >= cfg.model.max_record_tokens  # validated before/after
     assert cfg.stage2.max_steps * cfg.stage2.batch_size * cfg.stage2.grad_accum >= 300  # stage 2: ≥ 300 records
     assert cfg.stage2.decision_loss_weight > 1  # the deciding token weighted (plain loss: action accuracy < majority)
+    assert cfg.stage2.balance > 0  # rare page types drawn more (as read: the same two actions on every page)
     assert 0 < cfg.stage2.eval_steps < cfg.stage2.max_steps  # and a validation curve through stage 2
     assert cfg.model.preset == "smollm2" and cfg.stage1.weight_decay == 0 and not cfg.single_ablation
 
