@@ -112,6 +112,20 @@ def test_scalars_by_hand(feat):
     assert abs(buyers.loc["p", "intent_strength"] - 0.941) < 1e-3  # all-purchase buyer ≈ 0.94
 
 
+def test_counts_are_int64_and_session_lists_sorted_distinct(feat):
+    """Counts are whole numbers on every engine (DuckDB's sums are HUGEINT: once written as decimal128),
+    and each session's context lists hold each value once, sorted, empty (not null) when none."""
+    out, _, _, _, _ = feat
+    schema = pq.read_schema(out / "buyers.parquet")
+    counts = [n for n in SCALAR_NAMES if n.startswith(("n_", "sessions_", "active_", "total_"))]
+    assert len(counts) >= 8 and all(schema.field(n).type == pa.int64() for n in counts), schema
+    sessions = pq.read_table(out / "buyer_sessions.parquet")
+    for col in ("viewed_titles", "carted_titles", "purchased_titles", "collections", "queries", "brands"):
+        lists = sessions[col].to_pylist()
+        assert all(v is not None and v == sorted(set(v)) for v in lists), col
+    assert any(sessions["viewed_titles"].to_pylist()) and not all(sessions["queries"].to_pylist())
+
+
 def test_strata_signature_labels_split(feat):
     _, summary, buyers, _, _ = feat
     strata = {"a": "A", "p": "A", "b": "B", "c": "C", "r": "C", "d": "D", "e": "E", "h": "D"}
