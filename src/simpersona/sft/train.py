@@ -67,7 +67,7 @@ class ModelConfig:
     # template applied), counted with its tokenizer; a longer record is an error before training (0: none)
     max_record_tokens: int = 0
     # smollm2: where the GGUF, rebuilt once as a plain safetensors checkpoint, is kept (a folder named
-    # by the GGUF's sha256; reading the GGUF takes ~45 s on 2 cores, the rebuilt folder ~1 s)
+    # by the GGUF's sha256; reading the GGUF takes ~25 s on 2 idle cores, the rebuilt folder < 1 s)
     cache_dir: Path = Path("runs/cache/models")
 
 
