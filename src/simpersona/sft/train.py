@@ -600,7 +600,7 @@ def train_stage(name: str, model, tokenizer, train: list[dict], val: list[dict],
                                "records_drawn": len(train) if len(train) != read or hp.balance > 0 else None,
                                "dropped_too_long": {"train": dropped_train, "val": dropped_val},
                                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-                               "precision": precision, "examples_per_step": hp.batch_size * hp.grad_accum,
+                               "precision": precision, "examples_per_step": examples,
                                "load_average": os.getloadavg()[0]}
     if val:
         ev = trainer.evaluate()
