@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import duckdb
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -200,3 +201,15 @@ def test_accepted_plus_rejected_equals_read(tmp_path_factory, rows):
 def test_tests_never_use_the_users_salt_key_file():
     assert deid.SALT_ENV not in os.environ
     assert Path(tempfile.gettempdir()) in deid.salt_file().parents  # set in conftest.pytest_configure
+
+
+@pytest.mark.parametrize("value", ["", " ", "   ", "a", " a", "a ", "\t", "\x01", "!", "~", "\x7f", "é", "\u00a0",
+                                   "\u2003", "\u2003\u2003", "\u3000", "\u3000x", "\u0085", None])
+def test_blank_check_agrees_with_trim(value):
+    """validate._empty tests the first byte before trimming; it must call blank exactly what trim() does
+    (trim strips Unicode spaces too, so only printable ASCII may skip it)."""
+    from simpersona.events.validate import _empty
+
+    con = duckdb.connect()
+    fast, slow = con.execute(f"SELECT {_empty('$1')}, ($1 IS NULL OR trim($1) = '')", [value]).fetchone()
+    assert fast == slow

@@ -472,3 +472,26 @@ def test_a_failed_ingest_leaves_the_previous_outputs_whole(tmp_path):
     with pytest.raises(IngestError):
         run(bad, tmp_path / "o", strict=True)
     assert {f.name: f.read_bytes() for f in (tmp_path / "o").iterdir()} == before
+
+
+def _reference_count(data: bytes) -> lines.LineCount:
+    """lines.py's definitions on the whole file at once: lines end at `\\n`, a final run without one
+    counts, an empty line holds no bytes or only `\\r`."""
+    parts = data.split(b"\n")
+    if parts[-1] == b"":
+        parts.pop()  # the last line break ends the last line
+    empty = sum(p in (b"", b"\r") for p in parts)
+    cr, crlf, breaks = data.count(b"\r"), data.count(b"\r\n"), data.count(b"\n")
+    return lines.LineCount(len(parts) - empty, empty, cr == 0 or cr == crlf == breaks)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=30).map(lambda b: bytes(b"a,\n\r"[x % 4] for x in b)),
+       chunk=st.integers(1, 8))
+def test_count_lines_matches_its_definition_at_any_chunk_size(tmp_path, monkeypatch, data, chunk):
+    """The chunked byte scan (which searches a chunk for empty lines and `\\r` before joining it to
+    the last one's tail) counts what the definition says, whatever the chunk seams cut."""
+    monkeypatch.setattr(lines, "CHUNK", chunk)
+    p = tmp_path / "f.csv"
+    p.write_bytes(data)
+    assert lines.count_lines(p) == _reference_count(data)

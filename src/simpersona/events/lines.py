@@ -52,16 +52,20 @@ def count_lines(path: Path) -> LineCount:
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             breaks += chunk.count(b"\n")
-            probe = carry + chunk
-            # Empty lines are rare: the regex runs only on chunks that can hold one. Matches lying
-            # wholly in `carry` (≤ 2 bytes, the longest match is 3) were counted with the last chunk.
-            if b"\n\n" in probe or b"\n\r\n" in probe:
+            # Empty lines and `\r` are rare: a chunk is searched for them (plus its 2-byte seam with
+            # the last one), and only a chunk that has one is joined to `carry` and scanned (5M events,
+            # 392 MiB: 1.7 s → 1.0 s). Matches lying wholly in `carry` (≤ 2 bytes; the longest match is
+            # 3) were counted with the last chunk.
+            seam = carry + chunk[:2]
+            has_cr = b"\r" in chunk
+            if (b"\n\n" in chunk or b"\n\n" in seam or b"\n\r\n" in seam
+                    or (has_cr and b"\n\r\n" in chunk)):
+                probe = carry + chunk
                 empty += len(_EMPTY_AFTER.findall(probe)) - len(_EMPTY_AFTER.findall(carry))
-            n_cr = chunk.count(b"\r")
-            if n_cr or carry.endswith(b"\r"):
-                cr += n_cr
-                crlf += probe.count(b"\r\n") - carry.count(b"\r\n")
-            carry, last = probe[-2:], chunk[-1:]
+            if has_cr or carry.endswith(b"\r"):
+                cr += chunk.count(b"\r")
+                crlf += (carry[-1:] + chunk).count(b"\r\n")  # pairs wholly in carry were counted
+            carry, last = (carry + chunk)[-2:] if len(chunk) < 2 else chunk[-2:], chunk[-1:]
     open_end = last not in (b"", b"\n")  # a final line without a line break
     if open_end and carry.endswith(b"\n\r"):
         empty += 1  # the final line is a lone `\r`
