@@ -51,9 +51,6 @@ class Columns:
     session: str | None = None
     # False for header-less files: the columns are `required`, in that order.
     header: bool = True
-    # True when the mapping orders rows by their line (`_row` must hold line numbers while reading;
-    # other formats get them after staging, which is cheaper: see `ingest._read_csv`).
-    row_order: bool = False
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -69,7 +66,7 @@ COLUMNS: dict[str, Columns] = {
     "taobao": Columns(("user_id", "item_id", "category_id", "behavior_type", "timestamp"), ids=("user_id",),
                       header=False),
     "tmall": Columns(("user_id", "item_id", "cat_id", "merchant_id", "brand_id", "month", "day", "action"),
-                     ("age_range", "gender", "province"), ids=("user_id",), row_order=True),
+                     ("age_range", "gender", "province"), ids=("user_id",)),
     "gmerch": Columns(("fullVisitorId", "time", "date", "visitId", "productPrice", "productQuantity", "productSKU",
                        "v2ProductName", "v2ProductCategory", "eCommerceAction_type"),
                       ids=("fullVisitorId",), session="visitId"),
