@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -250,11 +251,14 @@ def _read_csv(con: duckdb.DuckDBPyConnection, path: Path, header: readers.Header
     (`line_shift`). It is kept only when the byte count agrees that each record was one line;
     otherwise, and for files with empty lines or mixed line breaks (whose line numbers DuckDB
     counts differently), the file is split line by line (`lines.csv_lines_to_parquet`) and staged.
+    The byte count runs in a thread while DuckDB parses (`execute` releases the GIL; the row-numbered
+    parse keeps one core busy, the count takes the other), so the fast path is tried before the
+    count says whether it may be kept.
     """
-    count = lines.count_lines(path)
-    data_lines = max(count.lines - header.lines, 0)
     rej = f"rej_{tag}"
-    if count.empty == 0 and count.plain_breaks:
+    parsed, bad = None, []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        counting = pool.submit(lines.count_lines, path)
         inner = f"(SELECT row_number() OVER () + {header.lines} AS _row, * FROM {_read_csv_sql(path, header, rej)})"
         try:
             parsed = stage(inner)
@@ -267,11 +271,13 @@ def _read_csv(con: duckdb.DuckDBPyConnection, path: Path, header: readers.Header
             parsed = None  # the parser gave up on the file (e.g. `\r` line breaks): go line by line
         finally:
             con.execute(f"DROP TABLE IF EXISTS {rej}; DROP TABLE IF EXISTS {rej}_scan")
-        if parsed is not None and parsed + len(bad) == data_lines:
-            if bad:
-                con.execute(f"INSERT INTO line_shift SELECT {lit(path)}, unnest(?::BIGINT[])",
-                            [[line - k for k, (line, _, _) in enumerate(bad)]]).fetchall()
-            return FileRead(parsed, data_lines, 0, "duckdb", header.extra, header.absent), bad
+        count = counting.result()
+    data_lines = max(count.lines - header.lines, 0)
+    if count.empty == 0 and count.plain_breaks and parsed is not None and parsed + len(bad) == data_lines:
+        if bad:
+            con.execute(f"INSERT INTO line_shift SELECT {lit(path)}, unnest(?::BIGINT[])",
+                        [[line - k for k, (line, _, _) in enumerate(bad)]]).fetchall()
+        return FileRead(parsed, data_lines, 0, "duckdb", header.extra, header.absent), bad
     split = tmp / f"lines_{tag}.parquet"
     bad = lines.csv_lines_to_parquet(path, list(header.names), header.lines, split)
     parsed = stage(f"read_parquet({lit(split)})")
