@@ -119,20 +119,25 @@ def sample_split(
 
     The draws are keyed by (seed, shop, buyer) (`stable_keys`), not by row position: the same
     ids and seed give the same sample in any row order. `buyer`: numpy or Arrow strings."""
-    split = np.full(len(shop), "excluded", dtype=object)
+    # int codes, one string compare per shop (not per shop × stratum on all rows) and the names
+    # filled in last: at 1.3M buyers 0.7 s instead of 2.9 s (an object array, 80 full-length compares),
+    # besides the 1.4 s of hashing
+    names = np.array(["excluded", "holdout", "val", "train"])
+    split = np.zeros(len(shop), dtype=np.int8)
     held = np.isin(shop, list(holdout_shops))
-    split[held] = "holdout"
+    split[held] = 1
     cand = np.flatnonzero(~held & np.isin(stratum, list("ABCD")))
     c_shop, c_stratum = shop[cand], stratum[cand]
     keys = stable_keys(seed, c_shop, buyer.take(cand))  # (n, 2): the stratum draw, the shop draw
     for s in np.unique(c_shop):
+        in_shop = np.flatnonzero(c_shop == s)
         chosen = []
         for st in "ABCD":
-            j = np.flatnonzero((c_shop == s) & (c_stratum == st))
+            j = in_shop[c_stratum[in_shop] == st]
             chosen.append(j[np.argsort(keys[j, 0], kind="stable")][:per_stratum])
         j = np.concatenate(chosen)
         pool = cand[j[np.argsort(keys[j, 1], kind="stable")][:per_shop]]
         n_val = int(round(val_fraction * len(pool)))
-        split[pool[:n_val]] = "val"
-        split[pool[n_val:]] = "train"
-    return split.astype(str)
+        split[pool[:n_val]] = 2
+        split[pool[n_val:]] = 3
+    return names[split]
