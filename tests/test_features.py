@@ -185,6 +185,24 @@ def test_vectors_layout_and_masks(feat):
     assert np.abs(x[x[:, 400] == 1, VIEWED]).sum() > 0
 
 
+def test_vectors_by_blocks_match_one_block(feat, tmp_path):
+    """Blocks of 3 buyers, each computed while the one before is written (two buffers in turn), give
+    the fixture's single-block vectors: same rows, same masks, channels up to the BLAS rounding of
+    a different block size."""
+    out, *_ = feat
+    cfg = FeaturesConfig(input=out.parent / "in", progress=False, holdout_shops=["s2"], block_rows=3,
+                         embedding=EmbeddingConfig(cache_dir=out.parent / "cache"))
+    run(cfg, tmp_path / "out", encoder=FakeEncoder())
+    blocks = pq.ParquetFile(tmp_path / "out" / "vectors.parquet")
+    assert blocks.metadata.num_row_groups == 3
+    got, want = blocks.read(), pq.read_table(out / "vectors.parquet")
+    assert got.select(["shop_id", "buyer_id"]).equals(want.select(["shop_id", "buyer_id"]))
+    x_got, x_want = (np.asarray(t["x"].combine_chunks().values).reshape(-1, INPUT_DIM) for t in (got, want))
+    np.testing.assert_array_equal(x_got[:, :16], x_want[:, :16])
+    np.testing.assert_array_equal(x_got[:, MASKS], x_want[:, MASKS])
+    np.testing.assert_allclose(x_got, x_want, rtol=1e-5, atol=1e-6)
+
+
 def test_transforms_round_trip(feat):
     out, summary, buyers, _, x = feat
     t = load_transforms(out)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -462,16 +463,23 @@ def _channels_and_vectors(cfg, run_dir, raw, col, train, emb, b_rows, p_rows, ch
         pcas.append(ChannelPCA(CHANNEL_DIM).fit(fit_x))
     if cfg.progress:
         print("[features] fitted transforms; PCA variance kept " + ", ".join(f"{p.variance_kept_:.3f}" for p in pcas))
-    z = scalar_t.transform(raw_scalars)
-    buf = np.empty((min(n, cfg.block_rows), INPUT_DIM), dtype=np.float32)  # one block, reused
-    with vectors_writer(run_dir / "vectors.parquet") as wr:
-        for start in range(0, n, cfg.block_rows):
+    # a block is computed while the one before it is written (the Parquet writer releases the GIL and
+    # takes one core): two buffers, used in turn
+    bufs = [np.empty((min(n, cfg.block_rows), INPUT_DIM), dtype=np.float32) for _ in range(2)]
+    with vectors_writer(run_dir / "vectors.parquet") as wr, ThreadPoolExecutor(1) as writer:
+        written = None
+        for i, start in enumerate(range(0, n, cfg.block_rows)):
             end = min(n, start + cfg.block_rows)
             chans = [pcas[c].transform(np.asarray(weights[c][start:end] @ emb)) for c in range(3)] if enabled else None
-            x = assemble(z[start:end], chans, masks[start:end], out=buf)
+            x = assemble(scalar_t.transform(raw_scalars[start:end]), chans, masks[start:end], out=bufs[i % 2])
             arr = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel(), pa.float32()), INPUT_DIM)
-            wr.write_table(pa.table({"shop_id": raw["shop_id"][start:end], "buyer_id": raw["buyer_id"][start:end], "x": arr},
-                                    schema=VECTOR_SCHEMA))
+            block = pa.table({"shop_id": raw["shop_id"][start:end], "buyer_id": raw["buyer_id"][start:end], "x": arr},
+                             schema=VECTOR_SCHEMA)
+            if written is not None:
+                written.result()  # the block before: its buffer is the next one to fill
+            written = writer.submit(wr.write_table, block)
+        if written is not None:
+            written.result()
     return scalar_t, pcas, masks
 
 
