@@ -213,9 +213,9 @@ def compute_buyers(con, cfg: FeaturesConfig, events_path: Path, catalog_path: Pa
 
 def buyer_product_expr(con, events_path: Path, buyers_keys_path: Path, index_path: Path):
     """Ibis expression: (b buyer_row, p product_row, v viewed, k carted, u purchased) per distinct pair."""
-    pairs = agg.buyer_product_pairs(con.read_parquet(str(events_path)), con.read_parquet(str(index_path)))
-    j = pairs.join(con.read_parquet(str(buyers_keys_path)), ["shop_id", "buyer_id"])
-    return j.select(b=j.buyer_row, p=j.product_row, v=j.viewed, k=j.carted, u=j.purchased)
+    pairs = agg.buyer_product_pairs(con.read_parquet(str(events_path)), con.read_parquet(str(index_path)),
+                                    con.read_parquet(str(buyers_keys_path)))
+    return pairs.select(b=pairs.buyer_row, p=pairs.product_row, v=pairs.viewed, k=pairs.carted, u=pairs.purchased)
 
 
 def buyer_product_rows(con, events_path: Path, buyers_keys_path: Path, index_path: Path):
