@@ -169,7 +169,7 @@ def buyer_product_pairs(events: ibis.Table, index: ibis.Table, keys: ibis.Table)
     `keys` holds (shop_id, buyer_id, buyer_row) for every buyer of `events`; `index` holds
     (shop_id, product_id, row), and events of products not in it are dropped. Each event gets its
     two row numbers first, so the GROUP BY is over two integers (over the string keys, 64-character
-    buyer ids, the query took 27% more CPU at 22.2M events: 13.1 s vs 9.6 s). The buyer keys are
+    buyer ids, the query took 36% more CPU at 22.2M events: 13.1 s vs 9.6 s). The buyer keys are
     LEFT-joined on purpose: inner-joined in the same join tree as the index, DuckDB's join-order
     optimizer paired keys and index on the implied `shop_id = shop_id` first — a per-shop buyers ×
     products cross product (25M rows at 1M events, 62 GB of spill at 2M).

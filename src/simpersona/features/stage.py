@@ -8,8 +8,9 @@ product-title embeddings (cached) and per-buyer channel means; (6) transforms fi
 train split; (7) vectors.parquet written block by block. Only per-buyer tables and the distinct
 (buyer, product) pairs (int32, not events) are held in memory; DuckDB runs under `memory_limit`,
 spills to disk up to `max_temp_directory_size` (then fails with DuckDB's out-of-space error) and is
-closed before the vectors step. Measured (bench/bench_features.py, 2 cores, load 3–9): peak RSS
-2.4 GiB at 22M events (1.3M buyers), 7.2 GiB at 111M events (6.5M buyers).
+closed before the vectors step. Measured (bench/bench_features.py, 2 cores, load 2–9): peak RSS
+2.6 GiB at 22M events (1.3M buyers; 2.4 GiB before the vectors' second block buffer), 7.2 GiB at
+111M events (6.5M buyers, measured before that buffer: +0.3 GiB expected).
 """
 
 from __future__ import annotations
