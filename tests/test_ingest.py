@@ -213,3 +213,26 @@ def test_blank_check_agrees_with_trim(value):
     con = duckdb.connect()
     fast, slow = con.execute(f"SELECT {_empty('$1')}, ($1 IS NULL OR trim($1) = '')", [value]).fetchone()
     assert fast == slow
+
+
+def test_rejects_after_malformed_lines_keep_their_lines_in_every_file(tmp_path):
+    """DuckDB's parser skips malformed lines; the rows after them are put back on their lines only
+    where they are reported (staged rejects, duplicates). Two files, malformed lines before bad rows
+    and before duplicates (one of them a copy of the other file's row): every reject on its line."""
+    good = [f"s1,b{i},x{i},2024-05-01T10:00:{i:02d}Z,page_view,,,,," for i in range(30)]
+    a = [HEADER, *good[:10], "s1,b1,x1,2024-05-01T10:00:00Z,page_view", good[3], "a,b", "s1,b9,x9,yesterday,page_view,,,,,",
+         *good[10:20], "s1,b2,x2,2024-05-01T10:00:00Z,page_view,,,,,,x", good[15]]
+    b = [HEADER, *good[20:25], "x,y,z", good[0], *good[25:30], "s1,b3,x3,2024-05-01T10:00:00Z,wishlist,,,,,", "q"]
+    d = tmp_path / "in"
+    d.mkdir()
+    fa, fb = write(d / "a.csv", a), write(d / "b.csv", b)
+    s = run(tmp_path, d)
+    assert s["read_line_by_line"] == []  # the fast path, with line shifts
+    rej = pq.read_table(tmp_path / "out" / "rejected.parquet").to_pylist()
+    got = {(r["source_file"], r["row"]): r["reason"] for r in rej}
+    want = {(str(fa), 12): "malformed_row", (str(fa), 13): "duplicate", (str(fa), 14): "malformed_row",
+            (str(fa), 15): "bad_timestamp", (str(fa), 26): "malformed_row", (str(fa), 27): "duplicate",
+            (str(fb), 7): "malformed_row", (str(fb), 8): "duplicate", (str(fb), 14): "unknown_event_type",
+            (str(fb), 15): "malformed_row"}
+    assert got == want
+    assert s["accepted"] == 30 and s["accepted"] + s["rejected"] == s["read"] == len(a) + len(b) - 2
