@@ -359,7 +359,8 @@ def _create_staged_view(con: duckdb.DuckDBPyConnection, files: list[Path]) -> No
     except that on DuckDB's fast path the malformed lines before it are not counted in
     (`REJECTS_SQL` adds them where a line is reported). Ordering by `_row` is ordering by line, and
     no pass over all rows pays for the correction (a per-row count over `line_shift` here made a
-    file with 0.1% malformed lines ingest 8× slower: 1M events, 47 s vs 5.5 s)."""
+    file with 1‰ malformed lines ingest 14× slower: 1M events, 56.5 s vs 4.0 s without them;
+    `bench/bench_ingest.py --malformed-per-mille 1`)."""
     con.execute("CREATE VIEW staged AS " + " UNION ALL ".join(
         f"SELECT {lit(f)} AS _file, * FROM staged_{i}" for i, f in enumerate(files)))
 
