@@ -243,3 +243,20 @@ def test_serve_command_errors_cleanly(tmp_path):
     assert r.exit_code == 2 and "does not exist" in r.output
     r = CliRunner().invoke(main, ["storefront", "serve", "--set", "nope=1"])
     assert r.exit_code == 2 and "unknown config key" in r.output
+
+
+def test_a_catalog_file_is_built_once_per_content(tmp_path):
+    """The same file gives the same shops (a behaviour stage's dozen simulations build them once);
+    a file rewritten in place with other content, even of the same size, is read again."""
+    from simpersona.storefront.catalog import load_catalog
+
+    path = tmp_path / "catalog.parquet"
+    pq.write_table(catalog(), path)
+    first = load_catalog(path)
+    assert load_catalog(path) is first and load_catalog(str(path)) is first
+    assert [p.product_id for p in first["s1"].search("denim skirt")] == ["p1"]  # the lazily built index
+    renamed = catalog().set_column(2, "title", pa.array(["Blue denim skort"] + catalog().column("title").to_pylist()[1:]))
+    pq.write_table(renamed, path)
+    again = load_catalog(path)
+    assert again is not first and again["s1"].products["p1"].title == "Blue denim skort"
+    assert load_catalog(catalog())["s1"] is not load_catalog(catalog())["s1"]  # a table is never cached
