@@ -247,7 +247,7 @@ def test_serve_command_errors_cleanly(tmp_path):
 
 def test_a_catalog_file_is_built_once_per_content(tmp_path):
     """The same file gives the same shops (a behaviour stage's dozen simulations build them once);
-    a file rewritten in place with other content, even of the same size, is read again."""
+    a file rewritten in place with other content is read again (the key is the content, not a time)."""
     from simpersona.storefront.catalog import load_catalog
 
     path = tmp_path / "catalog.parquet"
