@@ -215,10 +215,12 @@ def test_blank_check_agrees_with_trim(value):
     assert fast == slow
 
 
-def test_rejects_after_malformed_lines_keep_their_lines_in_every_file(tmp_path):
+@pytest.mark.parametrize("parts", [1, 2, 3])
+def test_rejects_after_malformed_lines_keep_their_lines_in_every_file(tmp_path, parts):
     """DuckDB's parser skips malformed lines; the rows after them are put back on their lines only
     where they are reported (staged rejects, duplicates). Two files, malformed lines before bad rows
-    and before duplicates (one of them a copy of the other file's row): every reject on its line."""
+    and before duplicates (one of them a copy of the other file's row): every reject on its line,
+    whether a file is parsed whole or in byte ranges side by side (`parts`)."""
     good = [f"s1,b{i},x{i},2024-05-01T10:00:{i:02d}Z,page_view,,,,," for i in range(30)]
     a = [HEADER, *good[:10], "s1,b1,x1,2024-05-01T10:00:00Z,page_view", good[3], "a,b", "s1,b9,x9,yesterday,page_view,,,,,",
          *good[10:20], "s1,b2,x2,2024-05-01T10:00:00Z,page_view,,,,,,x", good[15]]
@@ -226,7 +228,7 @@ def test_rejects_after_malformed_lines_keep_their_lines_in_every_file(tmp_path):
     d = tmp_path / "in"
     d.mkdir()
     fa, fb = write(d / "a.csv", a), write(d / "b.csv", b)
-    s = run(tmp_path, d)
+    s = run(tmp_path, d, threads=parts, part_mib=1e-6 if parts > 1 else 64)
     assert s["read_line_by_line"] == []  # the fast path, with line shifts
     rej = pq.read_table(tmp_path / "out" / "rejected.parquet").to_pylist()
     got = {(r["source_file"], r["row"]): r["reason"] for r in rej}

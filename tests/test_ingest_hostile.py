@@ -388,8 +388,10 @@ corruption = st.tuples(st.sampled_from(['"', "\n", ",", ";", "\r", '""', "\n\n",
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(fmt=st.sampled_from(list(FORMATS)), n=st.integers(1, 25), cuts=st.lists(corruption, max_size=6))
-def test_accepted_plus_rejected_equals_physical_data_lines(tmp_path_factory, fmt, n, cuts):
+@given(fmt=st.sampled_from(list(FORMATS)), n=st.integers(1, 25), cuts=st.lists(corruption, max_size=6),
+       parts=st.integers(1, 3))
+def test_accepted_plus_rejected_equals_physical_data_lines(tmp_path_factory, fmt, n, cuts, parts):
+    """Whatever the corruption and however many byte ranges a file is parsed in side by side."""
     d = tmp_path_factory.mktemp("prop")
     rows = make(fmt, n)
     h = 1 if FORMATS[fmt][0] else 0
@@ -401,7 +403,7 @@ def test_accepted_plus_rejected_equals_physical_data_lines(tmp_path_factory, fmt
     src.write_bytes((header + body).encode())
     expected = data_lines(header + body, h)
     try:
-        s = run(src, d / "o", fmt)
+        s = run(src, d / "o", fmt, threads=parts, part_mib=1e-6)
     except IngestError as e:  # a header-less file with no good row in its first ten lines is refused
         assert fmt == "taobao" and "not a taobao" in str(e)
         return
@@ -495,3 +497,25 @@ def test_count_lines_matches_its_definition_at_any_chunk_size(tmp_path, monkeypa
     p = tmp_path / "f.csv"
     p.write_bytes(data)
     assert lines.count_lines(p) == _reference_count(data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=30).map(lambda b: bytes(b"a,\n\r"[x % 4] for x in b)),
+       skip=st.integers(0, 2), parts=st.integers(1, 4), chunk=st.integers(1, 8))
+def test_lines_counted_by_ranges_add_up_to_the_whole_count(tmp_path, monkeypatch, data, skip, parts, chunk):
+    """A file parsed in byte ranges is counted range by range while it is piped (the header with the
+    first range): the counts add up to the whole file's, and the ranges start at line starts."""
+    monkeypatch.setattr(lines, "CHUNK", chunk)
+    p = tmp_path / "f.csv"
+    p.write_bytes(data)
+    head_end, ranges = lines.split_ranges(p, skip, parts)
+    assert ranges[0][0] == head_end and ranges[-1][1] == len(data) and len(ranges) <= parts
+    assert all(a < b for a, b in ranges[1:]) and all(e == a for (_, e), (a, _) in zip(ranges, ranges[1:]))
+    assert all(data[a - 1:a] == b"\n" for a, _ in ranges[1:])
+    counters = []
+    for k, (a, b) in enumerate(ranges):
+        c = lines.LineCounter()
+        for i in range(0 if k == 0 else a, b, chunk):
+            c.feed(data[i:min(i + chunk, b)])
+        counters.append(c)
+    assert lines.LineCounter.total(counters) == _reference_count(data)

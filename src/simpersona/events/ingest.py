@@ -29,6 +29,7 @@ import glob
 import json
 import os
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -81,8 +82,10 @@ class IngestConfig:
     tmall_year: int = 2014
     # DuckDB memory limit; larger inputs spill to disk.
     memory_limit: str = "1500MB"
-    # DuckDB worker threads.
+    # DuckDB worker threads; a CSV file is parsed as up to this many byte ranges side by side.
     threads: int = 2
+    # Smallest byte range (MiB) of a CSV file worth parsing beside another one.
+    part_mib: float = 64.0
     # Show DuckDB's progress bar.
     progress: bool = True
 
@@ -173,6 +176,8 @@ class FileRead:
     extra_columns: tuple[str, ...] = ()
     # Optional columns the file lacks.
     absent_columns: tuple[str, ...] = ()
+    # What the staged view adds to the `_row` of a record parsed in part k (k = `_row` >> PART_BITS).
+    row_bases: tuple[int, ...] = (0,)
 
 
 class _Redactor:
@@ -233,51 +238,93 @@ def _insert_malformed(con: duckdb.DuckDBPyConnection, table: str, file: str,
     con.unregister("_bad")
 
 
-def _read_csv_sql(path: Path, header: readers.Header, rejects: str) -> str:
+def _read_csv_sql(path: Path, header: readers.Header, rejects: str, has_header: bool | None = None) -> str:
     cols = "{" + ", ".join(f"{lit(c)}: 'VARCHAR'" for c in header.names) + "}"
+    has_header = bool(header.lines) if has_header is None else has_header
     return (
-        f"read_csv({lit(path)}, columns={cols}, header={str(bool(header.lines)).lower()}, auto_detect=false, "
+        f"read_csv({lit(path)}, columns={cols}, header={str(has_header).lower()}, auto_detect=false, "
         f"delim=',', quote='\"', escape='\"', store_rejects=true, ignore_errors=true, "
         f"rejects_table='{rejects}', rejects_scan='{rejects}_scan', null_padding=false)"
     )
 
 
+# `_row` of a record parsed in part k of a file (see _read_csv): k << PART_BITS plus its number in
+# the part, so that ordering by `_row` is ordering by line; the staged view adds the part's base.
+PART_BITS = 40
+PART_MASK = (1 << PART_BITS) - 1
+
+
 def _read_csv(con: duckdb.DuckDBPyConnection, path: Path, header: readers.Header, tmp: Path, tag: str,
-              stage: Callable[[str], int]) -> tuple[FileRead, list[tuple[int, str, str]]]:
+              stage: Callable[[str], int], parts: int = 1) -> tuple[FileRead, list[tuple[int, str, str]]]:
     """Run `stage(rows)` over the file's rows (`_row` + its columns) and return how it went and
     the malformed lines, so that parsed rows + malformed lines == the file's data lines.
 
-    Fast path: DuckDB's parser; parsed row r then sits on line r + #{malformed lines before it}
-    (`line_shift`). It is kept only when the byte count agrees that each record was one line;
-    otherwise, and for files with empty lines or mixed line breaks (whose line numbers DuckDB
-    counts differently), the file is split line by line (`lines.csv_lines_to_parquet`) and staged.
-    The byte count runs in a thread while DuckDB parses (`execute` releases the GIL; the row-numbered
-    parse keeps one core busy, the count takes the other), so the fast path is tried before the
-    count says whether it may be kept.
+    Fast path: DuckDB's parser, over up to `parts` byte ranges of the file side by side. A record
+    can only be numbered by a scan that reads its file in order on one thread
+    (`row_number() OVER ()`), so each range goes to DuckDB through a named pipe of its own, written
+    by a thread that counts the range's lines on the way (`lines.pipe_range`: the file is read once,
+    and the count is made apart from the parser). Parsed row r of a part then sits on line
+    r + #{malformed lines before it} once the rows of the parts before it are counted in
+    (`FileRead.row_bases`, `line_shift`). The result is kept only when the byte count agrees that
+    each record was one line; otherwise, and for files with empty lines or mixed line breaks
+    (whose line numbers DuckDB counts differently), the file is split line by line
+    (`lines.csv_lines_to_parquet`) and staged.
     """
-    rej = f"rej_{tag}"
-    parsed, bad = None, []
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        counting = pool.submit(lines.count_lines, path)
-        inner = f"(SELECT row_number() OVER () + {header.lines} AS _row, * FROM {_read_csv_sql(path, header, rej)})"
-        try:
-            parsed = stage(inner)
-            bad = [(line, err, text.rstrip("\r\n")) for line, err, text in con.execute(
-                f"""SELECT line, arg_min(lower(replace(error_type, ' ', '_')), column_idx), any_value(csv_line)
-                    FROM {rej} GROUP BY line ORDER BY line""").fetchall()]  # one entry per line
-        except duckdb.Error as e:
-            if _write_problem(e):
-                raise
-            parsed = None  # the parser gave up on the file (e.g. `\r` line breaks): go line by line
-        finally:
-            con.execute(f"DROP TABLE IF EXISTS {rej}; DROP TABLE IF EXISTS {rej}_scan")
-        count = counting.result()
+    head_end, ranges = lines.split_ranges(path, header.lines, parts)
+    counters = [lines.LineCounter() for _ in ranges]
+    with open(path, "rb") as f:
+        counters[0].feed(f.read(head_end))  # the header's lines are lines of the file
+    fifos = [tmp / f"part_{tag}_{k}.csv" for k in range(len(ranges))]
+    rej = [f"rej_{tag}_{k}" for k in range(len(ranges))]
+    for fifo in fifos:
+        os.mkfifo(fifo)
+    parsed, bad, stop = None, [], threading.Event()
+    try:
+        with ThreadPoolExecutor(max_workers=len(ranges)) as pool:
+            feeding = [pool.submit(lines.pipe_range, path, a, b, fifo, c, stop)
+                       for (a, b), fifo, c in zip(ranges, fifos, counters, strict=True)]
+            inner = "(" + " UNION ALL ".join(
+                f"SELECT {(k << PART_BITS) + (header.lines if k == 0 else 0)}::BIGINT + row_number() OVER () AS _row, * "
+                f"FROM {_read_csv_sql(fifo, header, rej[k], has_header=False)}"
+                for k, fifo in enumerate(fifos)) + ")"
+            try:
+                con.execute("SET preserve_insertion_order = false")  # the parts side by side; `_row` keeps the order
+                parsed = stage(inner)
+                bad_by_part = [con.execute(
+                    f"""SELECT line, arg_min(lower(replace(error_type, ' ', '_')), column_idx), any_value(csv_line)
+                        FROM {r} GROUP BY line ORDER BY line""").fetchall() for r in rej]  # one entry per line
+            except duckdb.Error as e:
+                if _write_problem(e):
+                    raise
+                parsed = None  # the parser gave up on the file (e.g. `\r` line breaks): go line by line
+            finally:
+                con.execute("SET preserve_insertion_order = true")
+                stop.set()
+                for fifo in fifos:
+                    lines.release_pipe(fifo)
+            for f in feeding:
+                f.result()
+    finally:
+        for r in rej:
+            con.execute(f"DROP TABLE IF EXISTS {r}; DROP TABLE IF EXISTS {r}_scan")
+        for fifo in fifos:
+            fifo.unlink(missing_ok=True)
+    count = lines.LineCounter.total(counters)
     data_lines = max(count.lines - header.lines, 0)
-    if count.empty == 0 and count.plain_breaks and parsed is not None and parsed + len(bad) == data_lines:
-        if bad:
-            con.execute(f"INSERT INTO line_shift SELECT {lit(path)}, unnest(?::BIGINT[])",
-                        [[line - k for k, (line, _, _) in enumerate(bad)]]).fetchall()
-        return FileRead(parsed, data_lines, 0, "duckdb", header.extra, header.absent), bad
+    if count.empty == 0 and count.plain_breaks and parsed is not None:
+        # data lines of each part, and its first line's number minus one
+        part_lines = [lines.LineCounter.total([c]).lines for c in counters]
+        part_lines[0] -= header.lines
+        line_base = [header.lines + sum(part_lines[:k]) for k in range(len(part_lines))]
+        part_parsed = [n - len(b) for n, b in zip(part_lines, bad_by_part, strict=True)]
+        if sum(part_parsed) == parsed:
+            bad = [(line + line_base[k], err, text.rstrip("\r\n"))
+                   for k, part in enumerate(bad_by_part) for line, err, text in part]
+            if bad:
+                con.execute(f"INSERT INTO line_shift SELECT {lit(path)}, unnest(?::BIGINT[])",
+                            [[line - k for k, (line, _, _) in enumerate(bad)]]).fetchall()
+            bases = (0,) + tuple(header.lines + sum(part_parsed[:k]) for k in range(1, len(part_parsed)))
+            return FileRead(parsed, data_lines, 0, "duckdb", header.extra, header.absent, bases), bad
     split = tmp / f"lines_{tag}.parquet"
     bad = lines.csv_lines_to_parquet(path, list(header.names), header.lines, split)
     parsed = stage(f"read_parquet({lit(split)})")
@@ -319,8 +366,9 @@ def _stage_file(con: duckdb.DuckDBPyConnection, cfg: IngestConfig, path: Path, i
                                         header.extra, header.absent), [], header.names
         else:
             header = readers.read_header(path, cfg.format)
+            parts = max(1, min(cfg.threads, int(path.stat().st_size / (cfg.part_mib * 2**20))))
             read, bad = _read_csv(con, path, header, tmp, str(i),
-                                  lambda inner: stage(readers.bind(cfg.format, header, inner)))
+                                  lambda inner: stage(readers.bind(cfg.format, header, inner)), parts)
             names = header.names
     except FormatError as e:
         raise IngestError(str(e)) from None
@@ -354,15 +402,21 @@ def _stage_otto(con, path: Path, tmp: Path, i: int, stage) -> tuple[FileRead, li
     return FileRead(n, count.lines, count.empty, "line by line"), sorted(bad), ("line",)
 
 
-def _create_staged_view(con: duckdb.DuckDBPyConnection, files: list[Path]) -> None:
+def _create_staged_view(con: duckdb.DuckDBPyConnection, files: list[Path], reads: dict[str, FileRead]) -> None:
     """`staged`: every parsed row of every file (`staged_i`) with its file and `_row`: its line,
     except that on DuckDB's fast path the malformed lines before it are not counted in
     (`REJECTS_SQL` adds them where a line is reported). Ordering by `_row` is ordering by line, and
     no pass over all rows pays for the correction (a per-row count over `line_shift` here made a
     file with 1‰ malformed lines ingest 14× slower: 1M events, 56.5 s vs 4.0 s without them;
-    `bench/bench_ingest.py --malformed-per-mille 1`)."""
-    con.execute("CREATE VIEW staged AS " + " UNION ALL ".join(
-        f"SELECT {lit(f)} AS _file, * FROM staged_{i}" for i, f in enumerate(files)))
+    `bench/bench_ingest.py --malformed-per-mille 1`). A file parsed in parts gets each part's
+    base added to its rows' number within the part (see _read_csv)."""
+    def rows(i: int, f: Path) -> str:
+        bases = reads[str(f)].row_bases
+        if len(bases) == 1:
+            return f"SELECT {lit(f)} AS _file, * FROM staged_{i}"
+        row = f"(_row & {PART_MASK}) + {list(bases)}[(_row >> {PART_BITS}) + 1]"
+        return f"SELECT {lit(f)} AS _file, * REPLACE ({row} AS _row) FROM staged_{i}"
+    con.execute("CREATE VIEW staged AS " + " UNION ALL ".join(rows(i, f) for i, f in enumerate(files)))
 
 
 DEDUP_KEY = "shop_id, buyer_id, session_id, ts, event_type, product_id, collection_id, query, price, quantity"
@@ -584,7 +638,7 @@ def run(cfg: IngestConfig, run_dir: Path) -> dict[str, Any]:
             con.execute(SIDE_DDL)
             chk = check_expr(f"TIMESTAMPTZ '{ts_max().isoformat()}'", check_session=cfg.format != "taobao")
             reads = {str(path): _stage_file(con, cfg, path, i, chk, tmp, red) for i, path in enumerate(files)}
-            _create_staged_view(con, files)
+            _create_staged_view(con, files, reads)
             has_dups = _find_duplicates(con, red) > 0
             if cfg.strict and (err := _strict_error(con)) is not None:
                 raise err

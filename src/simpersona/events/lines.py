@@ -12,7 +12,10 @@ the supported formats puts line breaks inside fields).
 from __future__ import annotations
 
 import csv
+import os
 import re
+import select
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +41,51 @@ class LineCount:
     plain_breaks: bool = True
 
 
+class LineCounter:
+    """`count_lines` fed one block at a time, so that a byte range of a file can be counted while it
+    is read for another purpose (`pipe_range`); `total` adds up the counters of a file's ranges.
+
+    A range starts at the start of the file or just after a line break: either way it is counted
+    as if after a `\\n` (the bytes before a range's first line change none of its counts)."""
+
+    def __init__(self):
+        self.breaks = self.empty = self.cr = self.crlf = 0
+        self.carry, self.last = b"\n", b""
+
+    def feed(self, chunk: bytes) -> None:
+        self.breaks += chunk.count(b"\n")
+        # Empty lines and `\r` are rare: a chunk is searched for them (plus its 2-byte seam with
+        # the last one), and only a chunk that has one is joined to `carry` and scanned (5M events,
+        # 392 MiB: 1.7 s → 1.0 s). Matches lying wholly in `carry` (≤ 2 bytes; the longest match is
+        # 3) were counted with the last chunk.
+        carry = self.carry
+        seam = carry + chunk[:2]
+        has_cr = b"\r" in chunk
+        if (b"\n\n" in chunk or b"\n\n" in seam or b"\n\r\n" in seam
+                or (has_cr and b"\n\r\n" in chunk)):
+            probe = carry + chunk
+            self.empty += len(_EMPTY_AFTER.findall(probe)) - len(_EMPTY_AFTER.findall(carry))
+        if has_cr or carry.endswith(b"\r"):
+            self.cr += chunk.count(b"\r")
+            self.crlf += (carry[-1:] + chunk).count(b"\r\n")  # pairs wholly in carry were counted
+        self.carry, self.last = (carry + chunk)[-2:] if len(chunk) < 2 else chunk[-2:], chunk[-1:]
+
+    def _open_end(self) -> tuple[int, int]:
+        """(1 if the range ends in a line without a line break, empty lines that adds)."""
+        open_end = self.last not in (b"", b"\n")
+        return int(open_end), int(open_end and self.carry.endswith(b"\n\r"))  # a final lone `\r`
+
+    @staticmethod
+    def total(counters: list[LineCounter]) -> LineCount:
+        """The count of the file whose consecutive ranges `counters` counted (only the last range
+        may end without a line break)."""
+        breaks = sum(c.breaks for c in counters)
+        cr, crlf = sum(c.cr for c in counters), sum(c.crlf for c in counters)
+        open_end, lone_cr = counters[-1]._open_end()
+        empty = sum(c.empty for c in counters) + lone_cr
+        return LineCount(breaks + open_end - empty, empty, cr == 0 or cr == crlf == breaks)
+
+
 def count_lines(path: Path) -> LineCount:
     """Count non-empty and empty lines by scanning bytes (independent of any CSV parser).
 
@@ -46,30 +94,75 @@ def count_lines(path: Path) -> LineCount:
     >>> count_lines(p)
     LineCount(lines=3, empty=2, plain_breaks=False)
     """
-    breaks = empty = cr = crlf = 0
-    carry = b"\n"  # the file starts as if after a line break (not counted)
-    last = b""
+    counter = LineCounter()
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
-            breaks += chunk.count(b"\n")
-            # Empty lines and `\r` are rare: a chunk is searched for them (plus its 2-byte seam with
-            # the last one), and only a chunk that has one is joined to `carry` and scanned (5M events,
-            # 392 MiB: 1.7 s → 1.0 s). Matches lying wholly in `carry` (≤ 2 bytes; the longest match is
-            # 3) were counted with the last chunk.
-            seam = carry + chunk[:2]
-            has_cr = b"\r" in chunk
-            if (b"\n\n" in chunk or b"\n\n" in seam or b"\n\r\n" in seam
-                    or (has_cr and b"\n\r\n" in chunk)):
-                probe = carry + chunk
-                empty += len(_EMPTY_AFTER.findall(probe)) - len(_EMPTY_AFTER.findall(carry))
-            if has_cr or carry.endswith(b"\r"):
-                cr += chunk.count(b"\r")
-                crlf += (carry[-1:] + chunk).count(b"\r\n")  # pairs wholly in carry were counted
-            carry, last = (carry + chunk)[-2:] if len(chunk) < 2 else chunk[-2:], chunk[-1:]
-    open_end = last not in (b"", b"\n")  # a final line without a line break
-    if open_end and carry.endswith(b"\n\r"):
-        empty += 1  # the final line is a lone `\r`
-    return LineCount(breaks + open_end - empty, empty, cr == 0 or cr == crlf == breaks)
+            counter.feed(chunk)
+    return LineCounter.total([counter])
+
+
+def split_ranges(path: Path, skip: int, parts: int) -> tuple[int, list[tuple[int, int]]]:
+    """The end of the first `skip` lines (the header) and up to `parts` byte ranges of about equal
+    size covering the rest of the file, each starting at the start of a line.
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "f.csv"; _ = p.write_bytes(b"h\\n111\\n222\\n333\\n")
+    >>> split_ranges(p, 1, 2)
+    (2, [(2, 10), (10, 14)])
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        for _ in range(skip):
+            f.readline()
+        start = f.tell()
+        cuts = [start]
+        for k in range(1, parts):
+            f.seek(max(start + (size - start) * k // parts - 1, cuts[-1]))
+            f.readline()  # to the start of the next line
+            if cuts[-1] < f.tell() < size:
+                cuts.append(f.tell())
+    return start, list(zip(cuts, cuts[1:] + [size]))
+
+
+def pipe_range(path: Path, start: int, end: int, fifo: Path, counter: LineCounter, stop: threading.Event) -> None:
+    """Write bytes [start, end) of `path` into the named pipe `fifo`, counting their lines on the way.
+
+    Waits for a reader to open the pipe (`release_pipe` ends the wait). Once the reader is gone or
+    `stop` is set (a parser that gave up), the rest of the range is only counted: the count is the
+    reference the parse is checked against."""
+    fd = os.open(fifo, os.O_WRONLY)
+    os.set_blocking(fd, False)  # a reader that stops reading must not hold this thread forever
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            left = end - start
+            while left and (chunk := f.read(min(CHUNK, left))):
+                left -= len(chunk)
+                counter.feed(chunk)
+                view = memoryview(chunk)
+                while fd >= 0 and view:
+                    try:
+                        if stop.is_set():
+                            raise BrokenPipeError
+                        select.select([], [fd], [], 0.5)
+                        view = view[os.write(fd, view):]
+                    except BlockingIOError:
+                        continue
+                    except BrokenPipeError:
+                        os.close(fd)
+                        fd = -1
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def release_pipe(fifo: Path) -> None:
+    """Let a `pipe_range` still waiting for its reader go on (to count only): open the read end and
+    close it at once."""
+    try:
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+    except OSError:
+        pass
 
 
 def csv_lines_to_parquet(path: Path, names: list[str], skip: int, out: Path) -> list[tuple[int, str, str]]:
