@@ -12,7 +12,8 @@ reason, field, source file, line and source values (ids hashed unless `keep_raw_
 
 Nothing is lost: every data line of a CSV file (see `lines.py`) is one accepted row or one
 reject, and this is checked against a byte count of the file's lines made apart from any
-parser. DuckDB's parser reads a file first; when its records do not match the file's lines
+parser. DuckDB's parser reads a file first, as byte ranges side by side (one per thread, each
+piped to DuckDB by a thread that counts its lines); when its records do not match the file's lines
 (a quote left open, a quoted line break, empty lines, stray `\\r`), the file is read again line
 by line, each line on its own, so a bad line is quarantined as `malformed_row` and never merges
 with or swallows its neighbours. DuckDB runs under a memory limit and spills to `run_dir/.tmp`,
