@@ -83,3 +83,20 @@ def test_out_of_memory_names_the_fields(tmp_path):
                          embedding=EmbeddingConfig(enabled=False))
     with pytest.raises(FeaturesError, match="memory_limit='1MB'.*max_temp_directory_size='1MB'"):
         run(cfg, tmp_path / "out")
+
+
+def test_pairs_same_without_the_hash_join(tmp_path, monkeypatch):
+    """Where the 64-bit key hash is not unique over the buyers, the events are joined to their buyer
+    rows on the string keys: the same pairs."""
+    from simpersona.features import stage
+
+    _input(tmp_path / "in")
+    d = tmp_path / "in"
+    con = connect(FeaturesConfig(progress=False), tmp_path / "tmp")
+    keys = stage.engine_table(con, "_keys", pq.read_table(d / "keys.parquet"))
+    assert stage._keys_hash_unique(con, keys, keys.count().to_pyarrow().as_py())
+    by_hash = buyer_product_rows(con, d / "events.parquet", keys, d / "index.parquet")
+    monkeypatch.setattr(stage, "_keys_hash_unique", lambda *a: False)
+    by_strings = buyer_product_rows(con, d / "events.parquet", d / "keys.parquet", d / "index.parquet")
+    for a, b in zip(by_hash, by_strings, strict=True):
+        np.testing.assert_array_equal(a, b)  # both ordered by channel, buyer, product
