@@ -188,11 +188,23 @@ def _to_arrow(expr) -> pa.Table:
 
 
 def compute_buyers(con, cfg: FeaturesConfig, events_path: Path, catalog_path: Path, out_dir: Path) -> pa.Table:
-    """Enrichment pass → out_dir/buyer_sessions.parquet; then the raw per-buyer table (sorted).
+    """Enrichment pass → out_dir/buyer_sessions.parquet and the raw per-buyer table (sorted), one
+    after the other (`aggregate_buyers`, then its writer)."""
+    raw, write_sessions = aggregate_buyers(con, cfg, events_path, catalog_path, out_dir)
+    write_sessions()
+    return raw
+
+
+def aggregate_buyers(con, cfg: FeaturesConfig, events_path: Path, catalog_path: Path, out_dir: Path):
+    """Enrichment pass → (the raw per-buyer table (sorted), a function that writes the sessions to
+    out_dir/buyer_sessions.parquet and returns their count).
 
     The session table is computed once and kept in the engine (a DuckDB temp table, spilling
-    under memory_limit; a cached DataFrame on Spark): the Parquet file and the per-buyer scalars
-    are both read from it, so the events are aggregated once and the file is not read back."""
+    under memory_limit; a cached DataFrame on Spark) until the writer has run: the Parquet file and
+    the per-buyer scalars are both read from it, so the events are aggregated once and the file is
+    not read back. Nothing after the stage's aggregation reads the file, so `run` writes it on the
+    engine's thread while the vectors are written (the vectors' Parquet writer keeps one core busy,
+    the other mostly idle)."""
     events = con.read_parquet(str(events_path))
     catalog = con.read_parquet(str(catalog_path))
     sessions = agg.session_table(events, catalog, context=cfg.context)
@@ -202,14 +214,24 @@ def compute_buyers(con, cfg: FeaturesConfig, events_path: Path, catalog_path: Pa
         sessions = con.create_table("_features_sessions", sessions, temp=True)
     else:
         sessions = sessions.cache()
-    try:
-        # rows in engine order: sorting ~3M sessions by string keys cost ~25% of the hand-written
-        # aggregation and no reader relies on the order (they join on the keys)
-        _stream_to_parquet(sessions, out_dir / "buyer_sessions.parquet")
-        return _to_arrow(agg.buyer_table(sessions).order_by(list(agg.KEYS)))
-    finally:
+
+    def release() -> None:
         if duck:
             con.raw_sql("DROP TABLE IF EXISTS _features_sessions")
+
+    def write_sessions() -> int:
+        try:
+            # rows in engine order: sorting ~3M sessions by string keys cost ~25% of the hand-written
+            # aggregation and no reader relies on the order (they join on the keys)
+            return _stream_to_parquet(sessions, out_dir / "buyer_sessions.parquet")
+        finally:
+            release()
+
+    try:
+        return _to_arrow(agg.buyer_table(sessions).order_by(list(agg.KEYS))), write_sessions
+    except BaseException:
+        release()
+        raise
 
 
 def buyer_product_expr(con, events_path: Path, buyers_keys_path: Path, index_path: Path):
@@ -240,7 +262,8 @@ def _distinct_pairs(b: np.ndarray, p: np.ndarray, n_b: int, n_p: int) -> tuple[n
 def engine_table(con, name: str, table: pa.Table):
     """`table` copied into a DuckDB temp table `name` → its Ibis table. A copy, not a registered Arrow
     view: DuckDB's threads scan a registered view under the GIL, which a Python thread hashing buyer ids
-    beside the query held (labels 12.6 s instead of 5.9 s at 1.3M buyers)."""
+    beside the query holds (at 1.3M buyers, one run each on a busy machine: the labels beside the
+    pairs query took 12.6 s with a view, 7.4 s with the copy)."""
     con.con.register(f"{name}_arrow", table)
     try:
         con.raw_sql(f"CREATE OR REPLACE TEMP TABLE {name} AS FROM {name}_arrow")
@@ -249,29 +272,42 @@ def engine_table(con, name: str, table: pa.Table):
     return con.table(name)
 
 
-def buyer_product_rows(con, events_path: Path, keys, index_path: Path):
-    """(buyer_row, product_row, channel) int32/int32/int8 arrays, one per distinct pair and channel
-    (0 viewed, 1 carted, 2 purchased), for products in the index; ordered by channel, buyer, product.
+def product_event_rows(con, events_path: Path, keys, index_path: Path):
+    """(buyer_row, product_row, event) int32/int32/int8 arrays, one per product event of a product in
+    the index (event: `agg.EVENT_CODES`), in engine order and not made distinct: a buyer's channel
+    mask needs no distinct pairs, and `embed.channel_weights` counts distinct products itself.
 
     `keys`: the (shop_id, buyer_id, buyer_row) table of every buyer of the events, an engine table
-    (`engine_table`) or a Parquet file. The engine hands back one row per product event
-    (`agg.product_events`, on DuckDB joined to the buyer rows on a 64-bit hash where it is unique)
-    and the pairs are made distinct here, per channel: at 22.2M events (10.1M product events, 7.6M
-    distinct pairs; 2 threads, quiet machine) 3.3 s for the query and this (0.9 s of it), where the
-    engine's GROUP BY over the string-key join took 10.3 s."""
+    (`engine_table`) or a Parquet file. On DuckDB the events are joined to their buyer rows on a
+    64-bit hash of the keys where it is unique over the buyers: at 22.2M events (10.1M product
+    events; 2 threads, quiet machine) 2.4 s, where a GROUP BY over the string-key join took 10.3 s
+    with the fetch."""
     kt = con.read_parquet(str(keys)) if isinstance(keys, Path) else keys
     n_b = _to_arrow(kt.count().as_table())[0][0].as_py()
-    n_p = pq.read_metadata(index_path).num_rows
     ev = agg.product_events(con.read_parquet(str(events_path)), con.read_parquet(str(index_path)), kt,
                             by_hash=_keys_hash_unique(con, kt, n_b))
     t = _to_arrow(ev.select(b=ev.buyer_row.cast("int32"), p=ev.product_row.cast("int32"), e=ev.event))
-    b, p, e = (t[c].to_numpy() for c in ("b", "p", "e"))  # (events,) each
-    parts = [_distinct_pairs(b[sel], p[sel], n_b, n_p) for sel in (e == 0, e >= 1, e == 2)]  # funnel closure: bought ⊂ carted
+    return tuple(t[c].to_numpy() for c in ("b", "p", "e"))  # (events,) each
+
+
+def buyer_product_rows(con, events_path: Path, keys, index_path: Path):
+    """(buyer_row, product_row, channel) int32/int32/int8 arrays, one per distinct pair and channel
+    (0 viewed, 1 carted, 2 purchased), for products in the index; ordered by channel, buyer, product.
+    `keys` as in `product_event_rows`."""
+    b, p, e = product_event_rows(con, events_path, keys, index_path)
+    n_b, n_p = int(b.max(initial=-1)) + 1, pq.read_metadata(index_path).num_rows
+    parts = [_distinct_pairs(b[sel], p[sel], n_b, n_p) for sel in channel_rows(e)]
     return (
         np.concatenate([pb for pb, _ in parts]),
         np.concatenate([pp for _, pp in parts]),
         np.concatenate([np.full(len(pb), c, dtype=np.int8) for c, (pb, _) in enumerate(parts)]),
     )
+
+
+def channel_rows(event: np.ndarray) -> list[np.ndarray]:
+    """Per channel (viewed, carted, purchased) the boolean rows of `event` (agg.EVENT_CODES) in it:
+    funnel closure, a purchase is also a carted product."""
+    return [event == 0, event >= 1, event == 2]
 
 
 def assemble(scalars_z: np.ndarray, channels: list[np.ndarray] | None, masks: np.ndarray,
@@ -334,12 +370,32 @@ def run(cfg: FeaturesConfig, run_dir: Path, encoder=None) -> dict:
     tmp = run_dir / "_tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     con = connect(cfg, tmp / "duckdb")
-    timings: dict[str, float] = {}
 
-    # (1)+(2) enrichment and raw buyer scalars
+    # background threads (each releases the GIL in its C++ work): the engine's, which runs the pairs
+    # query while this thread does (4), then writes buyer_sessions.parquet while the vectors are
+    # written; and one for buyers.parquet
+    engine_thread, file_thread = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
+    try:
+        summary = _run_steps(cfg, run_dir, con, tmp, events_path, catalog_path, encoder, engine_thread, file_thread, t0)
+    finally:
+        engine_thread.shutdown()
+        file_thread.shutdown()
+    write_meta(run_dir, STAGE, cfg, summary=summary)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return summary
+
+
+def _run_steps(cfg, run_dir, con, tmp, events_path, catalog_path, encoder, engine_thread, file_thread, t0) -> dict:
+    """Steps (1)–(7) of `run` (see the module docstring) → the summary dict, written to summary.json."""
+    timings: dict[str, float] = {}
+    duck = cfg.engine != "pyspark"
+
+    # (1)+(2) enrichment and raw buyer scalars; the sessions are written later (`aggregate_buyers`)
     t = time.perf_counter()
-    raw = _engine(cfg, compute_buyers, con, cfg, events_path, catalog_path, run_dir)
+    raw, write_sessions = _engine(cfg, aggregate_buyers, con, cfg, events_path, catalog_path, run_dir)
     timings["aggregate_s"] = time.perf_counter() - t
+    if not duck:
+        write_sessions()
     n = raw.num_rows
     if n == 0:
         raise FeaturesError(f"{events_path}: no events")
@@ -349,8 +405,8 @@ def run(cfg: FeaturesConfig, run_dir: Path, encoder=None) -> dict:
     codes = pc.dictionary_encode(raw["shop_id"]).combine_chunks()
     shop = np.asarray(codes.dictionary.to_pylist(), dtype=str)[codes.indices.to_numpy()]
 
-    # (3) product index and buyer × product pairs; on DuckDB the pairs query runs on a thread of its
-    # own while this one does (4), single-threaded numpy and hashing (≈3 s at 1.3M buyers)
+    # (3) product index and buyer × product pairs; on DuckDB the pairs query runs on the engine's
+    # thread while this one does (4), single-threaded numpy and hashing (≈3 s at 1.3M buyers)
     t = time.perf_counter()
     keys = pa.table({"shop_id": raw["shop_id"], "buyer_id": raw["buyer_id"], "buyer_row": pa.array(np.arange(n))})
     cat = pq.read_table(catalog_path, columns=["shop_id", "product_id", "title"])
@@ -362,34 +418,29 @@ def run(cfg: FeaturesConfig, run_dir: Path, encoder=None) -> dict:
     index = pa.table({"shop_id": cat["shop_id"], "product_id": cat["product_id"], "row": pa.array(np.arange(len(titles)))})
     index_path = run_dir / "product_index.parquet"
     pq.write_table(index, index_path)
-    # buyers.parquet is written on a thread of its own (the Parquet writer releases the GIL), beside
-    # the pairs query and the vectors step; waited for after the vectors
-    file_thread = ThreadPoolExecutor(1)
-    with ThreadPoolExecutor(1) as engine_thread:
-        if cfg.engine == "pyspark":  # the pairs stay in Spark, read by the vectors step (features/spark.py)
-            keys_path = tmp / "buyer_keys.parquet"
-            pq.write_table(keys, keys_path)
-            pairs = buyer_product_expr(con, events_path, keys_path, index_path)
-        else:
-            keys_t = engine_table(con, "_features_keys", keys)
-            pairs_done = engine_thread.submit(_engine, cfg, buyer_product_rows, con, events_path, keys_t, index_path)
+    if duck:
+        keys_t = engine_table(con, "_features_keys", keys)
+        pairs_done = engine_thread.submit(_engine, cfg, product_event_rows, con, events_path, keys_t, index_path)
+        sessions_done = engine_thread.submit(_engine, cfg, write_sessions)  # after the pairs, beside (5)–(7)
+    else:  # the pairs stay in Spark, read by the vectors step (features/spark.py)
+        keys_path = tmp / "buyer_keys.parquet"
+        pq.write_table(keys, keys_path)
+        pairs = buyer_product_expr(con, events_path, keys_path, index_path)
 
-        # (4) strata, sample, labels → buyers.parquet; the scalar transform, fitted on the sample's train split
-        t_labels = time.perf_counter()
-        stratum, split, train, engage_edges, explore_edges, buyers = _labels(cfg, raw, col, shop, events_path)
-        buyers_written = file_thread.submit(pq.write_table, buyers, run_dir / "buyers.parquet")
-        raw_scalars = np.column_stack([col[name].astype(np.float64) for name in SCALAR_NAMES])  # (n, 16)
-        scalar_t = ScalarTransform(cfg.rate_alpha, cfg.rate_beta, cfg.intent_eps).fit(raw_scalars[train])
-        scalars_z = scalar_t.transform(raw_scalars)  # (n, 16) float32: row by row, as block by block
-        timings["labels_s"] = time.perf_counter() - t_labels
-
-        if cfg.engine == "pyspark":
-            _log(cfg, f"buyer–product pairs (Spark) over {len(titles):,} indexed products", t0)
-        else:
-            b_rows, p_rows, chan = pairs_done.result()
-            con.disconnect()  # the engine's work is done: hand its memory back before the vectors
-            _log(cfg, f"{len(b_rows):,} distinct buyer–product–channel pairs over {len(titles):,} indexed products", t0)
-        timings["pairs_s"] = time.perf_counter() - t  # from the index to the pairs, (4) included
+    # (4) strata, sample, labels → buyers.parquet (on its thread); the scalar transform fitted on the
+    # sample's train split
+    t_labels = time.perf_counter()
+    stratum, split, train, engage_edges, explore_edges, buyers = _labels(cfg, raw, col, shop, events_path)
+    buyers_written = file_thread.submit(pq.write_table, buyers, run_dir / "buyers.parquet")
+    raw_scalars = np.column_stack([col[name].astype(np.float64) for name in SCALAR_NAMES])  # (n, 16)
+    scalar_t = ScalarTransform(cfg.rate_alpha, cfg.rate_beta, cfg.intent_eps).fit(raw_scalars[train])
+    timings["labels_s"] = time.perf_counter() - t_labels
+    if duck:
+        b_rows, p_rows, event = pairs_done.result()
+        _log(cfg, f"{len(b_rows):,} product events over {len(titles):,} indexed products", t0)
+    else:
+        _log(cfg, f"buyer–product pairs (Spark) over {len(titles):,} indexed products", t0)
+    timings["pairs_s"] = time.perf_counter() - t  # from the index to the pairs, (4) included
 
     # (5) embeddings
     from simpersona.features.embed import EmbeddingCache, SentenceEncoder, embed_texts
@@ -410,17 +461,23 @@ def run(cfg: FeaturesConfig, run_dir: Path, encoder=None) -> dict:
     np.save(run_dir / "product_embeddings.npy", emb)
     timings["embed_s"] = time.perf_counter() - t
 
+    # (6)+(7) channel transforms and vectors.parquet
     t = time.perf_counter()
-    if cfg.engine == "pyspark":
+    if duck:
+        pcas, masks = _channels_and_vectors(cfg, run_dir, raw, raw_scalars, scalar_t, train, emb, b_rows, p_rows, event, e.enabled)
+    else:
         from simpersona.features import spark
 
-        vectors = spark.channels_and_vectors(cfg, con, run_dir, tmp, raw, col, train, emb, pairs, e.enabled)
-    else:
-        vectors = _channels_and_vectors(cfg, run_dir, raw, scalars_z, train, emb, b_rows, p_rows, chan, e.enabled)
+        scalar_t, pcas, masks = spark.channels_and_vectors(cfg, con, run_dir, tmp, raw, col, train, emb, pairs, e.enabled)
     timings["vectors_s"] = time.perf_counter() - t
-    scalar_t, pcas, masks = vectors if cfg.engine == "pyspark" else (scalar_t, *vectors)
+    t = time.perf_counter()
     buyers_written.result()
-    file_thread.shutdown()
+    if duck:
+        n_sessions = sessions_done.result()
+        con.disconnect()  # the engine's work is done: hand its memory back
+    else:
+        n_sessions = pq.read_metadata(run_dir / "buyer_sessions.parquet").num_rows
+    timings["files_wait_s"] = time.perf_counter() - t  # buyers and sessions files not yet written when the vectors were
 
     transforms = {
         "layout": {"n_scalars": N_SCALARS, "channel_dim": CHANNEL_DIM, "input_dim": INPUT_DIM},
@@ -443,7 +500,7 @@ def run(cfg: FeaturesConfig, run_dir: Path, encoder=None) -> dict:
     summary = {
         "buyers": int(n),
         "shops": int(len(np.unique(shop))),
-        "sessions": int(pq.read_metadata(run_dir / "buyer_sessions.parquet").num_rows),
+        "sessions": int(n_sessions),
         "products_indexed": len(titles),
         "strata_shares": shares(stratum, STRATA),
         "split_counts": {k: int(np.sum(split == k)) for k in ("train", "val", "holdout", "excluded")},
@@ -461,8 +518,6 @@ def run(cfg: FeaturesConfig, run_dir: Path, encoder=None) -> dict:
         "wall_s": round(time.perf_counter() - t0, 3),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_meta(run_dir, STAGE, cfg, summary=summary)
-    shutil.rmtree(tmp, ignore_errors=True)
     return summary
 
 
@@ -509,16 +564,16 @@ def _labels(cfg: FeaturesConfig, raw: pa.Table, col: dict, shop: np.ndarray, eve
     return stratum, split, train, engage_edges, explore_edges, buyers
 
 
-def _channels_and_vectors(cfg, run_dir, raw, scalars_z, train, emb, b_rows, p_rows, chan, enabled):
+def _channels_and_vectors(cfg, run_dir, raw, raw_scalars, scalar_t, train, emb, b_rows, p_rows, event, enabled):
     """Fit the channel transforms on train, then write vectors.parquet block by block → (pcas, masks).
+    `b_rows`, `p_rows`, `event`: `product_event_rows`.
 
     Without embeddings the channels are zero and only the masks are needed: no weight matrices."""
     from simpersona.features.embed import channel_weights
 
     n = raw.num_rows
     weights, masks = [], np.zeros((n, 3), dtype=np.float32)
-    for c in range(3):
-        sel = chan == c
+    for c, sel in enumerate(channel_rows(event)):
         if enabled:
             w, masks[:, c] = channel_weights(b_rows[sel], p_rows[sel], n, emb.shape[0])
             weights.append(w)
@@ -540,7 +595,7 @@ def _channels_and_vectors(cfg, run_dir, raw, scalars_z, train, emb, b_rows, p_ro
         for i, start in enumerate(range(0, n, cfg.block_rows)):
             end = min(n, start + cfg.block_rows)
             chans = [pcas[c].transform(np.asarray(weights[c][start:end] @ emb)) for c in range(3)] if enabled else None
-            x = assemble(scalars_z[start:end], chans, masks[start:end], out=bufs[i % 2])
+            x = assemble(scalar_t.transform(raw_scalars[start:end]), chans, masks[start:end], out=bufs[i % 2])
             arr = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel(), pa.float32()), INPUT_DIM)
             block = pa.table({"shop_id": raw["shop_id"][start:end], "buyer_id": raw["buyer_id"][start:end], "x": arr},
                              schema=VECTOR_SCHEMA)
