@@ -14,14 +14,19 @@ hand / features / hand / features … so that machine load hits both alike; medi
   to buyer_sessions.parquet, then the 16 scalars per (shop, buyer) from it, sorted, fetched to Arrow.
 - features: `stage.run` with embedding.enabled=false: buyer_sessions.parquet, buyers.parquet,
   strata/labels, buyer × product pairs (masks), transforms, vectors.parquet — the whole stage.
-  Its steps_s: aggregate_s, labels_s (strata, sample, labels, buyers.parquet), pairs_s (from the
-  product index to the pairs in memory; the pairs query runs while the labels are computed, so
-  labels_s lies within it), vectors_s; the rest of the wall time is reading the buyer table into
-  numpy, transforms.json and summary.json.
+  Its steps_s: aggregate_s, labels_s (strata, sample, labels, the scalar transform's fit), pairs_s
+  (from the product index to the product events in memory; the pairs query runs while the labels
+  are computed, so labels_s lies within it), vectors_s, files_wait_s; the rest of the wall time is
+  reading the buyer table into numpy, transforms.json and summary.json. Since feat10 the stage
+  writes buyer_sessions.parquet on the engine's thread and buyers.parquet on another while the
+  vectors are written: aggregate_s no longer holds the sessions file (b071218's did), labels_s no
+  longer holds buyers.parquet, vectors_s shares the cores with both, and files_wait_s is the wait
+  for them after the vectors (b071218 reports no files_wait_s).
 - features_aggregate: only the stage's aggregation step (`compute_buyers`: sessions written to
   buyer_sessions.parquet + the per-buyer scalars) — the like-for-like part of the comparison.
 - vectors_floor: writing as many 403-float vectors (one per buyer, with the ids) to Parquet with the
-  stage's writer (`stage.vectors_writer`) — the floor of the stage's vectors step. The vectors are
+  stage's writer and schema (`stage.vectors_writer`, `stage.VECTOR_SCHEMA`: since feat10 the vectors
+  are declared non-null, which made this floor ≈40% lower) — the floor of the stage's vectors step. The vectors are
   shaped like the features side's (no embeddings: 16 random scalars, zero channels, 0/1 masks).
 - embedding_mean: buyer × product pairs from the engine + three sparse (buyer × product) ×
   (product × 384) products with a fake embedding matrix.
@@ -162,7 +167,7 @@ t, c0 = time.perf_counter(), cpu()
 with vectors_writer(out / "vectors.parquet") as wr:  # the stage's writer and settings
     for start in range(0, n, block):
         end = min(n, start + block)
-        arr = pa.FixedSizeListArray.from_arrays(pa.array(x[: end - start].ravel(), pa.float32()), INPUT_DIM)
+        arr = pa.FixedSizeListArray.from_arrays(pa.array(x[: end - start].ravel(), pa.float32()), type=VECTOR_SCHEMA.field("x").type)
         wr.write_table(pa.table({"shop_id": keys["shop_id"][start:end], "buyer_id": keys["buyer_id"][start:end], "x": arr},
                                 schema=VECTOR_SCHEMA))
 print(json.dumps({"wall_s": time.perf_counter() - t, "cpu_s": cpu() - c0, "buyers": n}))

@@ -161,8 +161,7 @@ def channels_and_vectors(cfg, con, run_dir: Path, tmp: Path, raw: pa.Table, col:
             lambda it: _vector_batches(it, scalar_t, pcas, emb_bc, enabled), out_schema
         )
         masks = np.zeros((n, len(CHANNELS)), np.float32)
-        vec_type = pa.list_(pa.float32(), INPUT_DIM)
-        schema = pa.schema([("shop_id", pa.string()), ("buyer_id", pa.string()), ("x", vec_type)])
+        from simpersona.features.stage import VECTOR_SCHEMA, VECTOR_TYPE
         at = [0]  # the next buyer row expected: part files arrive in buyer-row order, every buyer once
 
         def batch(b: pa.RecordBatch) -> pa.RecordBatch:
@@ -175,7 +174,7 @@ def channels_and_vectors(cfg, con, run_dir: Path, tmp: Path, raw: pa.Table, col:
             at[0] += m
             return pa.RecordBatch.from_arrays(
                 [raw["shop_id"].slice(start, m).combine_chunks(), raw["buyer_id"].slice(start, m).combine_chunks(),
-                 pa.FixedSizeListArray.from_arrays(flat, INPUT_DIM)], schema=schema)
+                 pa.FixedSizeListArray.from_arrays(flat, type=VECTOR_TYPE)], schema=VECTOR_SCHEMA)
 
         # no dictionary and no min/max statistics for the float vectors (as the local path writes them)
         got = write_one_parquet(vec, run_dir / "vectors.parquet", tmp / "vectors.spark", batch,

@@ -311,22 +311,28 @@ def channel_rows(event: np.ndarray) -> list[np.ndarray]:
 
 
 def assemble(scalars_z: np.ndarray, channels: list[np.ndarray] | None, masks: np.ndarray,
-             out: np.ndarray | None = None) -> np.ndarray:
+             out: np.ndarray | None = None, zeroed: bool = False) -> np.ndarray:
     """The (n, 403) float32 input: scalars | 3 channels (zeroed where the mask is 0) | masks.
     `channels` None: all channels zero (no embeddings). `out`: an (≥ n, 403) float32 buffer to fill
-    and return a view of (reused across blocks)."""
+    and return a view of (reused across blocks). `zeroed`: out's channel columns hold zeros already
+    (a zero-filled buffer only ever given `channels` None): not written again (0.15 s a 200k block)."""
     x = np.empty((len(scalars_z), INPUT_DIM), dtype=np.float32) if out is None else out[: len(scalars_z)]
     x[:, :N_SCALARS] = scalars_z
     for c, sl in enumerate(CHANNEL_SLICES):
         if channels is None:
-            x[:, sl] = 0.0
+            if not zeroed:
+                x[:, sl] = 0.0
         else:  # written in place: no (n, 128) temporary per channel
             np.multiply(channels[c], masks[:, c : c + 1], out=x[:, sl])
     x[:, MASKS] = masks
     return x
 
 
-VECTOR_SCHEMA = pa.schema([("shop_id", pa.string()), ("buyer_id", pa.string()), ("x", pa.list_(pa.float32(), INPUT_DIM))])
+# x and its floats declared non-null (they never are null): Parquet then stores no definition levels
+# for the 403 floats of a row, and writing 1.3M vectors took 5.2–6.3 s instead of 9.0–9.2 s (one
+# run each, 2 cores, quiet)
+VECTOR_TYPE = pa.list_(pa.field("element", pa.float32(), nullable=False), INPUT_DIM)
+VECTOR_SCHEMA = pa.schema([("shop_id", pa.string()), ("buyer_id", pa.string()), pa.field("x", VECTOR_TYPE, nullable=False)])
 
 
 def vectors_writer(path: Path) -> pq.ParquetWriter:
@@ -588,15 +594,16 @@ def _channels_and_vectors(cfg, run_dir, raw, raw_scalars, scalar_t, train, emb, 
     if cfg.progress:
         print("[features] fitted transforms; PCA variance kept " + ", ".join(f"{p.variance_kept_:.3f}" for p in pcas))
     # a block is computed while the one before it is written (the Parquet writer releases the GIL and
-    # takes one core): two buffers, used in turn
-    bufs = [np.empty((min(n, cfg.block_rows), INPUT_DIM), dtype=np.float32) for _ in range(2)]
+    # takes one core): two buffers, used in turn; without embeddings zero-filled once
+    bufs = [(np.empty if enabled else np.zeros)((min(n, cfg.block_rows), INPUT_DIM), dtype=np.float32) for _ in range(2)]
     with vectors_writer(run_dir / "vectors.parquet") as wr, ThreadPoolExecutor(1) as writer:
         written = None
         for i, start in enumerate(range(0, n, cfg.block_rows)):
             end = min(n, start + cfg.block_rows)
             chans = [pcas[c].transform(np.asarray(weights[c][start:end] @ emb)) for c in range(3)] if enabled else None
-            x = assemble(scalar_t.transform(raw_scalars[start:end]), chans, masks[start:end], out=bufs[i % 2])
-            arr = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel(), pa.float32()), INPUT_DIM)
+            x = assemble(scalar_t.transform(raw_scalars[start:end]), chans, masks[start:end], out=bufs[i % 2],
+                         zeroed=not enabled)
+            arr = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel(), pa.float32()), type=VECTOR_TYPE)
             block = pa.table({"shop_id": raw["shop_id"][start:end], "buyer_id": raw["buyer_id"][start:end], "x": arr},
                              schema=VECTOR_SCHEMA)
             if written is not None:
