@@ -396,7 +396,10 @@ def _run_steps(cfg, run_dir, con, tmp, events_path, catalog_path, encoder, engin
     timings: dict[str, float] = {}
     duck = cfg.engine != "pyspark"
 
-    # (1)+(2) enrichment and raw buyer scalars; the sessions are written later (`aggregate_buyers`)
+    # (1)+(2) enrichment and raw buyer scalars; the sessions are written later (`aggregate_buyers`);
+    # the product index meanwhile on the file thread
+    index_path = run_dir / "product_index.parquet"
+    index_done = file_thread.submit(product_index, catalog_path, index_path)
     t = time.perf_counter()
     raw, write_sessions = _engine(cfg, aggregate_buyers, con, cfg, events_path, catalog_path, run_dir)
     timings["aggregate_s"] = time.perf_counter() - t
@@ -406,32 +409,26 @@ def _run_steps(cfg, run_dir, con, tmp, events_path, catalog_path, encoder, engin
     if n == 0:
         raise FeaturesError(f"{events_path}: no events")
     _log(cfg, f"aggregated {n:,} buyers", t0)
-    # numeric columns only: the key columns as Python-object arrays cost ~120 bytes a buyer
-    col = {c: raw[c].to_numpy(zero_copy_only=False) for c in raw.column_names if c not in agg.KEYS}
-    codes = pc.dictionary_encode(raw["shop_id"]).combine_chunks()
-    shop = np.asarray(codes.dictionary.to_pylist(), dtype=str)[codes.indices.to_numpy()]
 
-    # (3) product index and buyer × product pairs; on DuckDB the pairs query runs on the engine's
-    # thread while this one does (4), single-threaded numpy and hashing (≈3 s at 1.3M buyers)
+    # (3) buyer × product pairs; on DuckDB the pairs query runs on the engine's thread while this one
+    # does (4), single-threaded numpy and hashing (≈3.5 s at 1.3M buyers); then, with one engine
+    # thread (the vectors' Parquet writer takes a core), the engine writes buyer_sessions.parquet
     t = time.perf_counter()
     keys = pa.table({"shop_id": raw["shop_id"], "buyer_id": raw["buyer_id"], "buyer_row": pa.array(np.arange(n))})
-    cat = pq.read_table(catalog_path, columns=["shop_id", "product_id", "title"])
-    cat = cat.filter(pc.is_valid(cat["title"])).group_by(["shop_id", "product_id"]).aggregate(
-        [("title", "min")]
-    )
-    cat = cat.sort_by([("shop_id", "ascending"), ("product_id", "ascending")])
-    titles = cat["title_min"].to_pylist()
-    index = pa.table({"shop_id": cat["shop_id"], "product_id": cat["product_id"], "row": pa.array(np.arange(len(titles)))})
-    index_path = run_dir / "product_index.parquet"
-    pq.write_table(index, index_path)
+    titles = index_done.result()
     if duck:
         keys_t = engine_table(con, "_features_keys", keys)
         pairs_done = engine_thread.submit(_engine, cfg, product_event_rows, con, events_path, keys_t, index_path)
+        engine_thread.submit(con.raw_sql, f"SET threads = {max(1, cfg.threads - 1)}")
         sessions_done = engine_thread.submit(_engine, cfg, write_sessions)  # after the pairs, beside (5)–(7)
     else:  # the pairs stay in Spark, read by the vectors step (features/spark.py)
         keys_path = tmp / "buyer_keys.parquet"
         pq.write_table(keys, keys_path)
         pairs = buyer_product_expr(con, events_path, keys_path, index_path)
+    # numeric columns only: the key columns as Python-object arrays cost ~120 bytes a buyer
+    col = {c: raw[c].to_numpy(zero_copy_only=False) for c in raw.column_names if c not in agg.KEYS}
+    codes = pc.dictionary_encode(raw["shop_id"]).combine_chunks()
+    shop = np.asarray(codes.dictionary.to_pylist(), dtype=str)[codes.indices.to_numpy()]
 
     # (4) strata, sample, labels → buyers.parquet (on its thread); the scalar transform fitted on the
     # sample's train split
@@ -446,7 +443,7 @@ def _run_steps(cfg, run_dir, con, tmp, events_path, catalog_path, encoder, engin
         _log(cfg, f"{len(b_rows):,} product events over {len(titles):,} indexed products", t0)
     else:
         _log(cfg, f"buyer–product pairs (Spark) over {len(titles):,} indexed products", t0)
-    timings["pairs_s"] = time.perf_counter() - t  # from the index to the pairs, (4) included
+    timings["pairs_s"] = time.perf_counter() - t  # from the buyer keys to the pairs, (4) included
 
     # (5) embeddings
     from simpersona.features.embed import EmbeddingCache, SentenceEncoder, embed_texts
@@ -505,7 +502,7 @@ def _run_steps(cfg, run_dir, con, tmp, events_path, catalog_path, encoder, engin
 
     summary = {
         "buyers": int(n),
-        "shops": int(len(np.unique(shop))),
+        "shops": len(codes.dictionary),
         "sessions": int(n_sessions),
         "products_indexed": len(titles),
         "strata_shares": shares(stratum, STRATA),
@@ -525,6 +522,20 @@ def _run_steps(cfg, run_dir, con, tmp, events_path, catalog_path, encoder, engin
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def product_index(catalog_path: Path, index_path: Path) -> list[str]:
+    """The catalog's titled products in (shop_id, product_id) order → index_path (shop_id, product_id,
+    row); returns their titles (the first by value where a product has several)."""
+    cat = pq.read_table(catalog_path, columns=["shop_id", "product_id", "title"])
+    cat = cat.filter(pc.is_valid(cat["title"])).group_by(["shop_id", "product_id"]).aggregate(
+        [("title", "min")]
+    )
+    cat = cat.sort_by([("shop_id", "ascending"), ("product_id", "ascending")])
+    titles = cat["title_min"].to_pylist()
+    index = pa.table({"shop_id": cat["shop_id"], "product_id": cat["product_id"], "row": pa.array(np.arange(len(titles)))})
+    pq.write_table(index, index_path)
+    return titles
 
 
 def _labels(cfg: FeaturesConfig, raw: pa.Table, col: dict, shop: np.ndarray, events_path: Path):
