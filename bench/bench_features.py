@@ -15,9 +15,9 @@ hand / features / hand / features … so that machine load hits both alike; medi
 - features: `stage.run` with embedding.enabled=false: buyer_sessions.parquet, buyers.parquet,
   strata/labels, buyer × product pairs (masks), transforms, vectors.parquet — the whole stage.
   Its steps_s: aggregate_s, labels_s (strata, sample, labels, the scalar transform's fit), pairs_s
-  (from the product index to the product events in memory; the pairs query runs while the labels
-  are computed, so labels_s lies within it), vectors_s, files_wait_s; the rest of the wall time is
-  reading the buyer table into numpy, transforms.json and summary.json. Since feat10 the stage
+  (from the buyer keys to the product events in memory — b071218: from the product index to the
+  distinct pairs; the pairs query runs while the labels are computed, so labels_s lies within it),
+  vectors_s, files_wait_s; the rest of the wall time is reading the buyer table into numpy, transforms.json and summary.json. Since feat10 the stage
   writes buyer_sessions.parquet on the engine's thread and buyers.parquet on another while the
   vectors are written: aggregate_s no longer holds the sessions file (b071218's did), labels_s no
   longer holds buyers.parquet, vectors_s shares the cores with both, and files_wait_s is the wait

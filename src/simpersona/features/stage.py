@@ -1,16 +1,18 @@
 """`simpersona features`: ingest folder → buyer_sessions, buyers, vectors (403-d), transforms.
 
-Steps: (1) the enrichment pass over events ⋈ catalog → a session table kept in the engine,
-written to buyer_sessions.parquet (rows unordered); (2) per-buyer scalars from that same table,
-in a fixed (shop_id, buyer_id) order; (3) distinct (buyer, product, channel) pairs → sparse
-weight matrix, queried while (4) strata, the §1.6 sample and labels are computed; (5)
-product-title embeddings (cached) and per-buyer channel means; (6) transforms fitted on the
-train split; (7) vectors.parquet written block by block. Only per-buyer tables and the distinct
-(buyer, product) pairs (int32, not events) are held in memory; DuckDB runs under `memory_limit`,
-spills to disk up to `max_temp_directory_size` (then fails with DuckDB's out-of-space error) and is
-closed before the vectors step. Measured (bench/bench_features.py, 2 cores, load 2–9): peak RSS
-2.6 GiB at 22M events (1.3M buyers; 2.4 GiB before the vectors' second block buffer), 7.2 GiB at
-111M events (6.5M buyers, measured before that buffer: +0.3 GiB expected).
+Steps: (1) the enrichment pass over events ⋈ catalog → a session table kept in the engine;
+(2) per-buyer scalars from that same table, in a fixed (shop_id, buyer_id) order; (3) the product
+events as (buyer row, product row, event) int arrays (channel masks, sparse weight matrices),
+queried while (4) strata, the §1.6 sample and labels are computed; (5) product-title embeddings
+(cached) and per-buyer channel means; (6) transforms fitted on the train split; (7) vectors.parquet
+written block by block, while the engine writes the session table to buyer_sessions.parquet (rows
+unordered) and another thread writes buyers.parquet. Only per-buyer tables and the product events'
+row numbers (9 bytes an event of an indexed product, not the events) are held in memory; DuckDB
+runs under `memory_limit`, spills to disk up to `max_temp_directory_size` (then fails with DuckDB's
+out-of-space error) and is closed once the sessions are written. Measured (bench/bench_features.py,
+2 cores): peak RSS 3.0 GiB at 22M events (1.3M buyers; 2.6 GiB before feat10, which closed
+DuckDB before the vectors step), 7.2 GiB at 111M events (6.5M buyers, measured before feat10 and
+before the vectors' second block buffer).
 """
 
 from __future__ import annotations
@@ -84,6 +86,10 @@ class FeaturesConfig:
     engine: Literal["duckdb", "pyspark"] = "duckdb"
     # DuckDB memory limit (it spills beyond it); on a local Spark session, the driver JVM heap
     memory_limit: str = "2GB"
+    # DuckDB memory limit (at most memory_limit) while it writes buyer_sessions.parquet beside the
+    # vectors step (streaming a table out needs little; the vectors' buffers need the rest): peak RSS
+    # 3.0 GiB instead of 3.4–3.5 at 22M events, no slower (two runs each)
+    sessions_write_memory_limit: str = "512MB"
     # DuckDB spill cap: a query that would spill more fails with an error instead of filling the disk
     max_temp_directory_size: str = "8GB"
     # engine threads (DuckDB threads; Spark local[N])
@@ -148,6 +154,17 @@ def _engine(cfg: FeaturesConfig, fn, *args):
             f"features: DuckDB ran out of memory or spill space (memory_limit={cfg.memory_limit!r}, "
             f"max_temp_directory_size={cfg.max_temp_directory_size!r}; raise them with --set): {str(e).splitlines()[0]}"
         ) from e
+
+
+def _size_bytes(size: str) -> float:
+    """A DuckDB size setting ("512MB", "2GB", "1.5GiB") in bytes, to compare two of them."""
+    import re
+
+    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?)(i?)B?\s*", size, re.IGNORECASE)
+    if m is None:
+        raise FeaturesError(f"features: cannot read the size {size!r} (e.g. 512MB, 2GB)")
+    base = 1024 if m.group(3) else 1000
+    return float(m.group(1)) * base ** "_KMGT".index(m.group(2).upper() or "_")
 
 
 def _log(cfg: FeaturesConfig, msg: str, t0: float) -> None:
@@ -243,7 +260,7 @@ def buyer_product_expr(con, events_path: Path, buyers_keys_path: Path, index_pat
 
 def _keys_hash_unique(con, keys, n: int) -> bool:
     """Whether `agg.key_hash` tells all `n` buyers of `keys` apart (DuckDB), so that the events can be
-    joined to their buyer rows on it (a collision among 1.3M buyers has odds of about 1 in 10⁷)."""
+    joined to their buyer rows on it (a collision among 1.3M buyers has odds of about 1 in 2·10⁷)."""
     if con.name != "duckdb":
         return False
     h = keys.select(h=agg.key_hash(keys.shop_id, keys.buyer_id))
@@ -280,8 +297,8 @@ def product_event_rows(con, events_path: Path, keys, index_path: Path):
     `keys`: the (shop_id, buyer_id, buyer_row) table of every buyer of the events, an engine table
     (`engine_table`) or a Parquet file. On DuckDB the events are joined to their buyer rows on a
     64-bit hash of the keys where it is unique over the buyers: at 22.2M events (10.1M product
-    events; 2 threads, quiet machine) 2.4 s, where a GROUP BY over the string-key join took 10.3 s
-    with the fetch."""
+    events; 2 threads, one run each) 2.4 s, where b071218's GROUP BY over the string-key join took
+    10.3 s with the fetch (`buyer_product_rows`: 3.3 s with its numpy dedupe)."""
     kt = con.read_parquet(str(keys)) if isinstance(keys, Path) else keys
     n_b = _to_arrow(kt.count().as_table())[0][0].as_py()
     ev = agg.product_events(con.read_parquet(str(events_path)), con.read_parquet(str(index_path)), kt,
@@ -412,14 +429,16 @@ def _run_steps(cfg, run_dir, con, tmp, events_path, catalog_path, encoder, engin
 
     # (3) buyer × product pairs; on DuckDB the pairs query runs on the engine's thread while this one
     # does (4), single-threaded numpy and hashing (≈3.5 s at 1.3M buyers); then, with one engine
-    # thread (the vectors' Parquet writer takes a core), the engine writes buyer_sessions.parquet
+    # thread (the vectors' Parquet writer takes a core) and sessions_write_memory_limit, the engine
+    # writes buyer_sessions.parquet
     t = time.perf_counter()
     keys = pa.table({"shop_id": raw["shop_id"], "buyer_id": raw["buyer_id"], "buyer_row": pa.array(np.arange(n))})
     titles = index_done.result()
     if duck:
         keys_t = engine_table(con, "_features_keys", keys)
         pairs_done = engine_thread.submit(_engine, cfg, product_event_rows, con, events_path, keys_t, index_path)
-        engine_thread.submit(con.raw_sql, f"SET threads = {max(1, cfg.threads - 1)}")
+        write_limit = min(cfg.memory_limit, cfg.sessions_write_memory_limit, key=_size_bytes)
+        engine_thread.submit(con.raw_sql, f"SET threads = {max(1, cfg.threads - 1)}; SET memory_limit = '{write_limit}'")
         sessions_done = engine_thread.submit(_engine, cfg, write_sessions)  # after the pairs, beside (5)–(7)
     else:  # the pairs stay in Spark, read by the vectors step (features/spark.py)
         keys_path = tmp / "buyer_keys.parquet"
