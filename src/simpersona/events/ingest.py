@@ -239,11 +239,12 @@ def _insert_malformed(con: duckdb.DuckDBPyConnection, table: str, file: str,
     con.unregister("_bad")
 
 
-def _read_csv_sql(path: Path, header: readers.Header, rejects: str, has_header: bool | None = None) -> str:
+def _read_csv_sql(path: Path, header: readers.Header, rejects: str) -> str:
+    """DuckDB's reader of a range pipe (`_read_csv`): the file's columns as text, no header line (the
+    header's bytes are never piped), bad lines into the table `rejects`."""
     cols = "{" + ", ".join(f"{lit(c)}: 'VARCHAR'" for c in header.names) + "}"
-    has_header = bool(header.lines) if has_header is None else has_header
     return (
-        f"read_csv({lit(path)}, columns={cols}, header={str(has_header).lower()}, auto_detect=false, "
+        f"read_csv({lit(path)}, columns={cols}, header=false, auto_detect=false, "
         f"delim=',', quote='\"', escape='\"', store_rejects=true, ignore_errors=true, "
         f"rejects_table='{rejects}', rejects_scan='{rejects}_scan', null_padding=false)"
     )
@@ -286,7 +287,7 @@ def _read_csv(con: duckdb.DuckDBPyConnection, path: Path, header: readers.Header
                        for (a, b), fifo, c in zip(ranges, fifos, counters, strict=True)]
             inner = "(" + " UNION ALL ".join(
                 f"SELECT {(k << PART_BITS) + (header.lines if k == 0 else 0)}::BIGINT + row_number() OVER () AS _row, * "
-                f"FROM {_read_csv_sql(fifo, header, rej[k], has_header=False)}"
+                f"FROM {_read_csv_sql(fifo, header, rej[k])}"
                 for k, fifo in enumerate(fifos)) + ")"
             try:
                 con.execute("SET preserve_insertion_order = false")  # the parts side by side; `_row` keeps the order
