@@ -150,6 +150,21 @@ def test_tercile_labels_edges():
     assert lab.purchase_label(lab.purchase_score(np.zeros(2), np.zeros(2))).tolist() == [0, 0]
 
 
+def test_stable_keys_depend_on_each_pair_alone():
+    # mixed byte lengths (grouped by length inside), multi-byte UTF-8, trailing NULs, empty and long
+    # ids, chunked Arrow input: every row's keys equal those of the row hashed alone
+    shop = pa.array(["s", "s", "s", "ü", "s", "s", "t", "s", "s", "s"])
+    buyer = pa.chunked_array([pa.array(["", "a", "a\x00", "é"]), pa.array(["x" * 300, "bb", "a", "ab" * 40, "", "a\x00\x00"])])
+    k = lab.stable_keys(3, shop, buyer)
+    alone = np.vstack([lab.stable_keys(3, shop[i : i + 1], buyer[i : i + 1]) for i in range(len(shop))])
+    assert k.dtype == np.uint64 and k.shape == (10, 2) and (k == alone).all()
+    rows = [tuple(r) for r in k.tolist()]
+    assert rows[0] == rows[8] and len(set(rows)) == 9  # the one repeated pair, else all distinct
+    assert (lab.stable_keys(4, shop, buyer) != k).all()  # another seed: other keys
+    assert (lab.stable_keys(3, np.array(shop.to_pylist()), np.array(buyer.to_pylist(), dtype=object)) == k).all()
+    assert lab.stable_keys(3, np.array([], dtype=str), pa.array([], pa.string())).shape == (0, 2)
+
+
 def test_sample_caps():
     shop = np.array(["s"] * 1000 + ["t"] * 200 + ["u"] * 5)
     stratum = np.array(["D"] * 700 + ["A"] * 250 + ["E"] * 50 + ["C"] * 200 + ["A"] * 5)

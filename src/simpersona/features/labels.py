@@ -23,6 +23,7 @@ remain) used to check that the purchase partition does not depend on the weights
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
 from simpersona.contracts import labels
 
@@ -80,9 +81,61 @@ def greedy_bins(score: np.ndarray, n_bins: int = 3) -> np.ndarray:
     return value_bin[inverse]
 
 
-def stable_keys(seed: int, shop, buyer, n: int = 2, block: int = 1 << 18) -> np.ndarray:
-    """(len, n) uint64 per (shop, buyer): BLAKE2b(seed, shop, buyer) cut into n 8-byte keys.
-    `shop`, `buyer`: numpy or Arrow string arrays (converted `block` rows at a time).
+_MIX = (np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53))
+_GOLDEN = 0x9E3779B97F4A7C15  # odd: spreads the byte length over the word
+
+
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser, a bijection of uint64 that mixes every bit into every bit."""
+    h = h ^ (h >> np.uint64(33))
+    h = h * _MIX[0]
+    h = h ^ (h >> np.uint64(33))
+    h = h * _MIX[1]
+    return h ^ (h >> np.uint64(33))
+
+
+def _absorb(h: np.ndarray, strings, chunk_bytes: int = 1 << 24) -> np.ndarray:
+    """Fold each row's string into its (n, k) uint64 states: its UTF-8 bytes as little-endian 8-byte
+    words (the last zero-padded), h = fmix64(h ^ word) per word, then its byte length the same way
+    (so "a" and "a\0" differ). Vectorised over the rows that share a byte length (ids are mostly
+    fixed width: one group, read straight from the Arrow buffer)."""
+    a = strings if isinstance(strings, (pa.Array, pa.ChunkedArray)) else pa.array(np.asarray(strings), pa.string())
+    if isinstance(a, pa.ChunkedArray):
+        a = a.combine_chunks() if a.num_chunks else pa.array([], a.type)
+    a = a.cast(pa.large_string())
+    if a.null_count:
+        raise ValueError("stable_keys: null ids")
+    off = np.frombuffer(a.buffers()[1], dtype=np.int64)[a.offset : a.offset + len(a) + 1]
+    data = np.frombuffer(a.buffers()[2], dtype=np.uint8) if a.buffers()[2] is not None else np.zeros(0, np.uint8)
+    length = np.diff(off)
+    for ell in np.unique(length):
+        rows = np.flatnonzero(length == ell)
+        width = -(-int(ell) // 8) * 8  # bytes, padded to whole words
+        step = max(1, chunk_bytes // max(width, 8))
+        for i in range(0, len(rows), step):
+            r = rows[i : i + step]  # (m,)
+            if r[-1] - r[0] == len(r) - 1:  # consecutive rows: their bytes and states are slices
+                r = slice(r[0], r[-1] + 1)
+                b = data[off[r.start] : off[r.stop]].reshape(r.stop - r.start, int(ell))  # (m, ell)
+            else:
+                b = data[off[r, None] + np.arange(int(ell))]  # (m, ell)
+            if width != ell or not b.flags.c_contiguous:
+                padded = np.zeros((len(b), width), dtype=np.uint8)  # (m, width)
+                padded[:, : int(ell)] = b
+                b = padded
+            words = b.view("<u8")  # (m, width / 8)
+            hr = h[r]  # (m, k)
+            for j in range(words.shape[1]):
+                hr = _fmix64(hr ^ words[:, j : j + 1])
+            h[r] = _fmix64(hr ^ np.uint64(int(ell) * _GOLDEN % 2**64))
+    return h
+
+
+def stable_keys(seed: int, shop, buyer, n: int = 2) -> np.ndarray:
+    """(len, n) uint64 per (shop, buyer): n independent 64-bit hashes of the pair, each chain started
+    from its own BLAKE2b digest of (seed, chain index), then folded over the shop id and the buyer id
+    (`_absorb`). `shop`, `buyer`: numpy or Arrow string arrays. Vectorised: ~0.25 s for 1.3M buyers
+    where a BLAKE2b per buyer took 0.8 s on one core, beside the pairs query.
 
     Sorting by a key column is a seeded shuffle keyed by the ids alone: a buyer's place does not
     depend on the row order or on which other buyers are present.
@@ -93,15 +146,10 @@ def stable_keys(seed: int, shop, buyer, n: int = 2, block: int = 1 << 18) -> np.
     """
     import hashlib
 
-    def pylist(x) -> list:
-        return x.to_pylist() if hasattr(x, "to_pylist") else x.tolist()
-
-    tag = f"{int(seed)}\x00".encode()
-    parts = []
-    for i in range(0, len(shop), block):
-        parts.append(b"".join(hashlib.blake2b(tag + f"{s}\x00{b}".encode(), digest_size=8 * n).digest()
-                              for s, b in zip(pylist(shop[i : i + block]), pylist(buyer[i : i + block]))))
-    return np.frombuffer(b"".join(parts), dtype="<u8").reshape(len(shop), n)
+    init = [int.from_bytes(hashlib.blake2b(f"stable_keys\x00{int(seed)}\x00{i}".encode(), digest_size=8).digest(), "little")
+            for i in range(n)]
+    h = np.tile(np.array(init, dtype=np.uint64), (len(shop), 1))  # (len, n)
+    return _absorb(_absorb(h, shop), buyer)
 
 
 def sample_split(
@@ -121,7 +169,7 @@ def sample_split(
     ids and seed give the same sample in any row order. `buyer`: numpy or Arrow strings."""
     # int codes, one string compare per shop (not per shop × stratum on all rows) and the names
     # filled in last: at 1.3M buyers 0.7 s instead of 2.9 s (an object array, 80 full-length compares),
-    # besides the 1.4 s of hashing
+    # besides the hashing
     names = np.array(["excluded", "holdout", "val", "train"])
     split = np.zeros(len(shop), dtype=np.int8)
     held = np.isin(shop, list(holdout_shops))
