@@ -348,6 +348,7 @@ def _stage_file(con: duckdb.DuckDBPyConnection, cfg: IngestConfig, path: Path, i
         src = _source(cfg, rows)
         return con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {table} AS (
+            SELECT *, CASE WHEN reason IS NULL THEN hash({DEDUP_KEY}) END AS _h FROM (
             SELECT _row, {src.sub} AS _sub, shop_id, buyer_id, session_id, ts, event_type,
                    nullif(product_id, '') AS product_id, nullif(collection_id, '') AS collection_id,
                    nullif(query, '') AS query,
@@ -355,7 +356,7 @@ def _stage_file(con: duckdb.DuckDBPyConnection, cfg: IngestConfig, path: Path, i
                    _title, _collection, _brand,
                    split_part(_chk, ':', 1) AS reason, split_part(_chk, ':', 2) AS field,
                    CASE WHEN _chk IS NOT NULL THEN {red.sql('_raw')} END AS _raw
-            FROM (SELECT *, {chk} AS _chk FROM ({src.sql}))
+            FROM (SELECT *, {chk} AS _chk FROM ({src.sql})))
         )
         """).fetchall()[0][0]
 
@@ -432,9 +433,8 @@ def _find_duplicates(con: duckdb.DuckDBPyConnection, red: _Redactor) -> int:
     collision can never reject a distinct event. Returns the number of duplicates.
     """
     keys = DEDUP_KEY.split(", ")
-    h = f"hash({DEDUP_KEY})"
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE _duph AS
-                    SELECT {h} AS h FROM staged WHERE reason IS NULL GROUP BY 1 HAVING count(*) > 1""")
+    con.execute("""CREATE OR REPLACE TEMP TABLE _duph AS
+                    SELECT _h AS h FROM staged WHERE _h IS NOT NULL GROUP BY 1 HAVING count(*) > 1""")
     if con.execute("SELECT count(*) FROM _duph").fetchall()[0][0] == 0:
         return 0
     ids = {"buyer_id": hmac_sql("buyer_id", red.key)}
@@ -446,7 +446,7 @@ def _find_duplicates(con: duckdb.DuckDBPyConnection, red: _Redactor) -> int:
     con.execute(f"""
     INSERT INTO dups
     SELECT _file, _row, _sub, 'duplicate', NULL, {raw}
-    FROM staged WHERE reason IS NULL AND {h} IN (SELECT h FROM _duph)
+    FROM staged WHERE _h IN (SELECT h FROM _duph)
     QUALIFY row_number() OVER (PARTITION BY {DEDUP_KEY} ORDER BY _file, _row, _sub) > 1
     """)
     return con.execute("SELECT count(*) FROM dups").fetchall()[0][0]
