@@ -506,6 +506,10 @@ def _write_events(con, cfg: IngestConfig, path: Path, key: bytes, has_dups: bool
                         SELECT session_id AS _raw_sid, left({hmac_sql("session_id", key)}, {SESSION_HEX}) AS _hsid
                         FROM (SELECT DISTINCT session_id FROM _keys)""")
         session, join = "_hsid", "JOIN _sids ON session_id = _raw_sid"
+    # dropped before the events pass, not after: held in memory beside it (3M sessions at 22.2M
+    # events), the distinct keys made the staged rows spill more and the write took 10.5–11.2 s
+    # instead of 7.9 s
+    con.execute("DROP TABLE _keys")
     if cfg.format == "taobao":
         gap = f"INTERVAL {int(cfg.session_gap_minutes * 60)} SECOND"
         session = f"""'s' || sum(_new) OVER (PARTITION BY shop_id, buyer_id ORDER BY ts, _file, _row
@@ -522,7 +526,6 @@ def _write_events(con, cfg: IngestConfig, path: Path, key: bytes, has_dups: bool
         FROM ({inner}) JOIN _ids ON buyer_id = _raw_id {join}
     ) TO {lit(path)} (FORMAT parquet, COMPRESSION zstd)
     """)
-    con.execute("DROP TABLE _keys")
     return counts
 
 
