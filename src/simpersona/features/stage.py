@@ -627,7 +627,7 @@ def _channels_and_vectors(cfg, run_dir, raw, raw_scalars, scalar_t, train, emb, 
     # takes one core): two buffers, used in turn; without embeddings zero-filled once. Kept small
     # (block_rows): numpy asks for huge pages on large arrays, and where the kernel then compacts
     # memory on first touch (THP defrag "madvise") a 200k-row buffer (322 MB) stalled 0.6–1.1 s in the
-    # stage; at 50k rows the vectors step of 1.3M buyers took 2.8–3.2 s instead of 4.2–5.3 s
+    # stage; at 50k rows the vectors step of 1.3M buyers took 2.8–3.7 s instead of 4.2–5.3 s
     bufs = [(np.empty if enabled else np.zeros)((min(n, cfg.block_rows), INPUT_DIM), dtype=np.float32) for _ in range(2)]
     with vectors_writer(run_dir / "vectors.parquet") as wr, ThreadPoolExecutor(1) as writer:
         written = None
