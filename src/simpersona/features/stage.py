@@ -86,10 +86,6 @@ class FeaturesConfig:
     engine: Literal["duckdb", "pyspark"] = "duckdb"
     # DuckDB memory limit (it spills beyond it); on a local Spark session, the driver JVM heap
     memory_limit: str = "2GB"
-    # DuckDB memory limit (at most memory_limit) while it writes buyer_sessions.parquet beside the
-    # vectors step (streaming a table out needs little; the vectors' buffers need the rest): peak RSS
-    # 3.0 GiB instead of 3.4–3.5 at 22M events, no slower (two runs each)
-    sessions_write_memory_limit: str = "512MB"
     # DuckDB spill cap: a query that would spill more fails with an error instead of filling the disk
     max_temp_directory_size: str = "8GB"
     # engine threads (DuckDB threads; Spark local[N])
@@ -154,17 +150,6 @@ def _engine(cfg: FeaturesConfig, fn, *args):
             f"features: DuckDB ran out of memory or spill space (memory_limit={cfg.memory_limit!r}, "
             f"max_temp_directory_size={cfg.max_temp_directory_size!r}; raise them with --set): {str(e).splitlines()[0]}"
         ) from e
-
-
-def _size_bytes(size: str) -> float:
-    """A DuckDB size setting ("512MB", "2GB", "1.5GiB") in bytes, to compare two of them."""
-    import re
-
-    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?)(i?)B?\s*", size, re.IGNORECASE)
-    if m is None:
-        raise FeaturesError(f"features: cannot read the size {size!r} (e.g. 512MB, 2GB)")
-    base = 1024 if m.group(3) else 1000
-    return float(m.group(1)) * base ** "_KMGT".index(m.group(2).upper() or "_")
 
 
 def _log(cfg: FeaturesConfig, msg: str, t0: float) -> None:
@@ -429,16 +414,18 @@ def _run_steps(cfg, run_dir, con, tmp, events_path, catalog_path, encoder, engin
 
     # (3) buyer × product pairs; on DuckDB the pairs query runs on the engine's thread while this one
     # does (4), single-threaded numpy and hashing (≈3.5 s at 1.3M buyers); then, with one engine
-    # thread (the vectors' Parquet writer takes a core) and sessions_write_memory_limit, the engine
-    # writes buyer_sessions.parquet
+    # thread (the vectors' Parquet writer takes a core), the engine writes buyer_sessions.parquet.
+    # Under its full memory limit: lowered to 512MB for the write (to keep the 200k-row vectors'
+    # buffers' room), DuckDB spilled the session table and read it back, ~500k more page faults; with
+    # 50k-row blocks the limit no longer lowered peak RSS (2.69–2.76 GiB either way at 22.2M GENERATED
+    # events) and the stage took 19.9–20.3 CPU-s instead of 20.9–23.4 (three runs each)
     t = time.perf_counter()
     keys = pa.table({"shop_id": raw["shop_id"], "buyer_id": raw["buyer_id"], "buyer_row": pa.array(np.arange(n))})
     titles = index_done.result()
     if duck:
         keys_t = engine_table(con, "_features_keys", keys)
         pairs_done = engine_thread.submit(_engine, cfg, product_event_rows, con, events_path, keys_t, index_path)
-        write_limit = min(cfg.memory_limit, cfg.sessions_write_memory_limit, key=_size_bytes)
-        engine_thread.submit(con.raw_sql, f"SET threads = {max(1, cfg.threads - 1)}; SET memory_limit = '{write_limit}'")
+        engine_thread.submit(con.raw_sql, f"SET threads = {max(1, cfg.threads - 1)}")
         sessions_done = engine_thread.submit(_engine, cfg, write_sessions)  # after the pairs, beside (5)–(7)
     else:  # the pairs stay in Spark, read by the vectors step (features/spark.py)
         keys_path = tmp / "buyer_keys.parquet"
