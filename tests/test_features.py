@@ -14,7 +14,14 @@ from simpersona.events.schema import CATALOG_SCHEMA, EVENT_SCHEMA
 from simpersona.features import labels as lab
 from simpersona.features.embed import EmbeddingCache, embed_texts, text_key
 from simpersona.features.layout import CARTED, INPUT_DIM, MASKS, PURCHASED, SCALAR_NAMES, VIEWED
-from simpersona.features.stage import EmbeddingConfig, FeaturesConfig, inverse_scalars, load_transforms, run
+from simpersona.features.stage import (
+    EmbeddingConfig,
+    FeaturesConfig,
+    fresh_memory_settings,
+    inverse_scalars,
+    load_transforms,
+    run,
+)
 from simpersona.features.transforms import ChannelPCA, ScalarTransform, robust_scale
 
 T0 = dt.datetime(2024, 1, 1, 10, 0, tzinfo=dt.timezone.utc)
@@ -233,6 +240,19 @@ def test_transforms_round_trip(feat):
     # 8-d fake embeddings over few training rows → fewer than 128 components, zero-padded
     assert 0 < summary["pca_components_fitted"]["viewed"] < 128
     assert (x[:, VIEWED][:, 16:] == 0).all()
+
+
+def test_fresh_memory_settings_are_restored_even_on_error():
+    from numpy._core import multiarray
+
+    before = (pa.default_memory_pool().backend_name, multiarray._set_madvise_hugepage(True))
+    multiarray._set_madvise_hugepage(before[1])
+    with pytest.raises(RuntimeError), fresh_memory_settings():
+        assert pa.default_memory_pool().backend_name in ("jemalloc", before[0])
+        assert multiarray._set_madvise_hugepage(False) is False  # off inside the block
+        raise RuntimeError("a failing step")
+    assert pa.default_memory_pool().backend_name == before[0]
+    assert multiarray._set_madvise_hugepage(before[1]) == before[1]
 
 
 def test_robust_scale_fallbacks():
