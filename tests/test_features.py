@@ -20,6 +20,7 @@ from simpersona.features.stage import (
     fresh_memory_settings,
     inverse_scalars,
     load_transforms,
+    product_index,
     run,
 )
 from simpersona.features.transforms import ChannelPCA, ScalarTransform, robust_scale
@@ -253,6 +254,17 @@ def test_fresh_memory_settings_are_restored_even_on_error():
         raise RuntimeError("a failing step")
     assert pa.default_memory_pool().backend_name == before[0]
     assert multiarray._set_madvise_hugepage(before[1]) == before[1]
+
+
+def test_product_index_keeps_each_titled_product_once_with_its_least_title(tmp_path):
+    cat = pa.table({"shop_id": ["s2", "s1", "s1", "s1", "s1", "s2"],
+                    "product_id": ["a", "b", "a", "b", "c", "a"],
+                    "title": ["z", "beta", "alpha", "Beta", None, "y"]})
+    pq.write_table(cat, tmp_path / "catalog.parquet")
+    titles = product_index(tmp_path / "catalog.parquet", tmp_path / "index.parquet")
+    index = pq.read_table(tmp_path / "index.parquet").to_pydict()
+    assert titles == ["alpha", "Beta", "y"]  # s1/c has no title; byte order: "B" < "b"
+    assert index == {"shop_id": ["s1", "s1", "s2"], "product_id": ["a", "b", "a"], "row": [0, 1, 2]}
 
 
 def test_robust_scale_fallbacks():

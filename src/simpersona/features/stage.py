@@ -561,12 +561,17 @@ def _run_steps(cfg, run_dir, con, tmp, events_path, catalog_path, encoder, engin
 def product_index(catalog_path: Path, index_path: Path) -> list[str]:
     """The catalog's titled products in (shop_id, product_id) order → index_path (shop_id, product_id,
     row); returns their titles (the first by value where a product has several)."""
-    cat = pq.read_table(catalog_path, columns=["shop_id", "product_id", "title"])
-    cat = cat.filter(pc.is_valid(cat["title"])).group_by(["shop_id", "product_id"]).aggregate(
-        [("title", "min")]
-    )
-    cat = cat.sort_by([("shop_id", "ascending"), ("product_id", "ascending")])
-    titles = cat["title_min"].to_pylist()
+    # ParquetFile and a sort, not read_table and group_by: those import pyarrow.dataset and Acero
+    # (~0.3 CPU-s beside the aggregation, in a stage that uses neither); same index, same titles
+    cat = pq.ParquetFile(catalog_path).read(columns=["shop_id", "product_id", "title"])
+    cat = cat.filter(pc.is_valid(cat["title"])).combine_chunks()
+    cat = cat.take(pc.sort_indices(cat, [("shop_id", "ascending"), ("product_id", "ascending"), ("title", "ascending")]))
+    shop, product = cat["shop_id"], cat["product_id"]
+    first = np.ones(cat.num_rows, dtype=bool)  # a product's first row: its least title
+    if cat.num_rows > 1:
+        first[1:] = pc.or_(pc.not_equal(shop[1:], shop[:-1]), pc.not_equal(product[1:], product[:-1])).to_numpy(zero_copy_only=False)
+    cat = cat.filter(first)
+    titles = cat["title"].to_pylist()
     index = pa.table({"shop_id": cat["shop_id"], "product_id": cat["product_id"], "row": pa.array(np.arange(len(titles)))})
     pq.write_table(index, index_path)
     return titles
