@@ -14,6 +14,12 @@ own process so peak RSS is its own:
      carry an extra field (malformed rows every real log has), by both checkouts: malformed lines
      once made every later pass over the staged rows pay a per-row correction (171 s vs 8.6 s at
      1M lines).
+  5. with --profile, the floor any ingest with these guarantees pays on DuckDB, in its own processes:
+     the parse alone (every column of the CSV read, nothing written), the write alone of the ingest's
+     own events.parquet (its rows from memory to zstd Parquet: the HMAC ids are what is written) and
+     one more ingest whose queries are timed one by one; the work no ingest can skip beyond parse and
+     write (duplicates, distinct keys, HMAC of ids, catalog) is summed from those timings. parse +
+     write + that work, over the bare COPY, is the best ratio this design of ingest could reach.
 Sides alternate within each repeat (medians reported). Also times the line count alone
 (`events.lines.count_lines`, the check that every data line is accounted for).
 Prints events/s, wall time, peak RSS and the ratios.
@@ -57,6 +63,64 @@ print(json.dumps({"seconds": time.perf_counter() - t, "cpu": r.ru_utime + r.ru_s
 """
 
 
+CHILD_PARSE = """
+import duckdb, json, sys, time
+src, threads, mem = sys.argv[1:4]
+con = duckdb.connect()
+con.execute(f"SET threads={threads}; SET memory_limit='{mem}'")
+cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_csv('{src}')").fetchall()]
+t = time.perf_counter()
+con.execute(f"SELECT count(*), " + ", ".join(f'max("{c}")::VARCHAR' for c in cols) + f" FROM read_csv('{src}')").fetchall()
+print(json.dumps({"seconds": time.perf_counter() - t}))
+"""
+
+CHILD_WRITE = """
+import duckdb, json, sys, time
+events, out, threads, mem = sys.argv[1:5]
+con = duckdb.connect()
+con.execute(f"SET threads={threads}; SET memory_limit='{mem}'")
+con.execute(f"CREATE TEMP TABLE ev AS SELECT * FROM read_parquet('{events}')")
+t = time.perf_counter()
+con.execute(f"COPY ev TO '{out}' (FORMAT parquet, COMPRESSION zstd)")
+print(json.dumps({"seconds": time.perf_counter() - t}))
+"""
+
+# ingest with each DuckDB query timed (a proxy around the connection); prints the slowest queries
+CHILD_PROFILE = """
+import duckdb, json, sys, time
+from pathlib import Path
+from simpersona.events import ingest
+src, cat, out, threads, mem = sys.argv[1:6]
+connect, times = duckdb.connect, []
+class Timed:
+    def __init__(self, con):
+        self._con = con
+    def execute(self, q, *a, **k):
+        t = time.perf_counter()
+        r = self._con.execute(q, *a, **k)
+        times.append([time.perf_counter() - t, " ".join(q.split())])
+        return r
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+ingest.duckdb.connect = lambda *a, **k: Timed(connect(*a, **k))
+cfg = ingest.IngestConfig(format="canonical", input=Path(src), catalog=Path(cat), threads=int(threads),
+                          memory_limit=mem, salt="00" * 16, progress=False)
+t = time.perf_counter()
+ingest.run(cfg, Path(out))
+print(json.dumps({"seconds": time.perf_counter() - t, "queries": times}))
+"""
+
+# the queries of the work beyond parse and write, by how their SQL starts
+REQUIRED_WORK = {
+    "duplicates": ("CREATE OR REPLACE TEMP TABLE _duph",),
+    "distinct keys": ("CREATE OR REPLACE TEMP TABLE _keys",),
+    "HMAC of buyer ids": ("CREATE OR REPLACE TEMP TABLE _ids",),
+    "HMAC of session ids": ("CREATE OR REPLACE TEMP TABLE _sids",),
+    "catalog": ("CREATE OR REPLACE TEMP TABLE cat_rows", "CREATE TEMP TABLE cat", "UPDATE cat",
+                "INSERT INTO catalog_rejects", "COPY (SELECT shop_id, product_id"),
+}
+
+
 def child(code: str, *args: str, src: Path | None = None) -> dict:
     env = dict(os.environ)
     if src is not None:
@@ -86,6 +150,8 @@ def main() -> None:
     ap.add_argument("--memory-limit", default="1500MB", help="DuckDB memory limit for both runs")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each side; the median is reported")
     ap.add_argument("--compare-src", type=Path, default=None, help="another checkout's src/ to time against")
+    ap.add_argument("--profile", action="store_true",
+                    help="also measure the floor: parse alone, write of the output alone, and the ingest's queries one by one")
     ap.add_argument("--malformed-per-mille", type=float, default=0.0,
                     help="also ingest a copy with this many malformed lines per 1,000 (0 = off)")
     args = ap.parse_args()
@@ -137,6 +203,8 @@ def main() -> None:
         print(f"{'ingest from --compare-src':28}{o_s:9.2f}{o_c:9.2f}{n / o_s:14,.0f}{med(old, 'rss_mb'):15,.0f}")
         print(f"ratio ingest / --compare-src ({args.compare_src}): wall {i_s / o_s:.2f}×, CPU {i_c / o_c:.2f}×  "
               f"(its accepted {old[0]['accepted']:,}, rejected {old[0]['rejected']:,})")
+    if args.profile:
+        profile(args, src, cat, b_s, i_s)
     if bad:
         d_s = med(bad, "seconds")
         print(f"with {args.malformed_per_mille:g}‰ malformed lines ({dirty}): ingest {d_s:.2f} s "
@@ -144,6 +212,35 @@ def main() -> None:
         if bad_old:
             print(f"  from --compare-src: {med(bad_old, 'seconds'):.2f} s "
                   f"(rejected {bad_old[0]['rejected']:,}); ratio {d_s / med(bad_old, 'seconds'):.2f}×")
+
+
+def profile(args, src: Path, cat: Path, b_s: float, i_s: float) -> None:
+    """The --profile figures: medians over --repeat of parse alone, write alone and each ingest query."""
+    parse, write, prof = [], [], []
+    for _ in range(args.repeat):
+        parse.append(child(CHILD_PARSE, src, args.threads, args.memory_limit)["seconds"])
+        write.append(child(CHILD_WRITE, args.work / "ingest_out" / "events.parquet", args.work / "write_floor.parquet",
+                           args.threads, args.memory_limit)["seconds"])
+        prof.append(child(CHILD_PROFILE, src, cat, args.work / "ingest_prof", args.threads, args.memory_limit))
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    by_query: dict[str, list[float]] = {}
+    for run in prof:
+        seen: dict[str, float] = {}
+        for dt, q in run["queries"]:
+            seen[q] = seen.get(q, 0.0) + dt
+        for q, dt in seen.items():
+            by_query.setdefault(q, []).append(dt)
+    queries = sorted(((med(v), q) for q, v in by_query.items()), reverse=True)
+    required = {name: sum(dt for dt, q in queries if q.startswith(starts)) for name, starts in REQUIRED_WORK.items()}
+    p_s, w_s, r_s = med(parse), med(write), sum(required.values())
+    print(f"\nprofile (medians of {args.repeat}; one more ingest with its queries timed: "
+          f"{med([r['seconds'] for r in prof]):.2f} s):")
+    for dt, q in queries[:8]:
+        print(f"  {dt:7.2f} s  {q[:100]}")
+    print(f"floor: parse alone {p_s:.2f} s, write of the output alone {w_s:.2f} s (events.parquet from memory), "
+          "work beyond them " + ", ".join(f"{k} {v:.2f}" for k, v in required.items()) + f" = {r_s:.2f} s")
+    print(f"  parse + write + that work = {p_s + w_s + r_s:.2f} s = {(p_s + w_s + r_s) / b_s:.2f}× the bare COPY "
+          f"(the ingest: {i_s / b_s:.2f}×); the work beyond parse and write alone is {r_s / b_s:.2f}× it")
 
 
 if __name__ == "__main__":
