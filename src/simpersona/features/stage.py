@@ -10,8 +10,8 @@ unordered) and another thread writes buyers.parquet. Only per-buyer tables and t
 row numbers (9 bytes an event of an indexed product, not the events) are held in memory; DuckDB
 runs under `memory_limit`, spills to disk up to `max_temp_directory_size` (then fails with DuckDB's
 out-of-space error) and is closed once the sessions are written. Measured (bench/bench_features.py,
-2 cores): peak RSS 3.0 GiB at 22M events (1.3M buyers; 2.6 GiB before feat10, which closed
-DuckDB before the vectors step), 7.2 GiB at 111M events (6.5M buyers, measured before feat10 and
+2 cores): peak RSS 2.75–2.87 GiB at 22M events (1.3M buyers; 2.6 GiB before `fresh_memory_settings`,
+whose jemalloc pool keeps freed memory for reuse), 7.2 GiB at 111M events (6.5M buyers, measured before feat10 and
 before the vectors' second block buffer).
 """
 
