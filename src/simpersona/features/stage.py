@@ -373,9 +373,11 @@ def fresh_memory_settings():
     the kernel's page clearing was 14% of the stage's samples (perf), 6% with these settings, and
     the stage took 17.4 CPU-s and 9.9 s instead of 18.9 and 10.9 (medians of 5 runs, 2 cores;
     either setting alone: 18.5–19.6 CPU-s, within the noise)."""
-    from numpy._core import multiarray  # numpy's own switch behind NUMPY_MADVISE_HUGEPAGE
+    from numpy._core import multiarray
 
-    hugepage = multiarray._set_madvise_hugepage(False)
+    # numpy's own switch behind NUMPY_MADVISE_HUGEPAGE (private: a numpy without it keeps its default)
+    set_hugepage = getattr(multiarray, "_set_madvise_hugepage", lambda enabled: enabled)
+    hugepage = set_hugepage(False)
     pool = pa.default_memory_pool()
     try:
         pa.set_memory_pool(pa.jemalloc_memory_pool())
@@ -385,7 +387,7 @@ def fresh_memory_settings():
         yield
     finally:
         pa.set_memory_pool(pool)
-        multiarray._set_madvise_hugepage(hugepage)
+        set_hugepage(hugepage)
 
 
 def run(cfg: FeaturesConfig, run_dir: Path, encoder=None) -> dict:
