@@ -234,6 +234,9 @@ def profile(args, src: Path, cat: Path, b_s: float, i_s: float) -> None:
             by_query.setdefault(q, []).append(dt)
     queries = sorted(((med(v), q) for q, v in by_query.items()), reverse=True)
     required = {name: sum(dt for dt, q in queries if q.startswith(starts)) for name, starts in REQUIRED_WORK.items()}
+    unmatched = [name for name, starts in REQUIRED_WORK.items() if not any(q.startswith(starts) for _, q in queries)]
+    if unmatched:  # ingest's SQL changed: a silent 0 would understate the floor
+        raise SystemExit(f"--profile: no ingest query matched {unmatched}; update REQUIRED_WORK")
     p_s, w_s, r_s = med(parse), med(write), sum(required.values())
     print(f"\nprofile (medians of {args.repeat}; one more ingest with its queries timed: "
           f"{med([r['seconds'] for r in prof]):.2f} s):")

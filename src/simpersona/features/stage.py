@@ -10,9 +10,9 @@ unordered) and another thread writes buyers.parquet. Only per-buyer tables and t
 row numbers (9 bytes an event of an indexed product, not the events) are held in memory; DuckDB
 runs under `memory_limit`, spills to disk up to `max_temp_directory_size` (then fails with DuckDB's
 out-of-space error) and is closed once the sessions are written. Measured (bench/bench_features.py,
-2 cores): peak RSS 2.75–2.87 GiB at 22M events (1.3M buyers; 2.6 GiB before `fresh_memory_settings`,
-whose jemalloc pool keeps freed memory for reuse), 7.2 GiB at 111M events (6.5M buyers, measured before feat10 and
-before the vectors' second block buffer).
+2 cores): peak RSS 2.75–2.87 GiB at 22M events (1.3M buyers; 2.6 GiB before
+`fresh_memory_settings`, whose jemalloc pool keeps freed memory for reuse), 7.2 GiB at 111M events
+(6.5M buyers, measured before feat10 and before the vectors' second block buffer).
 """
 
 from __future__ import annotations
@@ -444,11 +444,10 @@ def _run_steps(cfg, run_dir, con, tmp, events_path, catalog_path, encoder, engin
 
     # (3) buyer × product pairs; on DuckDB the pairs query runs on the engine's thread while this one
     # does (4), single-threaded numpy and hashing (≈3.5 s at 1.3M buyers); then, with one engine
-    # thread (the vectors' Parquet writer takes a core), the engine writes buyer_sessions.parquet.
-    # Under its full memory limit: lowered to 512MB for the write (to keep the 200k-row vectors'
-    # buffers' room), DuckDB spilled the session table and read it back, ~500k more page faults; with
-    # 50k-row blocks the limit no longer lowered peak RSS (2.69–2.76 GiB either way at 22.2M GENERATED
-    # events) and the stage took 19.9–20.3 CPU-s instead of 20.9–23.4 (three runs each)
+    # thread (the vectors' Parquet writer takes a core), the engine writes buyer_sessions.parquet
+    # under the full memory limit: a 512MB limit for the write made DuckDB spill the session table
+    # and read it back (~500k more page faults) and, with 50k-row vector blocks, no longer lowered
+    # peak RSS (2.69–2.76 GiB either way at 22.2M GENERATED events; 20.9–23.4 vs 19.9–20.3 CPU-s)
     t = time.perf_counter()
     keys = pa.table({"shop_id": raw["shop_id"], "buyer_id": raw["buyer_id"], "buyer_row": pa.array(np.arange(n))})
     titles = index_done.result()
